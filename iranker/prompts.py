@@ -31,8 +31,10 @@ class ScenarioTemplate:
     system: str
     context: str  # formatted with query / history / preference
     items_header: str
-    worst_question: str  # iterative: ask for the ONE candidate to eliminate
-    order_question: str  # direct: ask for the whole order
+    worst_task: str  # iterative: the task, stated before the candidates
+    worst_cue: str  # iterative: the short question after the candidates (re-read at every cached step)
+    order_task: str  # direct: the task, stated before the candidates
+    order_cue: str
 
 
 PREFERENCE_TEXT = {
@@ -46,22 +48,29 @@ TEMPLATES: dict[str, ScenarioTemplate] = {
         system="You are a search engine that judges how well passages answer a search query.",
         context="Search query: {query}",
         items_header="Passages:",
-        worst_question="Which ONE passage is the LEAST relevant to the search query?",
-        order_question="Rank ALL passages from the most to the least relevant to the search query.",
+        worst_task="Task: find the ONE passage below that is the LEAST relevant to the search query.",
+        worst_cue="Least relevant passage?",
+        order_task="Task: rank ALL passages below from the most to the least relevant to the search query.",
+        order_cue="Ranking?",
     ),
     "recommendation": ScenarioTemplate(
         system="You are a recommender system that predicts what a user will choose next.",
         context="Items the user chose before, oldest first:\n{history}",
         items_header="Candidate items:",
-        worst_question="Which ONE candidate item is the user LEAST likely to choose next?",
-        order_question="Rank ALL candidate items from the most to the least likely next choice of the user.",
+        worst_task="Task: find the ONE candidate item below that the user is LEAST likely to choose next.",
+        worst_cue="Least likely item?",
+        order_task="Task: rank ALL candidate items below from the most to the least likely next choice.",
+        order_cue="Ranking?",
     ),
     "routing": ScenarioTemplate(
         system="You are a router that picks which large language model (LLM) should answer a user's query.",
         context="User query: {query}\nPreference: {preference}",
         items_header="Candidate LLMs:",
-        worst_question="Which ONE LLM is the WORST choice for this query under this preference?",
-        order_question="Rank ALL LLMs from the best to the worst choice for this query under this preference.",
+        worst_task="Task: find the ONE LLM below that is the WORST choice for this query under this preference.",
+        worst_cue="Worst LLM?",
+        order_task="Task: rank ALL LLMs below from the best to the worst choice for this query under this "
+                   "preference.",
+        order_cue="Ranking?",
     ),
 }
 
@@ -144,12 +153,16 @@ def _items(texts: list[str]) -> tuple[tuple[str, ...], tuple[str, ...]]:
 
 
 def iterative_prompt(ctx: RankContext, pool: list[int], reasoning: bool = False) -> Prompt:
-    """The prompt of one elimination step: the pool (candidate indices) relabelled A.. in the given order."""
+    """The prompt of one elimination step: the pool (candidate indices) relabelled A.. in the given order.
+
+    The task and answer format come before the candidates and only a short cue after them, so that the part a
+    cached step re-reads is a few tokens.
+    """
     tpl = TEMPLATES[ctx.scenario]
     items, labels = _items([ctx.texts[i] for i in pool])
     fmt = REASONING_FORMAT if reasoning else FAST_FORMAT
-    return Prompt(system=tpl.system, head=f"{ctx.context}\n\n{tpl.items_header}\n", items=items,
-                  tail=f"\n{tpl.worst_question} {fmt}", labels=labels,
+    return Prompt(system=tpl.system, head=f"{tpl.worst_task} {fmt}\n\n{ctx.context}\n\n{tpl.items_header}\n",
+                  items=items, tail=f"\n{tpl.worst_cue}", labels=labels,
                   answer_prefix="" if reasoning else ANSWER_PREFIX)
 
 
@@ -157,8 +170,8 @@ def direct_prompt(ctx: RankContext, pool: list[int], reasoning: bool = False) ->
     tpl = TEMPLATES[ctx.scenario]
     items, labels = _items([ctx.texts[i] for i in pool])
     fmt = DIRECT_REASONING_FORMAT if reasoning else DIRECT_FORMAT
-    return Prompt(system=tpl.system, head=f"{ctx.context}\n\n{tpl.items_header}\n", items=items,
-                  tail=f"\n{tpl.order_question} {fmt}", labels=labels, answer_prefix="")
+    return Prompt(system=tpl.system, head=f"{tpl.order_task} {fmt}\n\n{ctx.context}\n\n{tpl.items_header}\n",
+                  items=items, tail=f"\n{tpl.order_cue}", labels=labels, answer_prefix="")
 
 
 def render_plain(prompt: Prompt) -> str:

@@ -1,0 +1,194 @@
+"""In-process backend on transformers (the CPU default; also runs on one GPU).
+
+Fast mode reads the label logits after the answer prefix `[`, restricted to the labels in the pool, so every
+decision is valid. `open_pools` gives the cached elimination layout (see `CachedPools`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from transformers import DynamicCache
+
+from iranker.backends.base import Choice, Generation, choice_from_scores
+from iranker.backends.tokens import EncodedPrompt, PromptEncoder
+from iranker.prompts import Prompt
+
+
+def _left_pad(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        if r:
+            ids[i, width - len(r):] = torch.tensor(r, dtype=torch.long)
+            mask[i, width - len(r):] = 1
+    return ids, mask
+
+
+def _positions(mask: torch.Tensor, start: torch.Tensor | None = None) -> torch.Tensor:
+    pos = (mask.cumsum(-1) - 1).clamp(min=0)
+    return pos if start is None else pos + start[:, None]
+
+
+class TransformersBackend:
+    """`model`: the embedded alias, a folder or a hub id; or pass `model_obj` + `tokenizer` already loaded."""
+
+    def __init__(self, model: str | None = None, *, model_obj=None, tokenizer=None, device: str | None = None,
+                 dtype: torch.dtype | None = None, max_item_tokens: int = 192, max_batch_tokens: int = 24_000,
+                 name: str | None = None):
+        if model_obj is None:
+            from transformers import AutoModelForCausalLM, AutoTokenizer
+
+            from iranker.models import display_name, resolve_model
+
+            path = resolve_model(model)
+            device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+            dtype = dtype or (torch.bfloat16 if device == "cuda" else torch.float32)
+            tokenizer = AutoTokenizer.from_pretrained(path)
+            model_obj = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device)
+            name = name or display_name(path)
+        if tokenizer is None:
+            raise ValueError("tokenizer: required together with model_obj")
+        self.model = model_obj.eval()
+        self.tokenizer = tokenizer
+        self.device = next(self.model.parameters()).device
+        self.name = name or getattr(model_obj.config, "name_or_path", "") or "model"
+        self.encoder = PromptEncoder(tokenizer, max_item_tokens)
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self.max_batch_tokens = max_batch_tokens
+
+    # -- fast mode, one full prompt per decision ---------------------------------------------------------------
+
+    def _chunks(self, encoded: Sequence[EncodedPrompt], pad: bool = True):
+        """Index chunks whose padded size stays under max_batch_tokens (one prompt per chunk when not `pad`)."""
+        if not pad:
+            yield from ([i] for i in range(len(encoded)))
+            return
+        chunk: list[int] = []
+        width = 0
+        for i, e in enumerate(encoded):
+            w = max(width, len(e))
+            if chunk and w * (len(chunk) + 1) > self.max_batch_tokens:
+                yield chunk
+                chunk, w = [], len(e)
+            chunk.append(i)
+            width = w
+        if chunk:
+            yield chunk
+
+    @torch.inference_mode()
+    def choose(self, prompts: Sequence[Prompt]) -> list[Choice]:
+        encoded = [self.encoder.encode(p) for p in prompts]
+        out: list[Choice | None] = [None] * len(prompts)
+        # On a CPU a full forward pass is compute-bound: padding only adds work (and a slower masked attention),
+        # so prompts run one by one there; on a GPU they are padded into batches.
+        for chunk in self._chunks(encoded, pad=self.device.type != "cpu"):
+            ids, mask = _left_pad([encoded[i].ids for i in chunk], self.pad_id)
+            ids, mask = ids.to(self.device), mask.to(self.device)
+            logits = self.model(input_ids=ids, attention_mask=mask, position_ids=_positions(mask),
+                                logits_to_keep=1).logits[:, -1].float()
+            for row, i in enumerate(chunk):
+                labels = prompts[i].labels
+                scores = logits[row, [self.encoder.label_ids[lab] for lab in labels]].tolist()
+                out[i] = choice_from_scores(labels, scores, len(encoded[i]))
+        return out  # type: ignore[return-value]
+
+    # -- reasoning mode and direct ranking ---------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def generate(self, prompts: Sequence[Prompt], max_new_tokens: int, temperature: float = 0.0) -> list[Generation]:
+        encoded = [self.encoder.encode(p) for p in prompts]
+        out: list[Generation | None] = [None] * len(prompts)
+        for chunk in self._chunks(encoded):
+            ids, mask = _left_pad([encoded[i].ids for i in chunk], self.pad_id)
+            sample = temperature > 0
+            gen = self.model.generate(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
+                                      max_new_tokens=max_new_tokens, do_sample=sample,
+                                      temperature=temperature if sample else None, top_p=None, top_k=None,
+                                      pad_token_id=self.pad_id)
+            new = gen[:, ids.shape[1]:]
+            for row, i in enumerate(chunk):
+                toks = new[row].tolist()
+                eos = self.tokenizer.eos_token_id
+                n = toks.index(eos) + 1 if eos in toks else len(toks)
+                text = self.tokenizer.decode(toks[:n], skip_special_tokens=True)
+                out[i] = Generation(text, len(encoded[i]), n)
+        return out  # type: ignore[return-value]
+
+    # -- the cached elimination layout -------------------------------------------------------------------------
+
+    def open_pools(self, prompts: Sequence[Prompt]) -> "CachedPools":
+        return CachedPools(self, prompts)
+
+
+class CachedPools:
+    """Encode each prompt (every candidate listed) once; answer each step by re-reading only the question.
+
+    The key/value cache holds the header and all candidate lines. At every step the tail (question, end of turn,
+    answer prefix) is run against that cache with the eliminated candidates' tokens masked out of the attention,
+    so the model sees exactly the remaining pool; then the tail is cropped off the cache again. A step costs the
+    tail's few dozen tokens instead of the whole prompt. Labels stay those of the first listing (`[A]`..), the
+    remaining ones keep their letters.
+    """
+
+    @torch.inference_mode()
+    def __init__(self, backend: TransformersBackend, prompts: Sequence[Prompt]):
+        self.backend = backend
+        self.prompts = list(prompts)
+        enc = [backend.encoder.encode(p) for p in prompts]
+        prefixes = [e.head + [t for item in e.items for t in item] for e in enc]
+        self.width = max(len(p) for p in prefixes)
+        self.spans: list[list[tuple[int, int]]] = []  # token span of each item in the padded prefix
+        for e, p in zip(enc, prefixes):
+            start = self.width - len(p) + len(e.head)
+            spans = []
+            for item in e.items:
+                spans.append((start, start + len(item)))
+                start += len(item)
+            self.spans.append(spans)
+        dev = backend.device
+        # Prefill each prompt on its own: unpadded, attention takes the fast causal path and no work is spent on
+        # padding (prefill is compute-bound, batching it gains nothing). Then left-pad the caches into one batch
+        # for the steps, which are small and gain from batching.
+        layers: list[list[tuple[torch.Tensor, torch.Tensor]]] = []
+        for p in prefixes:
+            out = backend.model(input_ids=torch.tensor([p], device=dev), use_cache=True, logits_to_keep=1)
+            kv = [(layer.keys, layer.values) for layer in out.past_key_values.layers]
+            pad = self.width - len(p)
+            if pad:
+                kv = [tuple(torch.nn.functional.pad(t, (0, 0, pad, 0)) for t in pair) for pair in kv]
+            layers.append(kv)
+        merged = [tuple(torch.cat([inst[li][j] for inst in layers]) for j in (0, 1)) for li in range(len(layers[0]))]
+        self.cache = DynamicCache(ddp_cache_data=merged, config=backend.model.config)
+        _, self.prefix_mask = _left_pad(prefixes, backend.pad_id)
+        self.prefix_mask = self.prefix_mask.to(dev)
+        tails = [e.tail for e in enc]
+        self.tail_ids, self.tail_mask = _left_pad(tails, backend.pad_id)
+        self.tail_ids, self.tail_mask = self.tail_ids.to(dev), self.tail_mask.to(dev)
+        self.tail_pos = _positions(self.tail_mask, self.prefix_mask.sum(-1))
+        self.prompt_tokens = [len(p) for p in prefixes]
+        self._tail_len = [len(t) for t in tails]
+
+    @torch.inference_mode()
+    def choose(self, remaining: Sequence[Sequence[int]]) -> list[Choice]:
+        mask = self.prefix_mask.clone()
+        for b, keep in enumerate(remaining):
+            keep_set = set(keep)
+            for i, (s, e) in enumerate(self.spans[b]):
+                if i not in keep_set:
+                    mask[b, s:e] = 0
+        full = torch.cat([mask, self.tail_mask], dim=1)
+        out = self.backend.model(input_ids=self.tail_ids, attention_mask=full, position_ids=self.tail_pos,
+                                 past_key_values=self.cache, use_cache=True, logits_to_keep=1)
+        self.cache.crop(-self.tail_ids.shape[1])
+        logits = out.logits[:, -1].float()
+        label_ids = self.backend.encoder.label_ids
+        choices = []
+        for b, keep in enumerate(remaining):
+            labels = [self.prompts[b].labels[i] for i in keep]
+            scores = logits[b, [label_ids[lab] for lab in labels]].tolist()
+            self.prompt_tokens[b] += self._tail_len[b]
+            choices.append(choice_from_scores(labels, scores, self._tail_len[b]))
+        return choices

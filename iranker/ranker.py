@@ -1,0 +1,239 @@
+"""IterativeRanker (eliminate the worst candidate, step by step) and DirectRanker (one call, whole order).
+
+Both batch the work of many requests: at every step the pending decisions of all requests in a batch go to the
+backend together.
+
+Iterative ranking of n candidates takes n-1 decisions; the ranking is the survivor, then the eliminated in reverse
+order. Fast mode (default): one forward pass per decision, restricted to the pool's labels - always valid.
+Reasoning mode: the model writes `<think>..</think><answer>[X]</answer>`; a response that does not parse is counted
+in `parse_failures` and the step eliminates the pool's LAST candidate (the lowest in the request's order, e.g.
+the first stage's) - the documented fallback.
+
+Layouts of fast mode:
+- `cached` (default where the backend has it): list the candidates once, mask the eliminated ones out of the
+  key/value cache at each step (see `iranker.backends.transformers.CachedPools`).
+- `relist`: re-list the remaining pool, relabelled A.., in a fresh prompt at every step (the method as published;
+  also what remote backends do, where the server's prefix cache shares the header).
+Pools hold at most `window` candidates (<= 26 labels). A longer list streams through the window: the pool starts
+with the last `window` candidates, and every elimination lets the next higher-placed candidate in.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Literal
+
+from iranker.backends.base import Backend
+from iranker.parsing import parse_label, parse_permutation
+from iranker.prompts import MAX_POOL, RankContext, build_context, direct_prompt, iterative_prompt
+from iranker.schema import Elimination, RankRequest, RankResponse, Usage
+
+
+@dataclass
+class RankerConfig:
+    reasoning: bool = False  # think + answer instead of one restricted forward pass
+    layout: Literal["cached", "relist"] = "cached"  # fast mode only; see module doc
+    window: int = 20  # most candidates in one prompt
+    batch_size: int = 16  # requests ranked together
+    max_new_tokens: int = 256  # reasoning mode, per step
+    temperature: float = 0.0  # reasoning / direct generation
+    max_words: int = 120  # per candidate text shown to the model
+
+    def __post_init__(self):
+        if not 2 <= self.window <= MAX_POOL:
+            raise ValueError(f"window: must be between 2 and {MAX_POOL}, got {self.window}")
+        if self.layout not in ("cached", "relist"):
+            raise ValueError(f"layout: expected 'cached' or 'relist', got {self.layout!r}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size: must be >= 1, got {self.batch_size}")
+
+
+@dataclass
+class _Task:
+    req: RankRequest
+    ctx: RankContext
+    pool: list[int]  # candidate indices in the pool, in request order
+    waiting: list[int]  # candidates not yet in the pool (windowed lists), in request order
+    eliminated: list[Elimination] = field(default_factory=list)
+    usage: Usage = field(default_factory=Usage)
+    parse_failures: int = 0
+
+    @property
+    def active(self) -> bool:
+        return len(self.pool) > 1
+
+    def eliminate(self, pos: int, reasoning: str | None = None) -> None:
+        cid = self.pool.pop(pos)
+        self.eliminated.append(Elimination(id=self.req.candidates[cid].id, step=len(self.eliminated) + 1,
+                                           reasoning=reasoning))
+        if self.waiting:
+            self.pool.insert(0, self.waiting.pop())
+
+    def count(self, prompt_tokens: int, completion_tokens: int) -> None:
+        self.usage.llm_calls += 1
+        self.usage.prompt_tokens += prompt_tokens
+        self.usage.completion_tokens += completion_tokens
+
+    def response(self, model: str) -> RankResponse:
+        ranking = [self.req.candidates[i].id for i in self.pool] + [e.id for e in reversed(self.eliminated)]
+        if self.req.top_k:
+            ranking = ranking[: self.req.top_k]
+        return RankResponse(ranking=ranking, eliminated=self.eliminated, model=model, usage=self.usage,
+                            parse_failures=self.parse_failures)
+
+
+def _batches(items: Sequence, size: int) -> Iterable[Sequence]:
+    for i in range(0, len(items), size):
+        yield items[i: i + size]
+
+
+class _Progress:
+    def __init__(self, total: int, enabled: bool, what: str):
+        self.bar = None
+        if enabled:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, desc=what, unit="req", file=sys.stderr)
+
+    def update(self, n: int) -> None:
+        if self.bar:
+            self.bar.update(n)
+
+    def close(self) -> None:
+        if self.bar:
+            self.bar.close()
+
+
+class IterativeRanker:
+    def __init__(self, backend: Backend, config: RankerConfig | None = None):
+        self.backend = backend
+        self.config = config or RankerConfig()
+
+    def rank(self, request: RankRequest) -> RankResponse:
+        return self.rank_many([request])[0]
+
+    def rank_many(self, requests: Sequence[RankRequest], progress: bool = False) -> list[RankResponse]:
+        cfg = self.config
+        out: list[RankResponse] = []
+        bar = _Progress(len(requests), progress, "ranking")
+        for batch in _batches(requests, cfg.batch_size):
+            tasks = []
+            for req in batch:
+                ctx = build_context(req, cfg.max_words)
+                order = list(range(len(req.candidates)))
+                tasks.append(_Task(req, ctx, order[-cfg.window:], order[: -cfg.window] if len(order) > cfg.window
+                                   else []))
+            if self._use_cached(tasks):
+                self._run_cached(tasks)
+            else:
+                self._run_relist(tasks)
+            out.extend(t.response(self.backend.name) for t in tasks)
+            bar.update(len(batch))
+        bar.close()
+        return out
+
+    def _use_cached(self, tasks: list[_Task]) -> bool:
+        return (not self.config.reasoning and self.config.layout == "cached"
+                and hasattr(self.backend, "open_pools") and not any(t.waiting for t in tasks))
+
+    def _run_cached(self, tasks: list[_Task]) -> None:
+        tasks = [t for t in tasks if t.active]
+        if not tasks:
+            return
+        session = self.backend.open_pools([iterative_prompt(t.ctx, t.pool) for t in tasks])
+        first = [list(t.pool) for t in tasks]  # item position i of prompt b is candidate first[b][i]
+        for t, n in zip(tasks, session.prompt_tokens):
+            t.usage.prompt_tokens += n
+        while any(t.active for t in tasks):
+            remaining = [[first[b].index(c) for c in t.pool] for b, t in enumerate(tasks)]
+            choices = session.choose(remaining)
+            for b, (t, ch, keep) in enumerate(zip(tasks, choices, remaining)):
+                if t.active:
+                    t.count(ch.prompt_tokens, ch.completion_tokens)
+                    t.eliminate([session.prompts[b].labels[i] for i in keep].index(ch.label))
+
+    def _run_relist(self, tasks: list[_Task]) -> None:
+        cfg = self.config
+        while True:
+            active = [t for t in tasks if t.active]
+            if not active:
+                return
+            prompts = [iterative_prompt(t.ctx, t.pool, reasoning=cfg.reasoning) for t in active]
+            if cfg.reasoning:
+                gens = self.backend.generate(prompts, cfg.max_new_tokens, cfg.temperature)
+                for t, p, g in zip(active, prompts, gens):
+                    t.count(g.prompt_tokens, g.completion_tokens)
+                    ans = parse_label(g.text, p.labels, reasoning=True)
+                    if ans.ok:
+                        t.eliminate(p.labels.index(ans.label), ans.think)
+                    else:
+                        t.parse_failures += 1
+                        t.eliminate(len(t.pool) - 1, f"parse failure ({ans.error}); fallback: removed the last")
+            else:
+                for t, p, ch in zip(active, prompts, self.backend.choose(prompts)):
+                    t.count(ch.prompt_tokens, ch.completion_tokens)
+                    if ch.label is None:
+                        t.parse_failures += 1
+                        t.eliminate(len(t.pool) - 1, f"no valid choice ({ch.error}); fallback: removed the last")
+                    else:
+                        t.eliminate(p.labels.index(ch.label))
+
+
+class DirectRanker:
+    """One generation returns the whole order (`[B] > [A] > ...`), parsed strictly.
+
+    Candidates the answer leaves out follow in request order; an answer with any missing, duplicate or unknown
+    label counts as one parse failure.
+    """
+
+    def __init__(self, backend: Backend, config: RankerConfig | None = None):
+        self.backend = backend
+        self.config = config or RankerConfig()
+
+    def rank(self, request: RankRequest) -> RankResponse:
+        return self.rank_many([request])[0]
+
+    def rank_many(self, requests: Sequence[RankRequest], progress: bool = False) -> list[RankResponse]:
+        cfg = self.config
+        out = []
+        bar = _Progress(len(requests), progress, "ranking (direct)")
+        for batch in _batches(requests, cfg.batch_size):
+            prompts, ctxs = [], []
+            for req in batch:
+                if len(req.candidates) > MAX_POOL:
+                    raise ValueError(f"candidates: direct ranking takes at most {MAX_POOL} candidates, "
+                                     f"got {len(req.candidates)}; use the iterative method")
+                ctx = build_context(req, cfg.max_words)
+                ctxs.append(ctx)
+                prompts.append(direct_prompt(ctx, list(range(len(req.candidates))), reasoning=cfg.reasoning))
+            budget = 4 * max(len(p.labels) for p in prompts) + 8 + (cfg.max_new_tokens if cfg.reasoning else 0)
+            for req, p, g in zip(batch, prompts, self.backend.generate(prompts, budget, cfg.temperature)):
+                ans = parse_permutation(g.text, p.labels, reasoning=cfg.reasoning)
+                order = [p.labels.index(lab) for lab in ans.order]
+                order += [i for i in range(len(p.labels)) if i not in order]
+                ranking = [req.candidates[i].id for i in order][: req.top_k or None]
+                out.append(RankResponse(ranking=ranking, eliminated=[], model=self.backend.name,
+                                        usage=Usage(llm_calls=1, prompt_tokens=g.prompt_tokens,
+                                                    completion_tokens=g.completion_tokens),
+                                        parse_failures=0 if ans.ok else 1))
+            bar.update(len(batch))
+        bar.close()
+        return out
+
+
+def rank_requests(backend: Backend, requests: Sequence[RankRequest], config: RankerConfig | None = None,
+                  progress: bool = False) -> list[RankResponse]:
+    """Rank requests as each one's `options` ask (method, reasoning), batching those that ask alike."""
+    config = config or RankerConfig()
+    groups: dict[tuple[str, bool], list[int]] = {}
+    for i, req in enumerate(requests):
+        groups.setdefault((req.options.method, req.options.reasoning), []).append(i)
+    out: list[RankResponse | None] = [None] * len(requests)
+    for (method, reasoning), idx in groups.items():
+        cfg = replace(config, reasoning=reasoning)
+        ranker = IterativeRanker(backend, cfg) if method == "iterative" else DirectRanker(backend, cfg)
+        for i, resp in zip(idx, ranker.rank_many([requests[i] for i in idx], progress=progress)):
+            out[i] = resp
+    return out  # type: ignore[return-value]
