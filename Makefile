@@ -1,0 +1,40 @@
+# Two commands do everything on a fresh machine:  make demo  ·  make test
+# Both create .venv/, install the CPU torch wheel, the project with its extras, and the embedded model.
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip --disable-pip-version-check
+TORCH  ?= torch==2.13.0
+EXTRAS ?= data,train,eval,serve,pipelines,dev
+STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+export DVC_NO_ANALYTICS=1 GX_ANALYTICS_ENABLED=false HF_HUB_DISABLE_TELEMETRY=1 TOKENIZERS_PARALLELISM=false
+
+.PHONY: install model test test-fast demo bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	# torch first, pinned: the CPU wheel on laptops and CI; a later unpinned torch would pull CUDA packages.
+	$(PIP) install -q $(TORCH)
+	$(PIP) install -q -e ".[$(EXTRAS)]"
+	rm -f $(VENV)/.installed-* && touch $@
+
+install: $(STAMP)
+
+model: install
+	$(VENV)/bin/iranker model pull
+
+test: install model
+	$(PY) -m pytest -q
+
+test-fast: install
+	$(PY) -m pytest -q -m "not slow"
+
+demo: install model
+	$(VENV)/bin/iranker demo > /dev/null
+
+bench: install model
+	$(PY) benchmarks/bench_rank.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache
