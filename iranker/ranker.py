@@ -14,8 +14,10 @@ Layouts of fast mode:
   key/value cache at each step (see `iranker.backends.transformers.CachedPools`).
 - `relist`: re-list the remaining pool, relabelled A.., in a fresh prompt at every step (the method as published;
   also what remote backends do, where the server's prefix cache shares the header).
-Pools hold at most `window` candidates (<= 26 labels). A longer list streams through the window: the pool starts
-with the last `window` candidates, and every elimination lets the next higher-placed candidate in.
+Pools hold at most `window` candidates (<= 26 labels). A longer list is ranked with sliding windows (as RankGPT):
+rank the last `window` candidates of the request's order fully, move the window up by `stride` and rank again,
+until the window reaches the top; the best candidates bubble up. `eliminated` then lists every window's
+eliminations, numbered across windows.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ class RankerConfig:
     reasoning: bool = False  # think + answer instead of one restricted forward pass
     layout: Literal["cached", "relist"] = "cached"  # fast mode only; see module doc
     window: int = 20  # most candidates in one prompt
+    stride: int = 10  # how far a sliding window moves up on longer lists
     batch_size: int = 16  # requests ranked together
     max_new_tokens: int = 256  # reasoning mode, per step
     temperature: float = 0.0  # reasoning / direct generation
@@ -44,6 +47,8 @@ class RankerConfig:
     def __post_init__(self):
         if not 2 <= self.window <= MAX_POOL:
             raise ValueError(f"window: must be between 2 and {MAX_POOL}, got {self.window}")
+        if not 1 <= self.stride <= self.window:
+            raise ValueError(f"stride: must be between 1 and window ({self.window}), got {self.stride}")
         if self.layout not in ("cached", "relist"):
             raise ValueError(f"layout: expected 'cached' or 'relist', got {self.layout!r}")
         if self.batch_size < 1:
@@ -55,8 +60,8 @@ class _Task:
     req: RankRequest
     ctx: RankContext
     pool: list[int]  # candidate indices in the pool, in request order
-    waiting: list[int]  # candidates not yet in the pool (windowed lists), in request order
     eliminated: list[Elimination] = field(default_factory=list)
+    eliminated_idx: list[int] = field(default_factory=list)
     usage: Usage = field(default_factory=Usage)
     parse_failures: int = 0
 
@@ -66,18 +71,29 @@ class _Task:
 
     def eliminate(self, pos: int, reasoning: str | None = None) -> None:
         cid = self.pool.pop(pos)
+        self.eliminated_idx.append(cid)
         self.eliminated.append(Elimination(id=self.req.candidates[cid].id, step=len(self.eliminated) + 1,
                                            reasoning=reasoning))
-        if self.waiting:
-            self.pool.insert(0, self.waiting.pop())
 
     def count(self, prompt_tokens: int, completion_tokens: int) -> None:
         self.usage.llm_calls += 1
         self.usage.prompt_tokens += prompt_tokens
         self.usage.completion_tokens += completion_tokens
 
-    def response(self, model: str) -> RankResponse:
-        ranking = [self.req.candidates[i].id for i in self.pool] + [e.id for e in reversed(self.eliminated)]
+    def ranked(self) -> list[int]:
+        """Survivor first, then the eliminated in reverse order."""
+        return self.pool + self.eliminated_idx[::-1]
+
+    def absorb(self, window: "_Task") -> None:
+        """Take over the trace of a sliding window's run."""
+        for e in window.eliminated:
+            self.eliminated.append(e.model_copy(update={"step": len(self.eliminated) + 1}))
+        for k in ("llm_calls", "prompt_tokens", "completion_tokens"):
+            setattr(self.usage, k, getattr(self.usage, k) + getattr(window.usage, k))
+        self.parse_failures += window.parse_failures
+
+    def response(self, model: str, order: list[int] | None = None) -> RankResponse:
+        ranking = [self.req.candidates[i].id for i in (order if order is not None else self.ranked())]
         if self.req.top_k:
             ranking = ranking[: self.req.top_k]
         return RankResponse(ranking=ranking, eliminated=self.eliminated, model=model, usage=self.usage,
@@ -119,24 +135,44 @@ class IterativeRanker:
         out: list[RankResponse] = []
         bar = _Progress(len(requests), progress, "ranking")
         for batch in _batches(requests, cfg.batch_size):
-            tasks = []
-            for req in batch:
-                ctx = build_context(req, cfg.max_words)
-                order = list(range(len(req.candidates)))
-                tasks.append(_Task(req, ctx, order[-cfg.window:], order[: -cfg.window] if len(order) > cfg.window
-                                   else []))
-            if self._use_cached(tasks):
-                self._run_cached(tasks)
-            else:
-                self._run_relist(tasks)
-            out.extend(t.response(self.backend.name) for t in tasks)
+            tasks = [_Task(req, build_context(req, cfg.max_words), list(range(len(req.candidates))))
+                     for req in batch]
+            short = [t for t in tasks if len(t.pool) <= cfg.window]
+            self._run(short)
+            orders = self._run_windows([t for t in tasks if len(t.pool) > cfg.window])
+            out.extend(t.response(self.backend.name, orders.get(id(t))) for t in tasks)
             bar.update(len(batch))
         bar.close()
         return out
 
-    def _use_cached(self, tasks: list[_Task]) -> bool:
-        return (not self.config.reasoning and self.config.layout == "cached"
-                and hasattr(self.backend, "open_pools") and not any(t.waiting for t in tasks))
+    def _run(self, tasks: list[_Task]) -> None:
+        if self._use_cached():
+            self._run_cached(tasks)
+        else:
+            self._run_relist(tasks)
+
+    def _run_windows(self, tasks: list[_Task]) -> dict[int, list[int]]:
+        """Sliding windows, bottom to top; all tasks' current windows are ranked together."""
+        w, stride = self.config.window, self.config.stride
+        orders = {id(t): list(t.pool) for t in tasks}
+        starts = {id(t): len(t.pool) - w for t in tasks}
+        pending = list(tasks)
+        while pending:
+            windows = [_Task(t.req, t.ctx, orders[id(t)][starts[id(t)]: starts[id(t)] + w]) for t in pending]
+            self._run(windows)
+            still = []
+            for t, win in zip(pending, windows):
+                s = starts[id(t)]
+                orders[id(t)][s: s + w] = win.ranked()
+                t.absorb(win)
+                if s > 0:
+                    starts[id(t)] = max(s - stride, 0)
+                    still.append(t)
+            pending = still
+        return orders
+
+    def _use_cached(self) -> bool:
+        return not self.config.reasoning and self.config.layout == "cached" and hasattr(self.backend, "open_pools")
 
     def _run_cached(self, tasks: list[_Task]) -> None:
         tasks = [t for t in tasks if t.active]

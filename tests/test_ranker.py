@@ -1,0 +1,183 @@
+"""The rankers on a tiny random model (real transformers code paths) and on a scripted backend (ranking logic)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from iranker.backends.base import Backend, Choice, Generation, choice_from_scores
+from iranker.prompts import Prompt, build_context, iterative_prompt
+from iranker.ranker import DirectRanker, IterativeRanker, RankerConfig, rank_requests
+from iranker.schema import RankRequest
+
+
+def passage_request(n: int, qid: str = "q") -> RankRequest:
+    return RankRequest(scenario="passage", query=f"query {qid}",
+                       candidates=[{"id": f"{qid}-{i}", "text": f"passage number {i} " + "word " * (i % 5)}
+                                   for i in range(n)])
+
+
+class Scripted:
+    """A Backend that eliminates by a fixed preference: the candidate whose text holds the lowest number."""
+
+    name = "scripted"
+
+    def __init__(self, reasoning_text=None):
+        self.reasoning_text = reasoning_text
+        self.calls = 0
+
+    @staticmethod
+    def _worst(p: Prompt) -> str:
+        nums = {lab: int(item.split("number ")[1].split()[0]) for lab, item in zip(p.labels, p.items)}
+        return min(nums, key=nums.get)
+
+    def choose(self, prompts):
+        self.calls += 1
+        return [choice_from_scores(p.labels, [1.0 if lab == self._worst(p) else 0.0 for lab in p.labels], 10)
+                for p in prompts]
+
+    def generate(self, prompts, max_new_tokens, temperature=0.0):
+        self.calls += 1
+        if self.reasoning_text is not None:
+            return [Generation(self.reasoning_text, 10, 5) for _ in prompts]
+        return [Generation(f"<think>lowest number</think><answer>[{self._worst(p)}]</answer>", 10, 5)
+                for p in prompts]
+
+
+def test_scripted_backend_satisfies_the_protocol():
+    assert isinstance(Scripted(), Backend)
+
+
+@pytest.mark.parametrize("reasoning", [False, True])
+def test_elimination_order_gives_the_ranking(reasoning):
+    req = passage_request(6)
+    resp = IterativeRanker(Scripted(), RankerConfig(reasoning=reasoning)).rank(req)
+    # the scripted model removes the lowest number first, so the ranking is highest number first
+    assert resp.ranking == [f"q-{i}" for i in (5, 4, 3, 2, 1, 0)]
+    assert [e.id for e in resp.eliminated] == [f"q-{i}" for i in range(5)]
+    assert [e.step for e in resp.eliminated] == [1, 2, 3, 4, 5]
+    assert resp.usage.llm_calls == 5 and resp.parse_failures == 0
+
+
+@pytest.mark.parametrize("n, window, stride, calls", [(30, 8, 4, 7 * 7), (21, 20, 10, 2 * 19), (9, 8, 8, 2 * 7)])
+def test_long_lists_are_ranked_with_sliding_windows(n, window, stride, calls):
+    req = passage_request(n)
+    resp = IterativeRanker(Scripted(), RankerConfig(window=window, stride=stride)).rank(req)
+    # windows move bottom-up, so the top `window - stride` (at least) end in the right order
+    assert resp.ranking[: window - stride] == [f"q-{i}" for i in reversed(range(n))][: window - stride]
+    assert sorted(resp.ranking) == sorted(c.id for c in req.candidates)
+    assert resp.usage.llm_calls == calls
+    assert [e.step for e in resp.eliminated] == list(range(1, calls + 1))
+
+
+def test_reasoning_parse_failures_are_counted_and_fall_back_to_the_last():
+    req = passage_request(4)
+    resp = IterativeRanker(Scripted("I think C"), RankerConfig(reasoning=True)).rank(req)
+    assert resp.parse_failures == 3
+    assert [e.id for e in resp.eliminated] == ["q-3", "q-2", "q-1"]  # fallback: the pool's last, each time
+    assert "parse failure" in resp.eliminated[0].reasoning
+
+
+def test_requests_are_batched_together():
+    backend = Scripted()
+    reqs = [passage_request(5, f"q{i}") for i in range(6)]
+    out = IterativeRanker(backend, RankerConfig(batch_size=16)).rank_many(reqs)
+    assert backend.calls == 4  # 4 steps for all six requests at once
+    assert all(r.ranking[0].endswith("-4") for r in out)
+
+
+def test_top_k_truncates_and_one_candidate_needs_no_call():
+    backend = Scripted()
+    req = passage_request(5).model_copy(update={"top_k": 2})
+    assert IterativeRanker(backend).rank(req).ranking == ["q-4", "q-3"]
+    one = IterativeRanker(backend).rank(passage_request(1))
+    assert one.ranking == ["q-0"] and one.usage.llm_calls == 0
+
+
+def test_direct_ranker_fills_missing_and_counts_the_failure():
+    class Direct(Scripted):
+        def generate(self, prompts, max_new_tokens, temperature=0.0):
+            return [Generation("[C] > [A]", 10, 4) for _ in prompts]
+
+    resp = DirectRanker(Direct()).rank(passage_request(4))
+    assert resp.ranking == ["q-2", "q-0", "q-1", "q-3"] and resp.parse_failures == 1
+
+
+def test_rank_requests_follows_each_requests_options():
+    direct = RankRequest.model_validate({**passage_request(3, "b").model_dump(), "options": {"method": "direct"}})
+    reqs = [passage_request(3, "a"), direct]
+    out = rank_requests(Scripted(), reqs)
+    assert out[0].eliminated and not out[1].eliminated
+
+
+# ---- the transformers backend on a tiny random model ---------------------------------------------------------------
+
+@pytest.mark.parametrize("layout", ["cached", "relist"])
+def test_tiny_model_returns_a_permutation(tiny_backend, layout):
+    req = passage_request(12)
+    resp = IterativeRanker(tiny_backend, RankerConfig(layout=layout)).rank(req)
+    assert sorted(resp.ranking) == sorted(c.id for c in req.candidates)
+    assert resp.usage.llm_calls == 11 and resp.parse_failures == 0 and resp.model == "tiny"
+
+
+@pytest.mark.parametrize("layout", ["cached", "relist"])
+def test_batched_equals_one_by_one(tiny_backend, layout):
+    reqs = [passage_request(n, f"q{n}") for n in (3, 7, 12, 5)]
+    one = [IterativeRanker(tiny_backend, RankerConfig(layout=layout, batch_size=1)).rank(r) for r in reqs]
+    many = IterativeRanker(tiny_backend, RankerConfig(layout=layout, batch_size=4)).rank_many(reqs)
+    assert [r.ranking for r in one] == [r.ranking for r in many]
+
+
+@torch.inference_mode()
+def test_cached_step_equals_a_full_pass_with_the_eliminated_masked(tiny_backend):
+    """A cached step must give the logits of one uncached pass over the same tokens with the same attention mask."""
+    ctxs = [build_context(passage_request(n, f"q{n}")) for n in (6, 9)]
+    prompts = [iterative_prompt(c, list(range(len(c.texts)))) for c in ctxs]
+    session = tiny_backend.open_pools(prompts)
+    remaining = [[0, 2, 5], [1, 3, 4, 8]]
+    session.choose([list(range(6)), list(range(9))])  # a first step, so the crop is exercised
+    cached = session.choose(remaining)
+    for b, (p, keep) in enumerate(zip(prompts, remaining)):
+        enc = tiny_backend.encoder.encode(p)
+        mask = torch.ones(len(enc), dtype=torch.long)
+        start = len(enc.head)
+        for i, item in enumerate(enc.items):
+            if i not in keep:
+                mask[start:start + len(item)] = 0
+            start += len(item)
+        ids = torch.tensor([enc.ids])
+        logits = tiny_backend.model(input_ids=ids, attention_mask=mask[None],
+                                    position_ids=torch.arange(len(enc))[None]).logits[0, -1]
+        labels = [p.labels[i] for i in keep]
+        full = choice_from_scores(labels, logits[[tiny_backend.encoder.label_ids[x] for x in labels]].tolist())
+        assert cached[b].label == full.label
+        for lab in labels:
+            assert cached[b].logprobs[lab] == pytest.approx(full.logprobs[lab], abs=1e-3)
+
+
+def test_fast_choice_is_always_a_pool_label(tiny_backend):
+    p = iterative_prompt(build_context(passage_request(5)), [4, 2])
+    (choice,) = tiny_backend.choose([p])
+    assert choice.label in ("A", "B") and set(choice.logprobs) == {"A", "B"}
+    assert sum(torch.tensor(list(choice.logprobs.values())).exp()) == pytest.approx(1.0)
+
+
+def test_reasoning_mode_counts_failures_of_an_untrained_model(tiny_backend):
+    """A random model does not write the answer format: every step must be a counted failure, never hidden."""
+    resp = IterativeRanker(tiny_backend, RankerConfig(reasoning=True, max_new_tokens=8)).rank(passage_request(4))
+    assert sorted(resp.ranking) == sorted(f"q-{i}" for i in range(4))
+    assert resp.parse_failures == 3 and resp.usage.completion_tokens > 0
+
+
+def test_candidate_text_is_capped_in_tokens(tiny_tokenizer):
+    from iranker.backends.tokens import PromptEncoder
+
+    enc = PromptEncoder(tiny_tokenizer, max_item_tokens=16)
+    req = RankRequest(scenario="passage", query="q", candidates=[{"id": "a", "text": "vaccines " * 100}])
+    e = enc.encode(iterative_prompt(build_context(req), [0]))
+    assert len(e.items[0]) == 16
+
+
+def test_window_out_of_range_is_rejected():
+    with pytest.raises(ValueError, match="window"):
+        RankerConfig(window=40)
