@@ -1,0 +1,77 @@
+"""The `iranker` command as users run it (a subprocess), on the tiny model saved as a folder."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from conftest import SAMPLES
+
+
+def run(*args, stdin=None):
+    return subprocess.run([sys.executable, "-m", "iranker.cli", *args], capture_output=True, text=True, input=stdin,
+                          timeout=300)
+
+
+def test_rank_help_shows_an_example_request():
+    out = run("rank", "--help")
+    assert out.returncode == 0
+    example = out.stdout[out.stdout.index('{\n  "scenario"'): out.stdout.index("scenario: recommendation")]
+    assert json.loads(example)["scenario"] == "passage"
+
+
+def test_rank_prints_a_rank_response(tmp_path, tiny_model_dir):
+    req = {"scenario": "routing", "query": "2+2?", "preference": "cost",
+           "candidates": [{"id": "gpt-4", "text": "strong, expensive"}, {"id": "mistral-7b", "text": "cheap"},
+                          {"id": "llama-70b", "text": "medium"}], "top_k": 2}
+    path = tmp_path / "req.json"
+    path.write_text(json.dumps(req))
+    out = run("rank", str(path), "--model", str(tiny_model_dir))
+    assert out.returncode == 0, out.stderr
+    resp = json.loads(out.stdout)
+    assert len(resp["ranking"]) == 2 and set(resp["ranking"]) <= {"gpt-4", "mistral-7b", "llama-70b"}
+    assert resp["usage"]["llm_calls"] == 2 and resp["parse_failures"] == 0
+    assert [e["step"] for e in resp["eliminated"]] == [1, 2]
+
+
+def test_rank_reads_a_list_from_stdin(tiny_model_dir):
+    reqs = [{"scenario": "passage", "query": "q", "candidates": [{"id": "a", "text": "x"}, {"id": "b", "text": "y"}]},
+            {"scenario": "recommendation", "history": ["Heat (1995)"],
+             "candidates": [{"id": "1", "text": "Ronin (1998)"}, {"id": "2", "text": "Babe (1995)"}]}]
+    out = run("rank", "-", "--model", str(tiny_model_dir), "--layout", "relist", stdin=json.dumps(reqs))
+    assert out.returncode == 0, out.stderr
+    assert [sorted(r["ranking"]) for r in json.loads(out.stdout)] == [["a", "b"], ["1", "2"]]
+
+
+@pytest.mark.parametrize("content, message", [
+    ("{not json", "not valid JSON (line 1"),
+    (json.dumps({"scenario": "routing", "query": "q", "candidates": [{"id": "a", "text": "x"}]}), "preference"),
+    (json.dumps({"scenario": "passage", "query": "q", "candidates": []}), "candidates"),
+    (json.dumps([{"scenario": "passage", "query": "q", "candidates": [{"id": "a", "text": "x"}]}, 3]),
+     "[1]: expected a JSON object"),
+])
+def test_bad_requests_exit_non_zero_naming_the_problem(tmp_path, content, message):
+    path = tmp_path / "bad.json"
+    path.write_text(content)
+    out = run("rank", str(path), "--model", "/nonexistent-never-loaded")
+    assert out.returncode == 2 and message in out.stderr and out.stdout == ""
+
+
+def test_missing_model_folder_is_a_clear_error(tmp_path):
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps({"scenario": "passage", "query": "q", "candidates": [{"id": "a", "text": "x"}]}))
+    out = run("rank", str(path), "--model", "./no-such-model")
+    assert out.returncode == 1 and "no such folder" in out.stderr
+
+
+def test_demo_scores_every_scenario_beside_random(tiny_model_dir):
+    out = run("demo", "--model", str(tiny_model_dir), "--instances", str(SAMPLES))
+    assert out.returncode == 0, out.stderr
+    scores = json.loads(out.stdout)["scenarios"]
+    assert set(scores) == {"passage", "recommendation", "routing"}
+    for s in scores.values():
+        assert 0 < s["random"]["mrr"] < 1 and 0 <= s["metrics"]["mrr"] <= 1 and s["parse_failure_rate"] == 0
+    assert "(random)" in out.stderr
