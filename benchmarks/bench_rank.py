@@ -1,0 +1,171 @@
+"""Speed of iterative ranking (fast mode, embedded SmolLM2-135M) against its floor and the naive loop, one run.
+
+For 20 candidates (a TREC DL 2019 query with its BM25 top-20 passages, and a MovieLens-100K user) it measures:
+- floor: ONE forward pass over the full prompt (what a single listwise scoring would cost);
+- ours: the iterative ranker, cached layout (candidates encoded once, eliminated ones masked out of the cache);
+- naive: the published loop, re-listing and re-encoding the whole pool at every step (the relist layout).
+Then batching: 16 instances ranked in one batch vs one by one. Then quality: nDCG@10 of both layouts on the DL19
+BM25 top-20 of every query, beside BM25's own order and the random expectation on the same instances.
+
+Goals: ours <= 2x floor; naive >= 5x ours; batch of 16 >= 2x the throughput of one by one.
+
+    python benchmarks/bench_rank.py [--out benchmarks/results/bench_rank.json] [--quality-queries 43]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import random
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from iranker.backends.transformers import TransformersBackend  # noqa: E402
+from iranker.metrics import ndcg_at_k, random_ndcg_at_k  # noqa: E402
+from iranker.prompts import build_context, iterative_prompt  # noqa: E402
+from iranker.ranker import IterativeRanker, RankerConfig  # noqa: E402
+from iranker.schema import RankRequest  # noqa: E402
+
+
+def dl19(shared: Path, depth: int = 20):
+    runs = json.loads((shared / "passage" / "dl19_bm25_top100.json").read_text())
+    qrels: dict[str, dict[str, int]] = {}
+    for line in (shared / "passage" / "qrels.dl19-passage.txt").read_text().splitlines():
+        if line.strip():
+            qid, _, docid, grade = line.split()
+            qrels.setdefault(qid, {})[docid] = int(grade)
+    out = []
+    for e in runs:
+        hits = e["hits"][:depth]
+        qid = str(hits[0]["qid"])
+        out.append((qid, RankRequest(scenario="passage", query=e["query"],
+                                     candidates=[{"id": h["docid"], "text": h["content"]} for h in hits])))
+    return out, qrels
+
+
+def movielens_users(shared: Path, n_users: int, seed: int = 0) -> list[RankRequest]:
+    """First 20 interactions (by time) as history, the 21st as target, 19 random unseen negatives, shuffled."""
+    base = shared / "recommendation" / "ml-100k"
+    titles = {}
+    for line in (base / "ml-100k.item").read_text(encoding="latin-1").splitlines()[1:]:
+        parts = line.split("\t")
+        titles[parts[0]] = f"{parts[1]} ({parts[2]})" if len(parts) > 2 and parts[2] else parts[1]
+    by_user: dict[str, list[tuple[float, str]]] = {}
+    for line in (base / "ml-100k.inter").read_text().splitlines()[1:]:
+        u, i, _, ts = line.split("\t")
+        by_user.setdefault(u, []).append((float(ts), i))
+    rng = random.Random(seed)
+    items = sorted(titles)
+    reqs = []
+    for u in sorted(by_user, key=int)[:n_users]:
+        seq = [i for _, i in sorted(by_user[u])]
+        history, target = seq[:20], seq[20]
+        seen = set(seq)
+        negs = rng.sample([i for i in items if i not in seen], 19)
+        cands = [target] + negs
+        rng.shuffle(cands)
+        reqs.append(RankRequest(scenario="recommendation", user_id=u, history=[titles[i] for i in history],
+                                candidates=[{"id": i, "text": titles[i]} for i in cands]))
+    return reqs
+
+
+def timed(fn, repeats: int) -> float:
+    """Median wall time of `repeats` runs after one warm-up run."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--shared", default=str(ROOT.parent / "shared" / "data"))
+    ap.add_argument("--model", default=None, help="default: the embedded SmolLM2-135M")
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "bench_rank.json"))
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--quality-queries", type=int, default=43, help="DL19 queries for the layout comparison (0: skip)")
+    args = ap.parse_args()
+    shared = Path(args.shared)
+    if not shared.exists():
+        sys.exit(f"public data not found at {shared} (--shared)")
+    torch.set_num_threads(torch.get_num_threads())
+    backend = TransformersBackend(args.model)
+    queries, qrels = dl19(shared)
+    users = movielens_users(shared, max(args.batch, 1))
+    cached = IterativeRanker(backend, RankerConfig(layout="cached", batch_size=1))
+    naive = IterativeRanker(backend, RankerConfig(layout="relist", batch_size=1))
+    result = {"model": backend.name, "device": str(backend.device), "torch_threads": torch.get_num_threads(),
+              "machine": platform.machine(), "candidates": 20, "repeats": args.repeats, "speed": {}}
+
+    for name, req in (("passage (DL19 BM25 top-20)", queries[0][1]), ("recommendation (MovieLens-100K user)", users[0])):
+        prompt = iterative_prompt(build_context(req), list(range(20)))
+        n_tokens = len(backend.encoder.encode(prompt))
+        print(f"[bench] {name}: prompt of {n_tokens} tokens", file=sys.stderr)
+        floor = timed(lambda: backend.choose([prompt]), args.repeats)
+        ours = timed(lambda: cached.rank(req), args.repeats)
+        slow = timed(lambda: naive.rank(req), max(1, args.repeats - 2))
+        row = {"prompt_tokens": n_tokens, "floor_s": floor, "ours_s": ours, "naive_s": slow,
+               "ours_over_floor": ours / floor, "naive_over_ours": slow / ours,
+               "tokens_encoded": {"ours": cached.rank(req).usage.prompt_tokens,
+                                  "naive": naive.rank(req).usage.prompt_tokens},
+               "goals_met": {"ours <= 2x floor": ours / floor <= 2.0, "naive >= 5x ours": slow / ours >= 5.0}}
+        result["speed"][name] = row
+        print(f"[bench]   floor {floor:.2f}s  ours {ours:.2f}s ({ours / floor:.2f}x floor)  naive {slow:.2f}s "
+              f"({slow / ours:.1f}x ours)", file=sys.stderr)
+
+    result["batching"] = {}
+    for name, reqs in (("passage (DL19 BM25 top-20)", [r for _, r in queries[: args.batch]]),
+                       ("recommendation (MovieLens-100K users)", users[: args.batch])):
+        one = IterativeRanker(backend, RankerConfig(batch_size=1))
+        many = IterativeRanker(backend, RankerConfig(batch_size=args.batch))
+        t = time.perf_counter()
+        singles = [one.rank(r) for r in reqs]
+        t_one = time.perf_counter() - t
+        t = time.perf_counter()
+        batched = many.rank_many(reqs)
+        t_many = time.perf_counter() - t
+        same = [r.ranking for r in batched] == [r.ranking for r in singles]
+        result["batching"][name] = {"instances": len(reqs), "one_by_one_s": t_one, "batched_s": t_many,
+                                    "throughput_ratio": t_one / t_many, "same_rankings": same,
+                                    "goal_met": t_one / t_many >= 2.0}
+        print(f"[bench] batching {name}: one by one {t_one:.1f}s, batch of {len(reqs)} {t_many:.1f}s "
+              f"-> {t_one / t_many:.2f}x throughput (same rankings: {same})", file=sys.stderr)
+
+    if args.quality_queries:
+        sub = queries[: args.quality_queries]
+        reqs = [r for _, r in sub]
+        quality = {"queries": len(sub), "metric": "ndcg@10 (trec_eval gain, unjudged = 0), BM25 top-20 re-ranked"}
+        quality["bm25 (first stage)"] = statistics.mean(
+            ndcg_at_k([c.id for c in r.candidates], qrels.get(q, {}), 10) for q, r in sub)
+        quality["random (expected)"] = statistics.mean(
+            random_ndcg_at_k([c.id for c in r.candidates], qrels.get(q, {}), 10) for q, r in sub)
+        for layout in ("cached", "relist"):
+            t = time.perf_counter()
+            resps = IterativeRanker(backend, RankerConfig(layout=layout, batch_size=args.batch)).rank_many(
+                reqs, progress=True)
+            quality[f"iterative, {layout} layout"] = statistics.mean(
+                ndcg_at_k(resp.ranking, qrels.get(q, {}), 10) for (q, _), resp in zip(sub, resps))
+            quality[f"seconds, {layout} layout"] = time.perf_counter() - t
+            print(f"[bench] quality {layout}: nDCG@10 {quality[f'iterative, {layout} layout']:.4f}", file=sys.stderr)
+        result["quality"] = quality
+
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1) + "\n")
+    print(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()
