@@ -128,6 +128,20 @@ def test_batched_equals_one_by_one(tiny_backend, layout):
     assert [r.ranking for r in one] == [r.ranking for r in many]
 
 
+def test_cached_steps_split_into_groups_give_the_same_rankings(tiny_backend):
+    reqs = [passage_request(n, f"q{n}") for n in (3, 7, 12, 5, 9)]
+    whole = IterativeRanker(tiny_backend, RankerConfig(batch_size=8)).rank_many(reqs)
+    budget, tiny_backend.max_step_tokens = tiny_backend.max_step_tokens, 200
+    try:
+        session = tiny_backend.open_pools([iterative_prompt(build_context(r), list(range(len(r.candidates))))
+                                           for r in reqs])
+        assert len(session.groups) > 1
+        split = IterativeRanker(tiny_backend, RankerConfig(batch_size=8)).rank_many(reqs)
+    finally:
+        tiny_backend.max_step_tokens = budget
+    assert [r.ranking for r in split] == [r.ranking for r in whole]
+
+
 @torch.inference_mode()
 def test_cached_step_equals_a_full_pass_with_the_eliminated_masked(tiny_backend):
     """A cached step must give the logits of one uncached pass over the same tokens with the same attention mask."""

@@ -9,11 +9,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from transformers import DynamicCache
+from transformers import StaticCache
 
 from iranker.backends.base import Choice, Generation, choice_from_scores
 from iranker.backends.tokens import EncodedPrompt, PromptEncoder
 from iranker.prompts import Prompt
+
+
+CPU_STEP_TOKENS = 4_500  # cached-layout batch on a CPU: ~6 short (600-token) prompts, 2 long ones; README
 
 
 def _left_pad(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -37,7 +40,7 @@ class TransformersBackend:
 
     def __init__(self, model: str | None = None, *, model_obj=None, tokenizer=None, device: str | None = None,
                  dtype: torch.dtype | None = None, max_item_tokens: int = 192, max_batch_tokens: int = 24_000,
-                 name: str | None = None):
+                 max_step_tokens: int | None = None, name: str | None = None):
         if model_obj is None:
             from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -58,6 +61,8 @@ class TransformersBackend:
         self.encoder = PromptEncoder(tokenizer, max_item_tokens)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.max_batch_tokens = max_batch_tokens
+        # cached layout: most cache tokens (rows x prompt length) one batched step may attend to
+        self.max_step_tokens = max_step_tokens or (CPU_STEP_TOKENS if self.device.type == "cpu" else 1 << 20)
         self._init_label_head()
 
     def _init_label_head(self) -> None:
@@ -164,13 +169,17 @@ class TransformersBackend:
 
 
 class CachedPools:
-    """Encode each prompt (every candidate listed) once; answer each step by re-reading only the question.
+    """Encode each prompt (every candidate listed) once; answer each step by re-reading only the short cue.
 
-    The key/value cache holds the header and all candidate lines. At every step the tail (question, end of turn,
-    answer prefix) is run against that cache with the eliminated candidates' tokens masked out of the attention,
-    so the model sees exactly the remaining pool; then the tail is cropped off the cache again. A step costs the
-    tail's few dozen tokens instead of the whole prompt. Labels stay those of the first listing (`[A]`..), the
-    remaining ones keep their letters.
+    The key/value cache holds the header and all candidate lines. At every step the tail (cue, end of turn, answer
+    prefix) is run against that cache with the eliminated candidates' tokens masked out of the attention, so the
+    model sees exactly the remaining pool. A step costs the tail's dozen tokens instead of the whole prompt.
+    Labels stay those of the first listing (`[A]`..): the remaining candidates keep their letters.
+
+    Prompts are prefilled one by one (unpadded: prefill is compute-bound, batching it gains nothing), then grouped
+    so that the steps of a group run as one batch over a preallocated cache whose tail slots are overwritten in
+    place (no copy of the cache per step). A group holds at most `backend.max_step_tokens` cache tokens: on a CPU,
+    many rows over long prompts cost more than they save.
     """
 
     @torch.inference_mode()
@@ -178,9 +187,41 @@ class CachedPools:
         self.backend = backend
         self.prompts = list(prompts)
         enc = [backend.encoder.encode(p) for p in prompts]
+        self.prompt_tokens = [len(e) - len(e.tail) for e in enc]
+        self._tail_len = [len(e.tail) for e in enc]
+        budget = backend.max_step_tokens
+        self.groups: list[_PoolGroup] = []
+        rows: list[int] = []
+        for i in sorted(range(len(enc)), key=lambda i: len(enc[i])):
+            width = max([len(enc[j]) for j in rows] + [len(enc[i])])
+            if rows and width * (len(rows) + 1) > budget:
+                self.groups.append(_PoolGroup(backend, [enc[j] for j in rows], rows))
+                rows = []
+            rows.append(i)
+        self.groups.append(_PoolGroup(backend, [enc[j] for j in rows], rows))
+
+    @torch.inference_mode()
+    def choose(self, remaining: Sequence[Sequence[int]]) -> list[Choice]:
+        order = self.backend.label_order
+        choices: list[Choice | None] = [None] * len(remaining)
+        for g in self.groups:
+            logits = g.step([remaining[b] for b in g.rows])
+            for row, b in enumerate(g.rows):
+                labels = [self.prompts[b].labels[i] for i in remaining[b]]
+                scores = logits[row, [order.index(lab) for lab in labels]].tolist()
+                self.prompt_tokens[b] += self._tail_len[b]
+                choices[b] = choice_from_scores(labels, scores, self._tail_len[b])
+        return choices  # type: ignore[return-value]
+
+
+class _PoolGroup:
+    """Prompts whose steps run as one batch over one preallocated (static) key/value cache."""
+
+    def __init__(self, backend: TransformersBackend, enc: Sequence[EncodedPrompt], rows: list[int]):
+        self.backend, self.rows = backend, rows
         prefixes = [e.head + [t for item in e.items for t in item] for e in enc]
         self.width = max(len(p) for p in prefixes)
-        self.spans: list[list[tuple[int, int]]] = []  # token span of each item in the padded prefix
+        self.spans: list[list[tuple[int, int]]] = []  # token span of each item in the left-padded prefix
         for e, p in zip(enc, prefixes):
             start = self.width - len(p) + len(e.head)
             spans = []
@@ -189,43 +230,31 @@ class CachedPools:
                 start += len(item)
             self.spans.append(spans)
         dev = backend.device
-        # Prefill each prompt on its own: unpadded, attention takes the fast causal path and no work is spent on
-        # padding (prefill is compute-bound, batching it gains nothing). Then left-pad the caches into one batch
-        # for the steps, which are small and gain from batching.
-        layers: list[list[tuple[torch.Tensor, torch.Tensor]]] = []
+        tails = [e.tail for e in enc]
+        self.tail_ids, self.tail_mask = (t.to(dev) for t in _left_pad(tails, backend.pad_id))
+        _, self.prefix_mask = _left_pad(prefixes, backend.pad_id)
+        self.prefix_mask = self.prefix_mask.to(dev)
+        self.tail_pos = _positions(self.tail_mask, self.prefix_mask.sum(-1))
+        self.cache = StaticCache(config=backend.model.config, max_cache_len=self.width + self.tail_ids.shape[1])
+        per_prompt = []
         for p in prefixes:
             kv = [(layer.keys, layer.values) for layer in backend.encode_cache(p).layers]
             pad = self.width - len(p)
-            if pad:
-                kv = [tuple(torch.nn.functional.pad(t, (0, 0, pad, 0)) for t in pair) for pair in kv]
-            layers.append(kv)
-        merged = [tuple(torch.cat([inst[li][j] for inst in layers]) for j in (0, 1)) for li in range(len(layers[0]))]
-        self.cache = DynamicCache(ddp_cache_data=merged, config=backend.model.config)
-        _, self.prefix_mask = _left_pad(prefixes, backend.pad_id)
-        self.prefix_mask = self.prefix_mask.to(dev)
-        tails = [e.tail for e in enc]
-        self.tail_ids, self.tail_mask = _left_pad(tails, backend.pad_id)
-        self.tail_ids, self.tail_mask = self.tail_ids.to(dev), self.tail_mask.to(dev)
-        self.tail_pos = _positions(self.tail_mask, self.prefix_mask.sum(-1))
-        self.prompt_tokens = [len(p) for p in prefixes]
-        self._tail_len = [len(t) for t in tails]
+            per_prompt.append([tuple(torch.nn.functional.pad(t, (0, 0, pad, 0)) for t in pair) if pad else pair
+                               for pair in kv])
+        for li in range(len(per_prompt[0])):
+            self.cache.update(torch.cat([kv[li][0] for kv in per_prompt]),
+                              torch.cat([kv[li][1] for kv in per_prompt]), li)
 
-    @torch.inference_mode()
-    def choose(self, remaining: Sequence[Sequence[int]]) -> list[Choice]:
+    def step(self, remaining: Sequence[Sequence[int]]) -> torch.Tensor:
         mask = self.prefix_mask.clone()
         for b, keep in enumerate(remaining):
             keep_set = set(keep)
             for i, (s, e) in enumerate(self.spans[b]):
                 if i not in keep_set:
                     mask[b, s:e] = 0
+        for layer in self.cache.layers:  # the tail slots are rewritten in place at every step
+            layer.cumulative_length.fill_(self.width)
         full = torch.cat([mask, self.tail_mask], dim=1)
         logits, _ = self.backend.label_scores(self.tail_ids, full, self.tail_pos, self.cache, use_cache=True)
-        self.cache.crop(-self.tail_ids.shape[1])
-        order = self.backend.label_order
-        choices = []
-        for b, keep in enumerate(remaining):
-            labels = [self.prompts[b].labels[i] for i in keep]
-            scores = logits[b, [order.index(lab) for lab in labels]].tolist()
-            self.prompt_tokens[b] += self._tail_len[b]
-            choices.append(choice_from_scores(labels, scores, self._tail_len[b]))
-        return choices
+        return logits
