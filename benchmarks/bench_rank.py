@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import random
 import statistics
 import sys
 import time
@@ -29,52 +28,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from iranker.backends.transformers import TransformersBackend  # noqa: E402
+from iranker.data.public import dl19_qrels, dl19_requests, movielens_requests  # noqa: E402
 from iranker.metrics import ndcg_at_k, random_ndcg_at_k  # noqa: E402
 from iranker.prompts import build_context, iterative_prompt  # noqa: E402
 from iranker.ranker import IterativeRanker, RankerConfig  # noqa: E402
-from iranker.schema import RankRequest  # noqa: E402
-
-
-def dl19(shared: Path, depth: int = 20):
-    runs = json.loads((shared / "passage" / "dl19_bm25_top100.json").read_text())
-    qrels: dict[str, dict[str, int]] = {}
-    for line in (shared / "passage" / "qrels.dl19-passage.txt").read_text().splitlines():
-        if line.strip():
-            qid, _, docid, grade = line.split()
-            qrels.setdefault(qid, {})[docid] = int(grade)
-    out = []
-    for e in runs:
-        hits = e["hits"][:depth]
-        qid = str(hits[0]["qid"])
-        out.append((qid, RankRequest(scenario="passage", query=e["query"],
-                                     candidates=[{"id": h["docid"], "text": h["content"]} for h in hits])))
-    return out, qrels
-
-
-def movielens_users(shared: Path, n_users: int, seed: int = 0) -> list[RankRequest]:
-    """First 20 interactions (by time) as history, the 21st as target, 19 random unseen negatives, shuffled."""
-    base = shared / "recommendation" / "ml-100k"
-    titles = {}
-    for line in (base / "ml-100k.item").read_text(encoding="latin-1").splitlines()[1:]:
-        parts = line.split("\t")
-        titles[parts[0]] = f"{parts[1]} ({parts[2]})" if len(parts) > 2 and parts[2] else parts[1]
-    by_user: dict[str, list[tuple[float, str]]] = {}
-    for line in (base / "ml-100k.inter").read_text().splitlines()[1:]:
-        u, i, _, ts = line.split("\t")
-        by_user.setdefault(u, []).append((float(ts), i))
-    rng = random.Random(seed)
-    items = sorted(titles)
-    reqs = []
-    for u in sorted(by_user, key=int)[:n_users]:
-        seq = [i for _, i in sorted(by_user[u])]
-        history, target = seq[:20], seq[20]
-        seen = set(seq)
-        negs = rng.sample([i for i in items if i not in seen], 19)
-        cands = [target] + negs
-        rng.shuffle(cands)
-        reqs.append(RankRequest(scenario="recommendation", user_id=u, history=[titles[i] for i in history],
-                                candidates=[{"id": i, "text": titles[i]} for i in cands]))
-    return reqs
 
 
 def timed(fn, repeats: int) -> float:
@@ -102,8 +59,8 @@ def main() -> None:
         sys.exit(f"public data not found at {shared} (--shared)")
     torch.set_num_threads(torch.get_num_threads())
     backend = TransformersBackend(args.model)
-    queries, qrels = dl19(shared)
-    users = movielens_users(shared, max(args.batch, 1))
+    queries, qrels = dl19_requests(shared, depth=20), dl19_qrels(shared)
+    users = [r for _, r in movielens_requests(shared, max(args.batch, 1))]
     cached = IterativeRanker(backend, RankerConfig(layout="cached", batch_size=1))
     naive = IterativeRanker(backend, RankerConfig(layout="relist", batch_size=1))
     result = {"model": backend.name, "device": str(backend.device), "torch_threads": torch.get_num_threads(),

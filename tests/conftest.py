@@ -75,16 +75,13 @@ def shared_data() -> Path:
 
 
 def dl19(shared: Path, depth: int = 100):
-    """[(qid, query, [(docid, text, bm25 score)])] and qrels {qid: {docid: grade}} of TREC DL 2019."""
+    """[(qid, query, [(docid, text, first-stage score)])] and qrels {qid: {docid: grade}} of TREC DL 2019."""
     import json
+
+    from iranker.data.public import dl19_qrels
 
     runs = []
     for entry in json.loads((shared / "passage" / "dl19_bm25_top100.json").read_text()):
         hits = entry["hits"][:depth]
         runs.append((str(hits[0]["qid"]), entry["query"], [(h["docid"], h["content"], h["score"]) for h in hits]))
-    qrels: dict[str, dict[str, int]] = {}
-    for line in (shared / "passage" / "qrels.dl19-passage.txt").read_text().split("\n"):
-        if line.strip():
-            qid, _, docid, grade = line.split()
-            qrels.setdefault(qid, {})[docid] = int(grade)
-    return runs, qrels
+    return runs, dl19_qrels(shared)

@@ -1,0 +1,1 @@
+"""Data: readers of public formats, turned into RankRequests / RankingInstances."""
