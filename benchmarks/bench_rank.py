@@ -27,11 +27,11 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from iranker.backends.transformers import TransformersBackend  # noqa: E402
-from iranker.data.public import dl19_qrels, dl19_requests, movielens_requests  # noqa: E402
-from iranker.metrics import ndcg_at_k, random_ndcg_at_k  # noqa: E402
-from iranker.prompts import build_context, iterative_prompt  # noqa: E402
-from iranker.ranker import IterativeRanker, RankerConfig  # noqa: E402
+from iranker.backends.transformers import TransformersBackend
+from iranker.data.public import dl19_qrels, dl19_requests, movielens_requests
+from iranker.metrics import ndcg_at_k, random_ndcg_at_k
+from iranker.prompts import build_context, iterative_prompt
+from iranker.ranker import IterativeRanker, RankerConfig
 
 
 def timed(fn, repeats: int) -> float:

@@ -57,7 +57,7 @@ def _backend(args):
     return load_backend(args.backend, args.model, **kwargs)
 
 
-def _die(msg: str, code: int = 2) -> "NoReturn":  # noqa: F821
+def _die(msg: str, code: int = 2) -> NoReturn:  # noqa: F821
     print(f"iranker: error: {msg}", file=sys.stderr)
     raise SystemExit(code)
 

@@ -84,7 +84,7 @@ class _Task:
         """Survivor first, then the eliminated in reverse order."""
         return self.pool + self.eliminated_idx[::-1]
 
-    def absorb(self, window: "_Task") -> None:
+    def absorb(self, window: _Task) -> None:
         """Take over the trace of a sliding window's run."""
         for e in window.eliminated:
             self.eliminated.append(e.model_copy(update={"step": len(self.eliminated) + 1}))

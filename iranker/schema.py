@@ -83,7 +83,7 @@ class RankingInstance(_Strict):
     split: Split = "test"
 
     @model_validator(mode="after")
-    def _consistent(self) -> "RankingInstance":
+    def _consistent(self) -> RankingInstance:
         _check_candidates(self.candidates)
         _check_scenario_fields(self.scenario, self.query, self.history, self.user_id, self.preference,
                                need_context=True)
@@ -98,7 +98,7 @@ class RankingInstance(_Strict):
     def grade(self, candidate_id: str) -> float:
         return self.relevance.get(candidate_id, 0.0)
 
-    def to_request(self, **options) -> "RankRequest":
+    def to_request(self, **options) -> RankRequest:
         return RankRequest(scenario=self.scenario, query=self.query, user_id=self.user_id,
                            history=self.history or None, preference=self.preference,
                            candidates=self.candidates, options=RankOptions(**options))
@@ -122,7 +122,7 @@ class RankRequest(_Strict):
     options: RankOptions = Field(default_factory=RankOptions)
 
     @model_validator(mode="after")
-    def _consistent(self) -> "RankRequest":
+    def _consistent(self) -> RankRequest:
         _check_candidates(self.candidates)
         # A recommendation request may arrive with only a user id: the server fills the history from Feast.
         _check_scenario_fields(self.scenario, self.query, self.history, self.user_id, self.preference,

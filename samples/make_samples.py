@@ -2,7 +2,9 @@
 
 Run from the repository root: python samples/make_samples.py (deterministic: the same file every time).
 """
-import json, random
+import json
+import random
+
 rng = random.Random(7)
 out = []
 def shuffled(cands):
@@ -77,6 +79,5 @@ for rid, q, quality in QUERIES:
                     "preference": pref, "candidates": [{"id": m, "text": t} for m, t, _, _ in c],
                     "relevance": {m: round(u - lo, 4) for m, u in util.items() if u - lo > 0}, "split": "test"})
 with open("samples/instances.jsonl", "w") as f:
-    for o in out:
-        f.write(json.dumps(o) + "\n")
+    f.writelines(json.dumps(o) + "\n" for o in out)
 print(len(out))

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-
 from conftest import dl19
+
 from iranker.models import embedded_model_dir
 from iranker.ranker import IterativeRanker, RankerConfig
 from iranker.schema import RankRequest
@@ -23,7 +23,7 @@ def embedded():
 
 def test_embedded_model_ranks_a_dl19_query_of_20_passages(embedded, shared_data):
     runs, _ = dl19(shared_data, depth=20)
-    qid, query, hits = runs[0]
+    _, query, hits = runs[0]
     req = RankRequest(scenario="passage", query=query, candidates=[{"id": d, "text": t} for d, t, _ in hits])
     resp = IterativeRanker(embedded, RankerConfig()).rank(req)
     assert len(resp.ranking) == 20 and sorted(resp.ranking) == sorted(d for d, _, _ in hits)

@@ -3,8 +3,17 @@ import math
 
 import pytest
 
-from iranker.metrics import (instance_metrics, ndcg_at_k, random_hit_at_k, random_instance_metrics,
-                             random_ndcg_at_k, random_reciprocal_rank, ranking_to_run, reciprocal_rank, score_run)
+from iranker.metrics import (
+    instance_metrics,
+    ndcg_at_k,
+    random_hit_at_k,
+    random_instance_metrics,
+    random_ndcg_at_k,
+    random_reciprocal_rank,
+    ranking_to_run,
+    reciprocal_rank,
+    score_run,
+)
 
 
 def test_hand_computed_values():

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from iranker.backends.base import Backend, Choice, Generation, choice_from_scores
+from iranker.backends.base import Backend, Generation, choice_from_scores
 from iranker.prompts import Prompt, build_context, iterative_prompt
 from iranker.ranker import DirectRanker, IterativeRanker, RankerConfig, rank_requests
 from iranker.schema import RankRequest

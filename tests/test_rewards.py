@@ -4,8 +4,15 @@ import math
 
 import pytest
 
-from iranker.rewards import (INVALID_ANSWER, direct_ranking_reward, direct_ranking_reward_func, exclusion_reward,
-                             exclusion_reward_func, exclusion_score, format_reward)
+from iranker.rewards import (
+    INVALID_ANSWER,
+    direct_ranking_reward,
+    direct_ranking_reward_func,
+    exclusion_reward,
+    exclusion_reward_func,
+    exclusion_score,
+    format_reward,
+)
 
 POOL = {"A": 0, "B": 3, "C": 1}
 

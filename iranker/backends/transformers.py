@@ -15,7 +15,6 @@ from iranker.backends.base import Choice, Generation, choice_from_scores
 from iranker.backends.tokens import EncodedPrompt, PromptEncoder
 from iranker.prompts import Prompt
 
-
 CPU_STEP_TOKENS = 4_500  # cached-layout batch on a CPU: ~6 short (600-token) prompts, 2 long ones; README
 
 
@@ -164,7 +163,7 @@ class TransformersBackend:
 
     # -- the cached elimination layout -------------------------------------------------------------------------
 
-    def open_pools(self, prompts: Sequence[Prompt]) -> "CachedPools":
+    def open_pools(self, prompts: Sequence[Prompt]) -> CachedPools:
         return CachedPools(self, prompts)
 
 
