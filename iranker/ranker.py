@@ -122,7 +122,11 @@ class _Progress:
             self.bar.close()
 
 
-class IterativeRanker:
+class _Ranker:
+    """Batches requests (`config.batch_size` at a time) through `_rank_batch`, with an optional progress bar."""
+
+    what = "ranking"
+
     def __init__(self, backend: Backend, config: RankerConfig | None = None):
         self.backend = backend
         self.config = config or RankerConfig()
@@ -131,19 +135,25 @@ class IterativeRanker:
         return self.rank_many([request])[0]
 
     def rank_many(self, requests: Sequence[RankRequest], progress: bool = False) -> list[RankResponse]:
-        cfg = self.config
         out: list[RankResponse] = []
-        bar = _Progress(len(requests), progress, "ranking")
-        for batch in _batches(requests, cfg.batch_size):
-            tasks = [_Task(req, build_context(req, cfg.max_words), list(range(len(req.candidates))))
-                     for req in batch]
-            short = [t for t in tasks if len(t.pool) <= cfg.window]
-            self._run(short)
-            orders = self._run_windows([t for t in tasks if len(t.pool) > cfg.window])
-            out.extend(t.response(self.backend.name, orders.get(id(t))) for t in tasks)
+        bar = _Progress(len(requests), progress, self.what)
+        for batch in _batches(requests, self.config.batch_size):
+            out.extend(self._rank_batch(batch))
             bar.update(len(batch))
         bar.close()
         return out
+
+    def _rank_batch(self, batch: Sequence[RankRequest]) -> list[RankResponse]:
+        raise NotImplementedError
+
+
+class IterativeRanker(_Ranker):
+    def _rank_batch(self, batch: Sequence[RankRequest]) -> list[RankResponse]:
+        cfg = self.config
+        tasks = [_Task(req, build_context(req, cfg.max_words), list(range(len(req.candidates)))) for req in batch]
+        self._run([t for t in tasks if len(t.pool) <= cfg.window])
+        orders = self._run_windows([t for t in tasks if len(t.pool) > cfg.window])
+        return [t.response(self.backend.name, orders.get(id(t))) for t in tasks]
 
     def _run(self, tasks: list[_Task]) -> None:
         if self._use_cached():
@@ -217,45 +227,35 @@ class IterativeRanker:
                         t.eliminate(p.labels.index(ch.label))
 
 
-class DirectRanker:
+class DirectRanker(_Ranker):
     """One generation returns the whole order (`[B] > [A] > ...`), parsed strictly.
 
     Candidates the answer leaves out follow in request order; an answer with any missing, duplicate or unknown
     label counts as one parse failure.
     """
 
-    def __init__(self, backend: Backend, config: RankerConfig | None = None):
-        self.backend = backend
-        self.config = config or RankerConfig()
+    what = "ranking (direct)"
 
-    def rank(self, request: RankRequest) -> RankResponse:
-        return self.rank_many([request])[0]
-
-    def rank_many(self, requests: Sequence[RankRequest], progress: bool = False) -> list[RankResponse]:
+    def _rank_batch(self, batch: Sequence[RankRequest]) -> list[RankResponse]:
         cfg = self.config
+        prompts = []
+        for req in batch:
+            if len(req.candidates) > MAX_POOL:
+                raise ValueError(f"candidates: direct ranking takes at most {MAX_POOL} candidates, "
+                                 f"got {len(req.candidates)}; use the iterative method")
+            prompts.append(direct_prompt(build_context(req, cfg.max_words), list(range(len(req.candidates))),
+                                         reasoning=cfg.reasoning))
+        budget = 4 * max(len(p.labels) for p in prompts) + 8 + (cfg.max_new_tokens if cfg.reasoning else 0)
         out = []
-        bar = _Progress(len(requests), progress, "ranking (direct)")
-        for batch in _batches(requests, cfg.batch_size):
-            prompts, ctxs = [], []
-            for req in batch:
-                if len(req.candidates) > MAX_POOL:
-                    raise ValueError(f"candidates: direct ranking takes at most {MAX_POOL} candidates, "
-                                     f"got {len(req.candidates)}; use the iterative method")
-                ctx = build_context(req, cfg.max_words)
-                ctxs.append(ctx)
-                prompts.append(direct_prompt(ctx, list(range(len(req.candidates))), reasoning=cfg.reasoning))
-            budget = 4 * max(len(p.labels) for p in prompts) + 8 + (cfg.max_new_tokens if cfg.reasoning else 0)
-            for req, p, g in zip(batch, prompts, self.backend.generate(prompts, budget, cfg.temperature)):
-                ans = parse_permutation(g.text, p.labels, reasoning=cfg.reasoning)
-                order = [p.labels.index(lab) for lab in ans.order]
-                order += [i for i in range(len(p.labels)) if i not in order]
-                ranking = [req.candidates[i].id for i in order][: req.top_k or None]
-                out.append(RankResponse(ranking=ranking, eliminated=[], model=self.backend.name,
-                                        usage=Usage(llm_calls=1, prompt_tokens=g.prompt_tokens,
-                                                    completion_tokens=g.completion_tokens),
-                                        parse_failures=0 if ans.ok else 1))
-            bar.update(len(batch))
-        bar.close()
+        for req, p, g in zip(batch, prompts, self.backend.generate(prompts, budget, cfg.temperature)):
+            ans = parse_permutation(g.text, p.labels, reasoning=cfg.reasoning)
+            order = [p.labels.index(lab) for lab in ans.order]
+            order += [i for i in range(len(p.labels)) if i not in order]
+            ranking = [req.candidates[i].id for i in order][: req.top_k or None]
+            out.append(RankResponse(ranking=ranking, eliminated=[], model=self.backend.name,
+                                    usage=Usage(llm_calls=1, prompt_tokens=g.prompt_tokens,
+                                                completion_tokens=g.completion_tokens),
+                                    parse_failures=0 if ans.ok else 1))
         return out
 
 
