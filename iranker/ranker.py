@@ -43,12 +43,15 @@ class RankerConfig:
     max_new_tokens: int = 256  # reasoning mode, per step
     temperature: float = 0.0  # reasoning / direct generation
     max_words: int = 120  # per candidate text shown to the model
+    speculate: int = 1  # cached layout: guessed eliminations verified in the same pass (exact; 0 = off)
 
     def __post_init__(self):
         if not 2 <= self.window <= MAX_POOL:
             raise ValueError(f"window: must be between 2 and {MAX_POOL}, got {self.window}")
         if not 1 <= self.stride <= self.window:
             raise ValueError(f"stride: must be between 1 and window ({self.window}), got {self.stride}")
+        if self.speculate < 0:
+            raise ValueError(f"speculate: must be >= 0, got {self.speculate}")
         if self.layout not in ("cached", "relist"):
             raise ValueError(f"layout: expected 'cached' or 'relist', got {self.layout!r}")
         if self.batch_size < 1:
@@ -75,8 +78,8 @@ class _Task:
         self.eliminated.append(Elimination(id=self.req.candidates[cid].id, step=len(self.eliminated) + 1,
                                            reasoning=reasoning))
 
-    def count(self, prompt_tokens: int, completion_tokens: int) -> None:
-        self.usage.llm_calls += 1
+    def count(self, prompt_tokens: int, completion_tokens: int, calls: int = 1) -> None:
+        self.usage.llm_calls += calls
         self.usage.prompt_tokens += prompt_tokens
         self.usage.completion_tokens += completion_tokens
 
@@ -188,17 +191,17 @@ class IterativeRanker(_Ranker):
         tasks = [t for t in tasks if t.active]
         if not tasks:
             return
-        session = self.backend.open_pools([iterative_prompt(t.ctx, t.pool) for t in tasks])
+        session = self.backend.open_pools([iterative_prompt(t.ctx, t.pool) for t in tasks],
+                                          speculate=self.config.speculate)
         first = [list(t.pool) for t in tasks]  # item position i of prompt b is candidate first[b][i]
         for t, n in zip(tasks, session.prompt_tokens):
             t.usage.prompt_tokens += n
         while any(t.active for t in tasks):
             remaining = [[first[b].index(c) for c in t.pool] for b, t in enumerate(tasks)]
-            choices = session.choose(remaining)
-            for b, (t, ch, keep) in enumerate(zip(tasks, choices, remaining)):
-                if t.active:
-                    t.count(ch.prompt_tokens, ch.completion_tokens)
-                    t.eliminate([session.prompts[b].labels[i] for i in keep].index(ch.label))
+            for b, (t, decisions) in enumerate(zip(tasks, session.decide(remaining))):
+                for j, (item, ch) in enumerate(decisions):
+                    t.count(ch.prompt_tokens, ch.completion_tokens, calls=int(j == 0))  # one pass, many decisions
+                    t.eliminate(t.pool.index(first[b][item]))
 
     def _run_relist(self, tasks: list[_Task]) -> None:
         cfg = self.config

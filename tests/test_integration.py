@@ -27,7 +27,9 @@ def test_embedded_model_ranks_a_dl19_query_of_20_passages(embedded, shared_data)
     req = RankRequest(scenario="passage", query=query, candidates=[{"id": d, "text": t} for d, t, _ in hits])
     resp = IterativeRanker(embedded, RankerConfig()).rank(req)
     assert len(resp.ranking) == 20 and sorted(resp.ranking) == sorted(d for d, _, _ in hits)
-    assert resp.model == "smollm2-135m" and resp.usage.llm_calls == 19 and resp.parse_failures == 0
+    assert resp.model == "smollm2-135m" and len(resp.eliminated) == 19 and resp.parse_failures == 0
+    plain = IterativeRanker(embedded, RankerConfig(speculate=0)).rank(req)
+    assert plain.ranking == resp.ranking and plain.usage.llm_calls == 19 >= resp.usage.llm_calls
 
 
 def test_embedded_model_layouts_agree_on_the_first_decision(embedded, shared_data):
@@ -38,7 +40,7 @@ def test_embedded_model_layouts_agree_on_the_first_decision(embedded, shared_dat
     _, query, hits = runs[1]
     req = RankRequest(scenario="passage", query=query, candidates=[{"id": d, "text": t} for d, t, _ in hits])
     p = iterative_prompt(build_context(req), list(range(20)))
-    cached = embedded.open_pools([p]).choose([list(range(20))])[0]
+    cached = embedded.open_pools([p]).decide([list(range(20))])[0][0][1]
     full = embedded.choose([p])[0]
     assert cached.label == full.label
     assert max(abs(cached.logprobs[k] - full.logprobs[k]) for k in p.labels) < 1e-3

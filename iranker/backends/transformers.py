@@ -163,8 +163,8 @@ class TransformersBackend:
 
     # -- the cached elimination layout -------------------------------------------------------------------------
 
-    def open_pools(self, prompts: Sequence[Prompt]) -> CachedPools:
-        return CachedPools(self, prompts)
+    def open_pools(self, prompts: Sequence[Prompt], speculate: int = 0) -> CachedPools:
+        return CachedPools(self, prompts, speculate)
 
 
 class CachedPools:
@@ -179,44 +179,76 @@ class CachedPools:
     so that the steps of a group run as one batch over a preallocated cache whose tail slots are overwritten in
     place (no copy of the cache per step). A group holds at most `backend.max_step_tokens` cache tokens: on a CPU,
     many rows over long prompts cost more than they save.
+
+    Speculative elimination (`speculate` = s > 0, used when the batch with its extra rows fits one group): a pass
+    over few rows is bound by reading the weights, so extra rows are cheap. Each prompt gets s + 1 rows: row 0 decides from the current pool; row j assumes that the next j eliminations are the
+    j most likely candidates of the previous decision's distribution. Row j's decision is kept only if rows 0..j-1
+    decided exactly those guesses, so the decisions are the same as one step at a time, only fewer passes.
     """
 
     @torch.inference_mode()
-    def __init__(self, backend: TransformersBackend, prompts: Sequence[Prompt]):
+    def __init__(self, backend: TransformersBackend, prompts: Sequence[Prompt], speculate: int = 0):
         self.backend = backend
         self.prompts = list(prompts)
         enc = [backend.encoder.encode(p) for p in prompts]
+        budget = backend.max_step_tokens
+        # Extra rows are nearly free only while a pass is bound by reading the weights: speculate when the whole
+        # batch fits one group with them (single requests, small batches), never at the price of more groups.
+        width = max(len(e) for e in enc)
+        self.k = speculate + 1 if len(enc) * (speculate + 1) * width <= budget else 1
         self.prompt_tokens = [len(e) - len(e.tail) for e in enc]
         self._tail_len = [len(e.tail) for e in enc]
-        budget = backend.max_step_tokens
+        self._guess: list[list[int]] = [[] for _ in prompts]  # item positions, most likely eliminated first
         self.groups: list[_PoolGroup] = []
         rows: list[int] = []
         for i in sorted(range(len(enc)), key=lambda i: len(enc[i])):
             width = max([len(enc[j]) for j in rows] + [len(enc[i])])
-            if rows and width * (len(rows) + 1) > budget:
-                self.groups.append(_PoolGroup(backend, [enc[j] for j in rows], rows))
+            if rows and width * (len(rows) + 1) * self.k > budget:
+                self.groups.append(_PoolGroup(backend, [enc[j] for j in rows], rows, self.k))
                 rows = []
             rows.append(i)
-        self.groups.append(_PoolGroup(backend, [enc[j] for j in rows], rows))
+        self.groups.append(_PoolGroup(backend, [enc[j] for j in rows], rows, self.k))
 
     @torch.inference_mode()
-    def choose(self, remaining: Sequence[Sequence[int]]) -> list[Choice]:
+    def decide(self, remaining: Sequence[Sequence[int]]) -> list[list[tuple[int, Choice]]]:
+        """The next decisions of every prompt, as [(eliminated item position, Choice)], at least one each.
+
+        `remaining[b]` = item positions still in prompt b's pool (a pool of one gets no decision).
+        """
         order = self.backend.label_order
-        choices: list[Choice | None] = [None] * len(remaining)
+        guesses = [[g for g in self._guess[b] if g in remaining[b]][: self.k - 1] for b in range(len(remaining))]
+        rows_of = []  # per prompt: the pool of each of its k rows
+        for b, keep in enumerate(remaining):
+            pools = [list(keep)]
+            for g in guesses[b]:
+                if len(pools[-1]) <= 2:
+                    break
+                pools.append([i for i in pools[-1] if i != g])
+            rows_of.append(pools + [pools[-1]] * (self.k - len(pools)))
+        out: list[list[tuple[int, Choice]]] = [[] for _ in remaining]
         for g in self.groups:
-            logits = g.step([remaining[b] for b in g.rows])
-            for row, b in enumerate(g.rows):
-                labels = [self.prompts[b].labels[i] for i in remaining[b]]
-                scores = logits[row, [order.index(lab) for lab in labels]].tolist()
-                self.prompt_tokens[b] += self._tail_len[b]
-                choices[b] = choice_from_scores(labels, scores, self._tail_len[b])
-        return choices  # type: ignore[return-value]
+            logits = g.step([pool for b in g.rows for pool in rows_of[b]])
+            for r, b in enumerate(g.rows):
+                if len(remaining[b]) < 2:
+                    continue
+                self.prompt_tokens[b] += self._tail_len[b] * self.k
+                for j, pool in enumerate(rows_of[b]):
+                    labels = [self.prompts[b].labels[i] for i in pool]
+                    scores = logits[r * self.k + j, [order.index(lab) for lab in labels]].tolist()
+                    choice = choice_from_scores(labels, scores, self._tail_len[b] * (self.k if j == 0 else 0))
+                    item = pool[labels.index(choice.label)]
+                    out[b].append((item, choice))
+                    ranked = sorted(choice.logprobs, key=choice.logprobs.get, reverse=True)
+                    self._guess[b] = [pool[labels.index(lab)] for lab in ranked if lab != choice.label]
+                    if j >= len(guesses[b]) or item != guesses[b][j] or len(pool) <= 2:
+                        break
+        return out
 
 
 class _PoolGroup:
-    """Prompts whose steps run as one batch over one preallocated (static) key/value cache."""
+    """Prompts whose steps run as one batch over one preallocated (static) key/value cache, `k` rows a prompt."""
 
-    def __init__(self, backend: TransformersBackend, enc: Sequence[EncodedPrompt], rows: list[int]):
+    def __init__(self, backend: TransformersBackend, enc: Sequence[EncodedPrompt], rows: list[int], k: int = 1):
         self.backend, self.rows = backend, rows
         prefixes = [e.head + [t for item in e.items for t in item] for e in enc]
         self.width = max(len(p) for p in prefixes)
@@ -227,11 +259,11 @@ class _PoolGroup:
             for item in e.items:
                 spans.append((start, start + len(item)))
                 start += len(item)
-            self.spans.append(spans)
+            self.spans.extend([spans] * k)
         dev = backend.device
-        tails = [e.tail for e in enc]
+        tails = [e.tail for e in enc for _ in range(k)]
         self.tail_ids, self.tail_mask = (t.to(dev) for t in _left_pad(tails, backend.pad_id))
-        _, self.prefix_mask = _left_pad(prefixes, backend.pad_id)
+        _, self.prefix_mask = _left_pad([p for p in prefixes for _ in range(k)], backend.pad_id)
         self.prefix_mask = self.prefix_mask.to(dev)
         self.tail_pos = _positions(self.tail_mask, self.prefix_mask.sum(-1))
         self.cache = StaticCache(config=backend.model.config, max_cache_len=self.width + self.tail_ids.shape[1])
@@ -239,19 +271,20 @@ class _PoolGroup:
         for p in prefixes:
             kv = [(layer.keys, layer.values) for layer in backend.encode_cache(p).layers]
             pad = self.width - len(p)
-            per_prompt.append([tuple(torch.nn.functional.pad(t, (0, 0, pad, 0)) for t in pair) if pad else pair
+            per_prompt.append([tuple(torch.nn.functional.pad(t, (0, 0, pad, 0)) if pad else t for t in pair)
                                for pair in kv])
         for li in range(len(per_prompt[0])):
-            self.cache.update(torch.cat([kv[li][0] for kv in per_prompt]),
-                              torch.cat([kv[li][1] for kv in per_prompt]), li)
+            self.cache.update(torch.cat([kv[li][0] for kv in per_prompt]).repeat_interleave(k, dim=0),
+                              torch.cat([kv[li][1] for kv in per_prompt]).repeat_interleave(k, dim=0), li)
 
-    def step(self, remaining: Sequence[Sequence[int]]) -> torch.Tensor:
+    def step(self, pools: Sequence[Sequence[int]]) -> torch.Tensor:
+        """Label logits of every row, row r seeing only the items in pools[r]."""
         mask = self.prefix_mask.clone()
-        for b, keep in enumerate(remaining):
+        for r, keep in enumerate(pools):
             keep_set = set(keep)
-            for i, (s, e) in enumerate(self.spans[b]):
+            for i, (s, e) in enumerate(self.spans[r]):
                 if i not in keep_set:
-                    mask[b, s:e] = 0
+                    mask[r, s:e] = 0
         for layer in self.cache.layers:  # the tail slots are rewritten in place at every step
             layer.cumulative_length.fill_(self.width)
         full = torch.cat([mask, self.tail_mask], dim=1)
