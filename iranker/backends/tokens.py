@@ -74,6 +74,7 @@ class PromptEncoder:
                              self._encode(prompt.tail + after + prompt.answer_prefix))
 
     def render(self, prompt: Prompt) -> str:
-        """The full prompt as text (for completion endpoints), identical to what `encode` tokenises."""
+        """The full prompt as text (for completion endpoints): what `encode` tokenises, without its per-candidate
+        token cap (candidate texts are already capped in words by `sanitize`)."""
         before, after = self.chat_frame(prompt.system)
         return before + prompt.user + after + prompt.answer_prefix
