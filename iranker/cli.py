@@ -7,6 +7,7 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 EXAMPLE_REQUEST = {
     "scenario": "passage",
@@ -57,7 +58,7 @@ def _backend(args):
     return load_backend(args.backend, args.model, **kwargs)
 
 
-def _die(msg: str, code: int = 2) -> NoReturn:  # noqa: F821
+def _die(msg: str, code: int = 2) -> NoReturn:
     print(f"iranker: error: {msg}", file=sys.stderr)
     raise SystemExit(code)
 

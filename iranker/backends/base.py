@@ -3,9 +3,9 @@
 - `choose(prompts)`: fast mode. One forward pass per prompt; the choice is restricted to the prompt's labels.
 - `generate(prompts, ...)`: reasoning mode and direct ranking. Free text, parsed strictly by the ranker.
 
-A backend may also offer `open_pools(prompts)` (the cached elimination layout): encode each prompt once with
-every candidate, then answer each elimination step by masking the eliminated candidates out of the key/value
-cache and re-reading only the question. Only the in-process transformers backend has it; the rankers fall back
+A backend may also offer `open_pools(prompts, speculate)` returning a `PoolSession` (the cached elimination
+layout): encode each prompt once with every candidate, then answer each elimination step by masking the
+eliminated candidates out of the key/value cache and re-reading only the short cue. Only the in-process transformers backend has it; the rankers fall back
 to re-listing the pool when a backend lacks it.
 """
 
@@ -48,10 +48,14 @@ class Backend(Protocol):
 
 
 class PoolSession(Protocol):
+    """The cached elimination layout of a batch of prompts, opened by `backend.open_pools(prompts, speculate)`."""
+
+    prompts: list[Prompt]
     prompt_tokens: list[int]  # tokens encoded per prompt so far
 
-    def choose(self, remaining: Sequence[Sequence[int]]) -> list[Choice]:
-        """One elimination step for every prompt; `remaining[b]` = item positions still in prompt b's pool."""
+    def decide(self, remaining: Sequence[Sequence[int]]) -> list[list[tuple[int, Choice]]]:
+        """The next decisions of every prompt, `[(eliminated item position, Choice)]`, at least one each;
+        `remaining[b]` = item positions still in prompt b's pool. More than one when speculation was right."""
         ...
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -66,7 +65,3 @@ def format_table(scores: dict[str, dict], metrics: Sequence[str] = ("mrr", "ndcg
         cells = "  ".join(f"{s['metrics'][m]:>8.3f} ({s['random'][m]:.3f})" for m in metrics)
         lines.append(f"{scenario:<15} {s['n_instances']:>3}  {cells}  {s['parse_failure_rate']:>9.1%}")
     return "\n".join(lines)
-
-
-def write_json(path: str | Path, obj) -> None:
-    Path(path).write_text(json.dumps(obj, indent=1, sort_keys=True) + "\n")
