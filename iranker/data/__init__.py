@@ -1,1 +1,266 @@
-"""Data: readers of public formats, turned into RankRequests / RankingInstances."""
+"""Data: public formats -> canonical tables (parquet) -> ranking instances (JSONL) with a manifest, validated, versioned.
+
+    built = build("recbole", "path/to/ml-100k", {"negative_sampling": "popularity"})
+    result = ingest("recbole", "path/to/ml-100k", "data/ml-100k")    # validate, write atomically, DVC add + push
+
+A dataset folder holds `tables/<name>.parquet`, `instances.jsonl`, `manifest.json` (source, parameters, the md5 that
+DVC records for each input, counts, code version) and `validation.md` (the Great Expectations report). The same
+inputs, parameters and code give byte-identical files. Nothing is replaced unless the new data passed validation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import json
+import os
+import shutil
+import tempfile
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from iranker.data.base import DataError, md5_file, parse_params
+from iranker.schema import RankingInstance
+
+__all__ = [
+    "SOURCES",
+    "Built",
+    "DataError",
+    "IngestResult",
+    "build",
+    "ingest",
+    "load_dataset_instances",
+    "load_tables",
+    "read_manifest",
+    "write_dataset",
+]
+
+
+@dataclasses.dataclass(frozen=True)
+class Source:
+    name: str
+    scenario: str
+    params: type
+    read: Callable
+    build: Callable
+    help: str
+
+
+def _rec_build(target: str):
+    def build_(tables, params, dataset):
+        from iranker.data.recommendation import build_instances
+
+        return build_instances(tables, params, dataset, target)
+    return build_
+
+
+def _sources() -> dict[str, Source]:
+    from iranker.data import passage, recommendation, routing
+
+    return {
+        "recbole": Source("recbole", "recommendation", recommendation.RecParams, recommendation.read_recbole,
+                          _rec_build("first"), "RecBole atomic files NAME.inter + NAME.item (e.g. MovieLens-100K)"),
+        "llmrank": Source("llmrank", "recommendation", recommendation.LLMRankParams, recommendation.read_llmrank,
+                          _rec_build("last"), "LLMRank history -> next item files + candidate lists (Games-6k)"),
+        "trec-dl": Source("trec-dl", "passage", passage.PassageParams, passage.read_passage,
+                          passage.build_instances, "first-stage JSON with texts, or run + collection.tsv + "
+                          "queries.tsv; with TREC qrels"),
+        "routerbench": Source("routerbench", "routing", routing.RoutingParams, routing.read_routing,
+                              routing.build_instances, "RouterBench CSVs: per query, quality and cost per model"),
+        "instances": Source("instances", "", _InstancesParams, _read_instances, _build_passthrough,
+                            "iranker instances JSONL, passed through validation"),
+    }
+
+
+@dataclasses.dataclass
+class _InstancesParams:
+    dataset: str = ""
+
+
+def _read_instances(path: Path, params: _InstancesParams):
+    from iranker.evaluate import load_instances
+
+    if not path.is_file():
+        raise DataError(f"{path}: no such file (expected an instances JSONL file)")
+    try:
+        instances = load_instances(path)
+    except ValueError as e:
+        raise DataError(str(e)) from None
+    return {"_instances": instances}, [path]
+
+
+def _build_passthrough(tables, params, dataset):
+    return tables.pop("_instances"), {}
+
+
+SOURCES: dict[str, Source] = _sources()
+
+
+@dataclasses.dataclass
+class Built:
+    source: str
+    path: str
+    dataset: str
+    params: dict[str, Any]
+    tables: dict[str, pd.DataFrame]
+    instances: list[RankingInstance]
+    inputs: list[dict[str, Any]]
+    stats: dict[str, Any]
+
+
+@dataclasses.dataclass
+class IngestResult:
+    out: Path
+    manifest: dict[str, Any]
+    report: Any
+    dvc: str
+
+
+def _code_version() -> dict[str, str]:
+    """The package version and a hash of the code that turns inputs into data (changes only when that code does)."""
+    from iranker import __version__
+
+    here = Path(__file__).resolve().parent
+    h = hashlib.sha256()
+    for p in sorted([*here.glob("*.py"), here.parent / "schema.py"]):
+        h.update(p.name.encode() + p.read_bytes())
+    return {"iranker": __version__, "data_code_sha256": h.hexdigest()[:16]}
+
+
+def build(source: str, path: str | Path, params: dict[str, str] | None = None) -> Built:
+    """Read a source in its public format and build canonical tables and instances (nothing is written)."""
+    if source not in SOURCES:
+        raise DataError(f"unknown source {source!r}; choose one of {', '.join(SOURCES)}")
+    src = SOURCES[source]
+    p = parse_params(src.params, params, source)
+    path = Path(path)
+    tables, inputs = src.read(path, p)
+    dataset = getattr(p, "dataset", "") or _default_dataset(path)
+    instances, stats = src.build(tables, p, dataset)
+    if not instances:
+        raise DataError(f"{path}: no instances could be built ({json.dumps(stats)})")
+    return Built(source=source, path=str(path), dataset=dataset, params=dataclasses.asdict(p), tables=tables,
+                 instances=instances, stats=stats,
+                 inputs=[{"file": _rel(f, path), "md5": md5_file(f), "size": f.stat().st_size} for f in inputs])
+
+
+def _default_dataset(path: Path) -> str:
+    name = path.name if path.is_dir() else path.name.split(".")[0]
+    return name.removesuffix(".jsonl") or "data"
+
+
+def _rel(f: Path, base: Path) -> str:
+    root = base if base.is_dir() else base.parent
+    try:
+        return f.relative_to(root).as_posix()
+    except ValueError:
+        return f.name
+
+
+def _parquet_bytes(df: pd.DataFrame) -> bytes:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    buf = io.BytesIO()
+    pq.write_table(pa.Table.from_pandas(df, preserve_index=False), buf, compression="zstd")
+    return buf.getvalue()
+
+
+def _counts(instances: list[RankingInstance]) -> dict[str, Any]:
+    return {"instances": len(instances),
+            "by_split": dict(sorted(Counter(i.split for i in instances).items())),
+            "by_scenario": dict(sorted(Counter(i.scenario for i in instances).items()))}
+
+
+def render(built: Built) -> dict[str, bytes]:
+    """The files of a dataset folder, as bytes (deterministic)."""
+    files: dict[str, bytes] = {}
+    for name, df in sorted(built.tables.items()):
+        files[f"tables/{name}.parquet"] = _parquet_bytes(df)
+    files["instances.jsonl"] = "".join(i.model_dump_json(exclude_none=True) + "\n"
+                                       for i in built.instances).encode()
+    scenarios = sorted({i.scenario for i in built.instances})
+    manifest = {
+        "source": built.source, "path": built.path, "dataset": built.dataset,
+        "scenario": scenarios[0] if len(scenarios) == 1 else scenarios,
+        "params": built.params, "inputs": built.inputs,
+        "outputs": {k: hashlib.md5(v).hexdigest() for k, v in files.items()},
+        "counts": {**_counts(built.instances), **built.stats},
+        "code_version": _code_version(),
+    }
+    files["manifest.json"] = (json.dumps(manifest, indent=1, sort_keys=False) + "\n").encode()
+    return files
+
+
+def write_dataset(files: dict[str, bytes], out: Path) -> None:
+    """Replace `out` with the given files in one rename: a failure leaves the previous folder as it was."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.new-"))
+    try:
+        for rel, data in files.items():
+            p = tmp / rel
+            p.parent.mkdir(parents=True, exist_ok=True)
+            p.write_bytes(data)
+        old = None
+        if out.exists():
+            old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.old-"))
+            os.replace(out, old / "d")
+        os.replace(tmp, out)
+        if old:
+            shutil.rmtree(old)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def ingest(source: str, path: str | Path, out: str | Path, params: dict[str, str] | None = None,
+           dvc: bool = True, push: bool = True, progress: Callable[[str], None] | None = None) -> IngestResult:
+    """Build, validate, write atomically, then `dvc add` the data folder and push it (when inside a DVC repo).
+
+    Raises DataError for unreadable input and `iranker.validation.ValidationFailed` when the new data fails its
+    Great Expectations suites; in both cases nothing under `out` and nothing in the DVC remote changes.
+    """
+    from iranker.validation import ValidationFailed, validate_built
+
+    say = progress or (lambda _m: None)
+    say(f"reading {source} data from {path}")
+    built = build(source, path, params)
+    say(f"built {len(built.instances)} instances; validating with Great Expectations")
+    report = validate_built(built)
+    if not report.success:
+        raise ValidationFailed(report)
+    files = render(built)
+    files["validation.md"] = report.to_markdown().encode()
+    write_dataset(files, Path(out))
+    say(f"wrote {out}")
+    manifest = json.loads(files["manifest.json"])
+    status = "not tracked (--no-dvc)"
+    if dvc:
+        from iranker.data.versioning import track
+
+        status = track(Path(out), push=push, progress=say)
+    return IngestResult(out=Path(out), manifest=manifest, report=report, dvc=status)
+
+
+def load_tables(folder: str | Path) -> dict[str, pd.DataFrame]:
+    folder = Path(folder) / "tables"
+    return {p.stem: pd.read_parquet(p) for p in sorted(folder.glob("*.parquet"))}
+
+
+def read_manifest(folder: str | Path) -> dict[str, Any]:
+    path = Path(folder) / "manifest.json"
+    if not path.exists():
+        raise DataError(f"{path}: no such file; is {folder} a dataset folder written by `iranker data ingest`?")
+    return json.loads(path.read_text())
+
+
+def load_dataset_instances(folder: str | Path) -> list[RankingInstance]:
+    from iranker.evaluate import load_instances
+
+    return load_instances(Path(folder) / "instances.jsonl")

@@ -1,0 +1,65 @@
+"""DVC: the data folder is tracked by `<repo>/data.dvc`; ingest adds the new data and pushes it to the default remote.
+
+The project's own DVC configuration (`.dvc/config`) names a local directory remote (`.dvc-store/` at the
+repository root). For S3 or MinIO, add a remote and make it the default, e.g.::
+
+    pip install dvc-s3
+    dvc remote add -d minio s3://iranker-data
+    dvc remote modify minio endpointurl http://minio.minio.svc:9000
+    dvc remote modify --local minio access_key_id ...      # credentials go to .dvc/config.local, never to git
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+
+
+def find_root(path: Path) -> Path | None:
+    """The closest folder at or above `path` that holds a `.dvc` directory."""
+    p = Path(path).resolve()
+    for d in [p, *p.parents]:
+        if (d / ".dvc").is_dir():
+            return d
+    return None
+
+
+def tracked_target(root: Path, out: Path) -> Path:
+    """What DVC tracks for `out`: the top-level folder of the repository that contains it (e.g. `data/`)."""
+    rel = Path(out).resolve().relative_to(root)
+    return root / rel.parts[0]
+
+
+def track(out: Path, push: bool = True, progress: Callable[[str], None] | None = None) -> str:
+    """`dvc add` the top-level folder holding `out`, then `dvc push` it; returns what happened, in words."""
+    from dvc.repo import Repo
+
+    say = progress or (lambda _m: None)
+    root = find_root(out)
+    if root is None:
+        return f"not tracked: no DVC repository at or above {out} (run `dvc init` there to version it)"
+    target = tracked_target(root, out)
+    with Repo(str(root)) as repo:
+        say(f"dvc add {target.relative_to(root)}")
+        repo.add(str(target))
+        dvc_file = target.with_name(target.name + ".dvc")
+        status = f"tracked by {dvc_file.relative_to(root)} (md5 {data_version(dvc_file)})"
+        if not push:
+            return status + "; not pushed (--no-push)"
+        remote = repo.config.get("core", {}).get("remote")
+        if not remote:
+            return status + "; not pushed: no default DVC remote (dvc remote add -d NAME URL)"
+        say(f"dvc push -> remote {remote!r}")
+        repo.push([str(dvc_file)])
+        return status + f"; pushed to remote {remote!r}"
+
+
+def data_version(dvc_file: Path) -> str:
+    """The md5 DVC records for the tracked folder: the version evaluations and model cards cite."""
+    import yaml
+
+    meta = yaml.safe_load(Path(dvc_file).read_text())
+    return str(meta["outs"][0]["md5"])
