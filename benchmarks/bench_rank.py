@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from iranker.backends.transformers import TransformersBackend
-from iranker.data.public import dl19_qrels, dl19_requests, movielens_requests
+from iranker.data.public import dl19, movielens_requests
 from iranker.metrics import ndcg_at_k, random_ndcg_at_k
 from iranker.prompts import build_context, iterative_prompt
 from iranker.ranker import IterativeRanker, RankerConfig
@@ -59,7 +59,7 @@ def main() -> None:
         sys.exit(f"public data not found at {shared} (--shared)")
     torch.set_num_threads(torch.get_num_threads())
     backend = TransformersBackend(args.model)
-    queries, qrels = dl19_requests(shared, depth=20), dl19_qrels(shared)
+    queries, qrels = dl19(shared, depth=20)
     users = [r for _, r in movielens_requests(shared, max(args.batch, 1))]
     cached = IterativeRanker(backend, RankerConfig(layout="cached", batch_size=1))
     naive = IterativeRanker(backend, RankerConfig(layout="relist", batch_size=1))

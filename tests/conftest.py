@@ -75,13 +75,16 @@ def shared_data() -> Path:
 
 
 def dl19(shared: Path, depth: int = 100):
-    """[(qid, query, [(docid, text, first-stage score)])] and qrels {qid: {docid: grade}} of TREC DL 2019."""
-    import json
+    """[(qid, query, [(docid, text, first-stage score)])] and qrels {qid: {docid: grade}} of TREC DL 2019,
+    read by the trec-dl adapter."""
+    from iranker.data import build
 
-    from iranker.data.public import dl19_qrels
-
-    runs = []
-    for entry in json.loads((shared / "passage" / "dl19_bm25_top100.json").read_text()):
-        hits = entry["hits"][:depth]
-        runs.append((str(hits[0]["qid"]), entry["query"], [(h["docid"], h["content"], h["score"]) for h in hits]))
-    return runs, dl19_qrels(shared)
+    built = build("trec-dl", shared / "passage", {"first_stage": "*bm25*", "depth": str(depth)})
+    hits = built.tables["first_stage"].sort_values(["qid", "rank"], kind="stable")
+    by_q = {q: g.head(depth) for q, g in hits.groupby("qid", sort=False)}
+    runs = [(q, query, list(zip(by_q[q]["docid"], by_q[q]["text"], by_q[q]["score"], strict=True)))
+            for q, query in built.tables["queries"].itertuples(index=False)]
+    qrels: dict[str, dict[str, int]] = {}
+    for q, d, g in built.tables["qrels"].itertuples(index=False):
+        qrels.setdefault(q, {})[d] = int(g)
+    return runs, qrels

@@ -1,0 +1,205 @@
+"""Great Expectations suites catch each corruption; DVC round-trips in a temporary repository; Feast serves a known
+user's history. All on the built-in samples, with the real libraries."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+from conftest import ROOT
+
+from iranker.data import DataError, ingest
+from iranker.validation import validate_dir
+
+SAMPLES = ROOT / "samples"
+
+
+@pytest.fixture(scope="module")
+def mixed_dir(tmp_path_factory):
+    """A valid dataset folder of the recbole samples."""
+    out = tmp_path_factory.mktemp("ds") / "rec"
+    ingest("recbole", SAMPLES / "recbole", out, dvc=False)
+    return out
+
+
+def _rows(d):
+    return [json.loads(l) for l in (d / "instances.jsonl").read_text().splitlines()]
+
+
+def _write(d, rows):
+    (d / "instances.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def _dup_id(rows):
+    rows[1]["id"] = rows[0]["id"]
+
+
+def _dup_candidate(rows):
+    rows[0]["candidates"][1]["id"] = rows[0]["candidates"][0]["id"]
+
+
+def _unknown_relevance(rows):
+    rows[0]["relevance"]["not-a-candidate"] = 1.0
+
+
+def _no_relevant(rows):
+    rows[2]["relevance"] = {}
+
+
+def _empty_candidates(rows):
+    rows[3]["candidates"] = []
+    rows[3]["relevance"] = {}
+
+
+def _long_text(rows):
+    rows[0]["candidates"][0]["text"] = "x" * 9000
+
+
+def _empty_text(rows):
+    rows[0]["candidates"][0]["text"] = ""
+
+
+def _split_overlap(rows):
+    rows[1]["user_id"] = rows[0]["user_id"]
+    rows[1]["split"] = "test" if rows[0]["split"] != "test" else "train"
+
+
+CORRUPT = {
+    "duplicate instance ids": (_dup_id, "expect_column_values_to_be_unique", "id"),
+    "duplicate candidate ids": (_dup_candidate, "expect_column_pair_values_to_be_equal",
+                                "n_candidates=n_unique_candidate_ids"),
+    "relevance on an unknown candidate": (_unknown_relevance, "expect_column_values_to_be_between",
+                                          "n_unknown_relevance_ids"),
+    "no relevant candidate": (_no_relevant, "expect_column_values_to_be_between where scenario == 'recommendation'",
+                              "n_relevant"),
+    "no candidates": (_empty_candidates, "expect_column_values_to_be_between", "n_candidates"),
+    "text too long": (_long_text, "expect_column_values_to_be_between", "max_text_chars"),
+    "empty text": (_empty_text, "expect_column_values_to_be_between", "min_text_chars"),
+    "a user in two splits": (_split_overlap, "expect_column_values_to_be_between", "group_splits"),
+}
+
+
+@pytest.mark.parametrize("case", list(CORRUPT))
+def test_instance_suite_catches(tmp_path, mixed_dir, case):
+    corrupt, expectation, target = CORRUPT[case]
+    d = tmp_path / "d"
+    shutil.copytree(mixed_dir, d)
+    assert validate_dir(d).success
+    rows = _rows(d)
+    corrupt(rows)
+    _write(d, rows)
+    report = validate_dir(d)
+    assert not report.success
+    assert (expectation, target) in {(c.expectation, c.target) for c in report.failures}
+
+
+def test_table_suites_catch_duplicate_items_and_unknown_references(tmp_path, mixed_dir):
+    import pandas as pd
+
+    d = tmp_path / "d"
+    shutil.copytree(mixed_dir, d)
+    items = pd.read_parquet(d / "tables" / "items.parquet")
+    pd.concat([items, items.head(1)]).to_parquet(d / "tables" / "items.parquet", index=False)
+    inter = pd.read_parquet(d / "tables" / "interactions.parquet")
+    inter.loc[0, "item_id"] = "no-such-item"
+    inter.to_parquet(d / "tables" / "interactions.parquet", index=False)
+    failed = {(c.suite, c.target): c for c in validate_dir(d).failures}
+    assert ("recommendation.items", "item_id") in failed
+    assert failed[("recommendation.interactions", "unknown_item_id")].examples == ["no-such-item"]
+
+
+def test_validate_cli_writes_a_report_and_exits_non_zero(tmp_path, mixed_dir):
+    d = tmp_path / "d"
+    shutil.copytree(mixed_dir, d)
+    rows = _rows(d)
+    _dup_id(rows)
+    _write(d, rows)
+    proc = subprocess.run([sys.executable, "-m", "iranker.cli", "data", "validate", str(d)], capture_output=True,
+                          text=True, timeout=300, check=False)
+    assert proc.returncode == 1
+    report = (d / "validation.md").read_text()
+    assert "**FAILED**" in report and "| instances | expect_column_values_to_be_unique | id | FAILED |" in report
+    assert json.loads(proc.stdout)["success"] is False
+
+
+# ------------------------------------------------------------------------------------------------------------ DVC
+
+def _dvc(repo, *args):
+    proc = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=repo, capture_output=True, text=True,
+                          timeout=300, check=False)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+def test_dvc_round_trip_and_a_failed_ingest_leaves_data_and_remote_alone(tmp_path):
+    repo, remote = tmp_path / "repo", tmp_path / "remote"
+    repo.mkdir()
+    _dvc(repo, "init", "--no-scm", "-q")
+    _dvc(repo, "remote", "add", "-d", "local", str(remote))
+    result = ingest("trec-dl", SAMPLES / "trec-dl", repo / "data" / "passage", progress=print)
+    assert "tracked by data.dvc" in result.dvc and "pushed to remote 'local'" in result.dvc
+    files = {p.relative_to(repo): p.read_bytes() for p in (repo / "data").rglob("*") if p.is_file()}
+    dvc_file = (repo / "data.dvc").read_text()
+    remote_files = sorted(p.relative_to(remote) for p in remote.rglob("*") if p.is_file())
+    assert remote_files
+
+    # bad input: nothing changes, locally or in the remote
+    bad = tmp_path / "bad"
+    shutil.copytree(SAMPLES / "trec-dl", bad)
+    (bad / "qrels.sample.txt").write_text("1000 0 7000\n")
+    with pytest.raises(DataError, match="qrels.sample.txt:1: expected 'qid 0 docid grade'"):
+        ingest("trec-dl", bad, repo / "data" / "passage")
+    assert (repo / "data.dvc").read_text() == dvc_file
+    assert sorted(p.relative_to(remote) for p in remote.rglob("*") if p.is_file()) == remote_files
+
+    # remove the data and the cache, pull it back from the remote
+    shutil.rmtree(repo / "data")
+    shutil.rmtree(repo / ".dvc" / "cache")
+    _dvc(repo, "pull", "-q")
+    assert {p.relative_to(repo): p.read_bytes() for p in (repo / "data").rglob("*") if p.is_file()} == files
+
+    # a second dataset under data/ updates the same data.dvc and pushes again
+    ingest("routerbench", SAMPLES / "routerbench", repo / "data" / "routing")
+    assert (repo / "data.dvc").read_text() != dvc_file
+    assert len(list(remote.rglob("*"))) > len(remote_files)
+
+
+def test_outside_a_dvc_repository_ingest_says_so(tmp_path):
+    result = ingest("trec-dl", SAMPLES / "trec-dl", tmp_path / "data" / "p")
+    assert result.dvc.startswith("not tracked: no DVC repository")
+
+
+# ---------------------------------------------------------------------------------------------------------- Feast
+
+def test_feast_serves_a_known_users_history(tmp_path, mixed_dir):
+    from iranker import features
+
+    repo = tmp_path / "feature_repo"
+    repo.mkdir()
+    for f in ("feature_store.yaml", "definitions.py"):
+        shutil.copy(ROOT / "feature_repo" / f, repo / f)
+    features.build_feature_tables(mixed_dir, repo, history=20)
+    assert features.apply(repo) == ["item", "item_attributes", "user", "user_context"]
+    assert features.materialize(repo) == {"user_context": 16, "item_attributes": 80}
+
+    titles = {r[0]: f"{r[1]} ({r[2]})" for r in (l.split("\t") for l in
+                                                  (SAMPLES / "recbole" / "movies.item").read_text().splitlines()[1:])}
+    seq = [r[1] for r in (l.split("\t") for l in (SAMPLES / "recbole" / "movies.inter").read_text().splitlines()[1:])
+           if r[0] == "5"]
+    users = features.UserFeatures(repo)
+    assert users.history("5") == [titles[i] for i in seq[-20:]]
+    ctx = users.context(["5", "unknown-user"])
+    assert ctx[0]["n_interactions"] == len(seq) == 22
+    assert ctx[0]["favourite_classes"][:2] == ["Animation", "Children's"]  # user 5's favourite genre group
+    assert ctx[1] is None and users.history("unknown-user") is None
+
+
+def test_features_need_recommendation_data(tmp_path):
+    from iranker import features
+
+    ingest("trec-dl", SAMPLES / "trec-dl", tmp_path / "p", dvc=False)
+    with pytest.raises(DataError, match="user features come from recommendation data"):
+        features.build_feature_tables(tmp_path / "p", ROOT / "feature_repo")
