@@ -10,7 +10,7 @@ EXTRAS ?= data,train,eval,serve,pipelines,dev
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 export DVC_NO_ANALYTICS=1 GX_ANALYTICS_ENABLED=false HF_HUB_DISABLE_TELEMETRY=1 TOKENIZERS_PARALLELISM=false
 
-.PHONY: install model test test-fast demo bench clean
+.PHONY: install model data test test-fast demo bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -23,6 +23,12 @@ install: $(STAMP)
 
 model: install
 	$(VENV)/bin/iranker model pull
+
+# The built-in samples (public formats) ingested into data/, validated, tracked by data.dvc, pushed to the DVC remote.
+data: install
+	$(VENV)/bin/iranker data ingest recbole samples/recbole --out data/samples/recommendation
+	$(VENV)/bin/iranker data ingest trec-dl samples/trec-dl --out data/samples/passage
+	$(VENV)/bin/iranker data ingest routerbench samples/routerbench --out data/samples/routing
 
 test: install model
 	$(PY) -m pytest -q
