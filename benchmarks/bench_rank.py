@@ -70,9 +70,9 @@ def main() -> None:
         prompt = iterative_prompt(build_context(req), list(range(20)))
         n_tokens = len(backend.encoder.encode(prompt))
         print(f"[bench] {name}: prompt of {n_tokens} tokens", file=sys.stderr)
-        floor = timed(lambda: backend.choose([prompt]), args.repeats)
-        ours = timed(lambda: cached.rank(req), args.repeats)
-        slow = timed(lambda: naive.rank(req), max(1, args.repeats - 2))
+        floor = timed(lambda p=prompt: backend.choose([p]), args.repeats)
+        ours = timed(lambda r=req: cached.rank(r), args.repeats)
+        slow = timed(lambda r=req: naive.rank(r), max(1, args.repeats - 2))
         row = {"prompt_tokens": n_tokens, "floor_s": floor, "ours_s": ours, "naive_s": slow,
                "ours_over_floor": ours / floor, "naive_over_ours": slow / ours,
                "tokens_encoded": {"ours": cached.rank(req).usage.prompt_tokens,

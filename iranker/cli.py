@@ -121,9 +121,15 @@ def cmd_demo(args) -> None:
     from iranker.evaluate import format_table, load_instances, score_by_scenario
     from iranker.ranker import RankerConfig, rank_requests
 
-    instances = load_instances(args.instances)
-    print(f"[iranker] ranking {len(instances)} built-in instances ({args.instances}) with the "
-          f"{args.backend} backend", file=sys.stderr)
+    if args.instances:
+        instances, what = load_instances(args.instances), args.instances
+    else:
+        from iranker.data import SAMPLES_DIR, sample_instances
+
+        instances = sample_instances()
+        what = f"{SAMPLES_DIR}, read by the recbole, llmrank, trec-dl and routerbench adapters"
+    print(f"[iranker] ranking {len(instances)} built-in instances ({what}) with the {args.backend} backend",
+          file=sys.stderr)
     backend = _backend(args)
     responses = rank_requests(backend, [i.to_request(reasoning=args.reasoning) for i in instances],
                               RankerConfig(layout=args.layout, batch_size=args.batch_size), progress=True)
@@ -230,8 +236,8 @@ def build_parser() -> argparse.ArgumentParser:
     rank.set_defaults(func=cmd_rank)
 
     demo = sub.add_parser("demo", help="rank the built-in samples of all three scenarios and score them")
-    demo.add_argument("--instances", default=str(Path(__file__).resolve().parent.parent / "samples" /
-                                                   "instances.jsonl"), help="instances JSONL file")
+    demo.add_argument("--instances", default=None,
+                      help="instances JSONL file (default: the built-in samples in public formats)")
     _add_backend_args(demo)
     demo.set_defaults(func=cmd_demo)
 

@@ -86,8 +86,8 @@ print(len(out))
 
 # =====================================================================================================================
 # The same kinds of data in the public formats the adapters read (`iranker data ingest SOURCE samples/<folder>`).
-import csv  # noqa: E402
-from pathlib import Path  # noqa: E402
+import csv
+from pathlib import Path
 
 S = Path("samples")
 

@@ -12,7 +12,7 @@ from conftest import ROOT, SAMPLES
 
 def run(*args, stdin=None):
     return subprocess.run([sys.executable, "-m", "iranker.cli", *args], capture_output=True, text=True, input=stdin,
-                          timeout=300)
+                          timeout=300, check=False)
 
 
 def test_rank_help_shows_an_example_request():

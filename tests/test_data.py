@@ -127,6 +127,11 @@ def _truncate(p):
     p.write_text(text[: text.index("\t" if p.suffix != ".json" else ",", len(text) // 2) + 1])
 
 
+def _append(p, text):
+    with open(p, "a") as f:
+        f.write(text)
+
+
 def _drop_column(p, col):
     lines = p.read_text().splitlines()
     idx = [h.split(":")[0] for h in lines[0].split("\t")].index(col)
@@ -143,14 +148,14 @@ BAD = {
                                lambda d: (d / "qrels.sample.txt").write_text("9999 0 7000 2\n"),
                                r"qrels\.sample\.txt:1: unknown query id '9999'"),
     "unknown user in candidate lists": ("llmrank", "llmrank",
-                                        lambda d: open(d / "Games-sample.random", "a").write("777\t1 2 3\n"),
+                                        lambda d: _append(d / "Games-sample.random", "777\t1 2 3\n"),
                                         r"Games-sample\.random:13: unknown user '777'"),
     "duplicate item ids": ("recbole", "recbole",
-                           lambda d: open(d / "movies.item", "a").write("1\tAgain\t1999\tDrama\n"),
+                           lambda d: _append(d / "movies.item", "1\tAgain\t1999\tDrama\n"),
                            r"movies\.item:82: duplicate item_id '1' \(first on line 2\)"),
     "duplicate query ids": ("routerbench", "routerbench",
-                            lambda d: open(d / "sample_test.csv", "a").write(
-                                (d / "sample_test.csv").read_text().splitlines()[1] + "\n"),
+                            lambda d: _append(d / "sample_test.csv",
+                                                      (d / "sample_test.csv").read_text().splitlines()[1] + "\n"),
                             r"sample_test\.csv:\d+: duplicate query id"),
     "CSV with the wrong separator": ("routerbench", "routerbench",
                                      lambda d: (d / "sample_test.csv").write_text(
@@ -190,3 +195,22 @@ def test_unknown_param_and_bad_values_are_named():
         build("recbole", SAMPLES / "recbole", {"split": "train:0.5,test:0.2"})
     with pytest.raises(DataError, match="unknown source 'movielens'"):
         build("movielens", SAMPLES / "recbole")
+
+
+def test_ingest_cli_prints_json_and_names_bad_input(tmp_path):
+    import subprocess
+    import sys
+
+    def run(*args):
+        return subprocess.run([sys.executable, "-m", "iranker.cli", "data", "ingest", *args], capture_output=True,
+                              text=True, timeout=300, check=False)
+
+    ok = run("trec-dl", str(SAMPLES / "trec-dl"), "--out", str(tmp_path / "p"), "--param", "depth=5", "--no-dvc")
+    assert ok.returncode == 0, ok.stderr
+    out = json.loads(ok.stdout)
+    assert out["counts"]["instances"] == 3 and out["params"]["depth"] == 5 and out["scenario"] == "passage"
+    bad = run("trec-dl", str(SAMPLES / "trec-dl"), "--out", str(tmp_path / "q"), "--param", "depth")
+    assert bad.returncode == 2 and "--param depth: expected KEY=VALUE" in bad.stderr
+    missing = run("recbole", str(tmp_path / "nowhere"), "--out", str(tmp_path / "q"))
+    assert missing.returncode == 1 and "nowhere: no such file or folder" in missing.stderr
+    assert not (tmp_path / "q").exists()

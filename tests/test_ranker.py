@@ -174,6 +174,7 @@ def test_cached_step_equals_a_full_pass_with_the_eliminated_masked(tiny_backend)
 def test_speculation_changes_nothing_but_the_number_of_passes(tiny_tokenizer, seed):
     """Speculative elimination must give exactly the rankings of one step per pass, in fewer passes."""
     from conftest import make_tiny_model
+
     from iranker.backends.transformers import TransformersBackend
 
     backend = TransformersBackend(model_obj=make_tiny_model(tiny_tokenizer, seed=seed), tokenizer=tiny_tokenizer,

@@ -248,6 +248,18 @@ def ingest(source: str, path: str | Path, out: str | Path, params: dict[str, str
     return IngestResult(out=Path(out), manifest=manifest, report=report, dvc=status)
 
 
+SAMPLES_DIR = Path(__file__).resolve().parent.parent.parent / "samples"
+# The built-in samples in public formats (written by samples/make_samples.py), one folder per source.
+SAMPLE_SOURCES = (("recbole", "recbole"), ("llmrank", "llmrank"), ("trec-dl", "trec-dl"),
+                  ("routerbench", "routerbench"))
+
+
+def sample_instances(samples: str | Path | None = None) -> list[RankingInstance]:
+    """Every instance of the built-in samples, built by the real adapters with default parameters."""
+    root = Path(samples) if samples else SAMPLES_DIR
+    return [i for source, folder in SAMPLE_SOURCES for i in build(source, root / folder).instances]
+
+
 def load_tables(folder: str | Path) -> dict[str, pd.DataFrame]:
     folder = Path(folder) / "tables"
     return {p.stem: pd.read_parquet(p) for p in sorted(folder.glob("*.parquet"))}
