@@ -214,6 +214,23 @@ def cmd_features_get(args) -> None:
     print(json.dumps(dict(zip(args.user_ids, clean, strict=True)), indent=1))
 
 
+def cmd_train(args) -> None:
+    from iranker.train import load_config
+    from iranker.train.ppo import run_training
+
+    overrides = {}
+    for p in args.set:
+        key, sep, value = p.partition("=")
+        if not sep:
+            _die(f"--set {p}: expected KEY=VALUE")
+        import yaml
+
+        overrides[key] = yaml.safe_load(value)
+    cfg = load_config(args.config, overrides)
+    final = run_training(cfg, args.out, resume=args.resume, progress=True)
+    print(json.dumps({"out": args.out, "model": str(final)}))
+
+
 def build_parser() -> argparse.ArgumentParser:
     from iranker import __version__
 
@@ -270,6 +287,14 @@ def build_parser() -> argparse.ArgumentParser:
     val.add_argument("dir", help="dataset folder written by `iranker data ingest`")
     val.add_argument("--report", default=None, help="Markdown report path (default DIR/validation.md)")
     val.set_defaults(func=cmd_data_validate)
+
+    train = sub.add_parser("train", help="train the ranker with PPO on elimination steps")
+    train.add_argument("--config", required=True, help="profile YAML, e.g. configs/smoke.yaml")
+    train.add_argument("--out", required=True, help="run folder: checkpoints/, metrics.jsonl, tb/, final/")
+    train.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
+    train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a top-level setting, e.g. --set steps=10")
+    train.set_defaults(func=cmd_train)
 
     feats = sub.add_parser("features", help="Feast user features").add_subparsers(dest="features_command",
                                                                                   required=True)

@@ -1,0 +1,111 @@
+"""Training configuration: one YAML file per profile (configs/smoke.yaml, cpu.yaml, gpu-3b.yaml).
+
+Unknown keys, wrong types, missing data and a model that does not load are reported before training starts, each
+naming the key or file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from iranker.schema import describe_error
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class LoraConfig(_Section):
+    r: int = Field(default=0, ge=0, description="LoRA rank; 0 trains all weights")
+    alpha: int = 16
+    dropout: float = 0.0
+    target_modules: list[str] = Field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+
+
+class PoolConfig(_Section):
+    min_size: int = Field(default=2, ge=2)
+    max_size: int = Field(default=20, le=26)
+    small_bias: float = Field(default=1.0, ge=0, description="weight of a pool of size k is k**-small_bias: the "
+                                                            "signal sits in small pools")
+    on_policy: float = Field(default=0.0, ge=0, le=1, description="share of episodes rolled out by the policy "
+                                                                 "itself (multi-step, GAE) instead of random pools")
+
+
+class PPOConfig(_Section):
+    clip: float = 0.2
+    kl_coef: float = 0.001
+    entropy_coef: float = 0.01
+    vf_coef: float = 0.5
+    gamma: float = 1.0
+    lam: float = 0.95
+    epochs: int = Field(default=2, ge=1, description="optimisation passes over each batch of rollouts")
+    baseline: Literal["expected", "critic"] = Field(
+        default="expected", description="advantage = r - E_pi[r] (exact in fast mode) or r - V (the critic)")
+
+
+class TrainConfig(_Section):
+    algo: Literal["ppo", "expected", "grpo"] = "ppo"
+    mode: Literal["fast", "reasoning"] = "fast"
+    model: str = Field(default="smollm2-135m", description="model alias, folder or Hugging Face id; "
+                                                          "'tiny-random' builds a tiny random Llama (smoke tests)")
+    tokenizer: str | None = Field(default=None, description="tokenizer for tiny-random (default: the embedded one)")
+    data: list[str] = Field(min_length=1, description="instances JSONL files, dataset folders, or 'samples' (the "
+                                                     "built-in samples); the train split is used")
+    max_instances: int = Field(default=0, ge=0, description="0: all")
+    steps: int = Field(default=100, ge=1, description="optimizer updates")
+    batch_size: int = Field(default=8, ge=1, description="elimination steps per update")
+    lr_actor: float = 1e-5
+    lr_critic: float = 2e-5
+    max_words: int = 40
+    max_new_tokens: int = 256
+    temperature: float = 1.0
+    seed: int = 0
+    checkpoint_every: int = Field(default=25, ge=1)
+    keep_checkpoints: int = Field(default=2, ge=1)
+    lora: LoraConfig = Field(default_factory=LoraConfig)
+    pools: PoolConfig = Field(default_factory=PoolConfig)
+    ppo: PPOConfig = Field(default_factory=PPOConfig)
+    threads: int = Field(default=0, ge=0, description="torch threads (0: torch's default)")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TrainConfig:
+        if self.pools.min_size > self.pools.max_size:
+            raise ValueError("pools.min_size must not exceed pools.max_size")
+        if self.mode == "reasoning" and self.algo == "expected":
+            raise ValueError("algo: 'expected' needs the explicit action distribution of fast mode")
+        return self
+
+
+def load_config(path: str | Path, overrides: dict | None = None) -> TrainConfig:
+    """Read and validate a profile; relative data paths are resolved against the config file's repository."""
+    import yaml
+
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"--config {path}: no such file")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ValueError(f"{path}: not valid YAML ({e})") from None
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: expected a mapping of settings, got {type(raw).__name__}")
+    raw.update(overrides or {})
+    try:
+        cfg = TrainConfig.model_validate(raw)
+    except ValidationError as e:
+        raise ValueError(f"{path}: {describe_error(e)}") from None
+    base = path.resolve().parent.parent if path.resolve().parent.name == "configs" else Path.cwd()
+    resolved = []
+    for d in cfg.data:
+        if d == "samples":
+            resolved.append(d)
+            continue
+        p = Path(d).expanduser()
+        p = p if p.is_absolute() or p.exists() else base / p
+        if not p.exists():
+            raise FileNotFoundError(f"{path}: data: {d}: no such file or folder")
+        resolved.append(str(p))
+    return cfg.model_copy(update={"data": resolved})

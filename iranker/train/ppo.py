@@ -1,0 +1,406 @@
+"""PPO on elimination steps in fast mode: the action is one label of the pool, its distribution explicit.
+
+Per update: `batch_size` episodes from the training split (random sub-pools: one step each; or, for a share
+`pools.on_policy`, pools the policy eliminates from itself, several steps each). For every step the policy gives
+pi(label | pool) over the pool's labels, the critic V(pool) from the last hidden state (a linear head on the
+detached trunk, its own learning rate), the frozen reference pi_ref. One action is sampled; its reward is the
+exclusion score of `iranker.rewards`.
+
+Advantage: for single-step episodes, r(a) - E_pi[r] (`ppo.baseline: expected`, the exact expected reward of the
+step, a zero-variance control variate) or r(a) - V (`critic`); for multi-step episodes, GAE(gamma, lam) with the
+critic. Loss = clipped surrogate + kl_coef * KL(pi || pi_ref) - entropy_coef * H(pi) + vf_coef * (V - R)^2, with
+KL and entropy exact over the pool's labels. `algo: expected` instead follows the gradient of E_pi[r] itself.
+
+Everything random is seeded by (seed, update): a run resumed from a checkpoint continues exactly as if it had not
+been interrupted.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from iranker.data.base import seeded_rng
+from iranker.prompts import build_context, iterative_prompt
+from iranker.rewards import exclusion_score
+from iranker.schema import RankingInstance
+from iranker.train.config import TrainConfig
+
+
+@dataclass
+class Step:
+    inst: int           # index into the training instances
+    pool: list[int]     # candidate indices, in prompt order (labels A.. follow this order)
+    grades: list[float]
+
+
+def sample_pool(rng, inst: RankingInstance, cfg: TrainConfig) -> list[int] | None:
+    """A random sub-pool whose grades differ (a pool of equals teaches nothing); None if the instance has none."""
+    n = len(inst.candidates)
+    grades = [inst.grade(c.id) for c in inst.candidates]
+    if len(set(grades)) < 2:
+        return None
+    hi = min(cfg.pools.max_size, n)
+    lo = min(cfg.pools.min_size, hi)
+    sizes = list(range(lo, hi + 1))
+    weights = [k ** -cfg.pools.small_bias for k in sizes]
+    for _ in range(50):
+        k = rng.choices(sizes, weights=weights)[0]
+        pool = rng.sample(range(n), k)
+        if len({grades[i] for i in pool}) > 1:
+            return pool
+    return None
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig, instances: list[RankingInstance], model, tokenizer, out: Path,
+                 progress: bool = True, log: Callable[[str], None] | None = None):
+        from iranker.backends.tokens import PromptEncoder
+
+        self.cfg, self.instances, self.out = cfg, instances, Path(out)
+        self.say = log or (lambda m: print(f"[iranker] {m}", file=sys.stderr, flush=True))
+        self.progress = progress
+        self.tokenizer = tokenizer
+        self.encoder = PromptEncoder(tokenizer)
+        self.label_ids = [self.encoder.label_ids[lab] for lab in sorted(self.encoder.label_ids)]
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self.contexts = [build_context(i.to_request(), max_words=cfg.max_words) for i in instances]
+        self.model = model
+        self.ref = None
+        if cfg.lora.r:
+            from peft import LoraConfig, get_peft_model
+
+            self.model = get_peft_model(model, LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha,
+                                                          lora_dropout=cfg.lora.dropout,
+                                                          target_modules=cfg.lora.target_modules))
+        elif cfg.ppo.kl_coef > 0:
+            self.ref = copy.deepcopy(model).eval().requires_grad_(False)
+        hidden = model.config.hidden_size
+        torch.manual_seed(cfg.seed)
+        self.value_head = torch.nn.Linear(hidden, 1)
+        torch.nn.init.zeros_(self.value_head.weight)
+        torch.nn.init.zeros_(self.value_head.bias)
+        actor = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW([{"params": actor, "lr": cfg.lr_actor},
+                                            {"params": self.value_head.parameters(), "lr": cfg.lr_critic}],
+                                           weight_decay=0.0)
+        self.step = 0
+
+    # ------------------------------------------------------------------------------------------- model passes
+
+    def _forward(self, model, steps: list[Step], with_value: bool):
+        """(log pi over the pool's labels [B, 26] with -inf outside the pool, values [B] or None)."""
+        from iranker.backends.transformers import _left_pad, _positions
+
+        rows = [self.encoder.encode(iterative_prompt(self.contexts[s.inst], s.pool)).ids for s in steps]
+        ids, mask = _left_pad(rows, self.pad_id)
+        out = model(input_ids=ids, attention_mask=mask, position_ids=_positions(mask), logits_to_keep=1,
+                    output_hidden_states=with_value)
+        logits = out.logits[:, -1, self.label_ids].float()
+        in_pool = torch.arange(logits.shape[1])[None, :] < torch.tensor([len(s.pool) for s in steps])[:, None]
+        logp = torch.log_softmax(logits.masked_fill(~in_pool, float("-inf")), dim=-1)
+        values = self.value_head(out.hidden_states[-1][:, -1].detach().float()).squeeze(-1) if with_value else None
+        return logp, values
+
+    def _ref_logp(self, steps: list[Step]) -> torch.Tensor:
+        with torch.no_grad():
+            if self.ref is not None:
+                return self._forward(self.ref, steps, False)[0]
+            if self.cfg.lora.r:
+                with self.model.disable_adapter():
+                    return self._forward(self.model, steps, False)[0]
+        return None
+
+    # ------------------------------------------------------------------------------------------------ rollouts
+
+    def rollout(self, update: int) -> dict:
+        """Episodes of this update (seeded by it), with actions, rewards, old log-probs, values and advantages."""
+        cfg = self.cfg
+        rng = seeded_rng(cfg.seed, "update", update)
+        gen = torch.Generator().manual_seed(int(rng.random() * 2**31))
+        steps, actions, rewards, expected, adv, returns = [], [], [], [], [], []
+        n_on_policy = round(cfg.batch_size * cfg.pools.on_policy)
+        self.model.eval()
+        with torch.no_grad():
+            episodes = 0
+            while episodes < cfg.batch_size:
+                k = rng.randrange(len(self.instances))
+                inst = self.instances[k]
+                pool = sample_pool(rng, inst, cfg)
+                if pool is None:
+                    continue
+                grades_all = [inst.grade(c.id) for c in inst.candidates]
+                on_policy = episodes < n_on_policy and len(pool) > 2
+                episodes += 1
+                ep_steps, ep_r, ep_v = [], [], []
+                while True:
+                    st = Step(k, list(pool), [grades_all[i] for i in pool])
+                    logp, v = self._forward(self.model, [st], True)
+                    probs = logp[0].exp()
+                    a = int(torch.multinomial(probs, 1, generator=gen))
+                    labels = {chr(65 + j): g for j, g in enumerate(st.grades)}
+                    r = exclusion_score(chr(65 + a), labels)
+                    ex = sum(float(probs[j]) * exclusion_score(chr(65 + j), labels) for j in range(len(pool)))
+                    ep_steps.append(st)
+                    actions.append(a)
+                    ep_r.append(r)
+                    expected.append(ex)
+                    ep_v.append(float(v[0]))
+                    pool = pool[:a] + pool[a + 1:]
+                    if not on_policy or len(pool) < 2 or len({grades_all[i] for i in pool}) < 2:
+                        break
+                steps += ep_steps
+                rewards += ep_r
+                if len(ep_steps) == 1 and cfg.ppo.baseline == "expected":
+                    adv.append(ep_r[0] - expected[-1])
+                    returns.append(ep_r[0])
+                else:
+                    a_t, r_t = gae(ep_r, ep_v, cfg.ppo.gamma, cfg.ppo.lam)
+                    adv += a_t
+                    returns += r_t
+        return {"steps": steps, "actions": torch.tensor(actions), "rewards": torch.tensor(rewards),
+                "expected": torch.tensor(expected), "advantages": torch.tensor(adv, dtype=torch.float32),
+                "returns": torch.tensor(returns, dtype=torch.float32)}
+
+    # ---------------------------------------------------------------------------------------------- the update
+
+    def update(self, update: int) -> dict:
+        cfg = self.cfg
+        t0 = time.perf_counter()
+        batch = self.rollout(update)
+        steps = batch["steps"]
+        with torch.no_grad():
+            old_logp, _ = self._forward(self.model, steps, False)
+            ref_logp = self._ref_logp(steps)
+        a = batch["actions"]
+        labels = [{chr(65 + j): g for j, g in enumerate(s.grades)} for s in steps]
+        reward_table = torch.zeros(len(steps), 26)
+        for i, lab in enumerate(labels):
+            for j, key in enumerate(lab):
+                reward_table[i, j] = exclusion_score(key, lab)
+        self.model.train()
+        stats = {}
+        for _ in range(cfg.ppo.epochs if cfg.algo == "ppo" else 1):
+            logp, values = self._forward(self.model, steps, True)
+            p = logp.exp()
+            safe = logp.masked_fill(torch.isinf(logp), 0.0)
+            entropy = -(p * safe).sum(-1)
+            kl = torch.zeros(len(steps))
+            if ref_logp is not None:
+                kl = (p * (safe - ref_logp.masked_fill(torch.isinf(ref_logp), 0.0))).sum(-1)
+            if cfg.algo == "expected":
+                policy_loss = -(p * reward_table).sum(-1).mean()
+            else:
+                ratio = (logp.gather(1, a[:, None]).squeeze(1) - old_logp.gather(1, a[:, None]).squeeze(1)).exp()
+                adv = batch["advantages"]
+                policy_loss = -torch.min(ratio * adv, ratio.clamp(1 - cfg.ppo.clip, 1 + cfg.ppo.clip) * adv).mean()
+            value_loss = ((values - batch["returns"]) ** 2).mean()
+            loss = policy_loss + cfg.ppo.kl_coef * kl.mean() - cfg.ppo.entropy_coef * entropy.mean() \
+                + cfg.ppo.vf_coef * value_loss
+            self.optimizer.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_([q for g in self.optimizer.param_groups for q in g["params"]], 1.0)
+            self.optimizer.step()
+            stats = {"loss": loss.item(), "policy_loss": policy_loss.item(), "value_loss": value_loss.item(),
+                     "kl": kl.mean().item(), "entropy": entropy.mean().item()}
+        self.model.eval()
+        dt = time.perf_counter() - t0
+        sizes = [len(s.pool) for s in steps]
+        by_size: dict[str, list[float]] = {}
+        for k, r in zip(sizes, batch["rewards"].tolist(), strict=True):
+            by_size.setdefault(str(k), []).append(r)
+        return {"step": update + 1, "reward": float(batch["rewards"].mean()),
+                "expected_reward": float(batch["expected"].mean()), **stats,
+                "elimination_steps": len(steps), "steps_per_s": len(steps) / dt, "seconds": dt,
+                "reward_by_pool_size": {k: sum(v) / len(v) for k, v in sorted(by_size.items(), key=lambda kv:
+                                                                                   int(kv[0]))}}
+
+    # ----------------------------------------------------------------------------------------- checkpoints
+
+    def _trainable_state(self) -> dict:
+        if self.cfg.lora.r:
+            from peft import get_peft_model_state_dict
+
+            return get_peft_model_state_dict(self.model)
+        return self.model.state_dict()
+
+    def save_checkpoint(self) -> Path:
+        ckpt_dir = self.out / "checkpoints"
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+        final = ckpt_dir / f"step-{self.step:06d}"
+        tmp = ckpt_dir / f".tmp-step-{self.step:06d}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        torch.save({"policy": self._trainable_state(), "value_head": self.value_head.state_dict(),
+                    "optimizer": self.optimizer.state_dict(), "step": self.step,
+                    "config": self.cfg.model_dump()}, tmp / "state.pt")
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        (ckpt_dir / ".latest.tmp").write_text(final.name)
+        os.replace(ckpt_dir / ".latest.tmp", ckpt_dir / "latest")
+        for old in sorted(ckpt_dir.glob("step-*"))[: -self.cfg.keep_checkpoints]:
+            shutil.rmtree(old)
+        return final
+
+    def load_checkpoint(self) -> bool:
+        latest = self.out / "checkpoints" / "latest"
+        if not latest.exists():
+            return False
+        state = torch.load(self.out / "checkpoints" / latest.read_text().strip() / "state.pt", weights_only=False)
+        if self.cfg.lora.r:
+            from peft import set_peft_model_state_dict
+
+            set_peft_model_state_dict(self.model, state["policy"])
+        else:
+            self.model.load_state_dict(state["policy"])
+        self.value_head.load_state_dict(state["value_head"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.step = state["step"]
+        return True
+
+    def save_final(self) -> Path:
+        """A standard transformers folder (LoRA merged) that `iranker rank --model DIR` and vLLM load."""
+        final, tmp = self.out / "final", self.out / ".final.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        model = self.model.merge_and_unload() if self.cfg.lora.r else self.model
+        model.save_pretrained(tmp)
+        self.tokenizer.save_pretrained(tmp)
+        (tmp / "iranker-train.json").write_text(json.dumps({"steps": self.step, "config": self.cfg.model_dump()},
+                                                           indent=1))
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        return final
+
+    # ------------------------------------------------------------------------------------------------- loop
+
+    def train(self, stop_after: int | None = None) -> Path:
+        from tqdm import tqdm
+
+        writer = _tensorboard(self.out / "tb")
+        log_path = self.out / "metrics.jsonl"
+        bar = tqdm(total=self.cfg.steps, initial=self.step, desc="training", unit="upd", disable=not self.progress,
+                   file=sys.stderr)
+        while self.step < self.cfg.steps:
+            row = self.update(self.step)
+            self.step += 1
+            with log_path.open("a") as f:
+                f.write(json.dumps(row) + "\n")
+            if writer:
+                for key in ("reward", "expected_reward", "kl", "entropy", "value_loss", "steps_per_s"):
+                    writer.add_scalar(f"train/{key}", row[key], self.step)
+            bar.set_postfix(reward=f"{row['reward']:.3f}", exp=f"{row['expected_reward']:.3f}",
+                            kl=f"{row['kl']:.4f}", sps=f"{row['steps_per_s']:.1f}")
+            bar.update(1)
+            if self.step % self.cfg.checkpoint_every == 0 or self.step == self.cfg.steps:
+                self.save_checkpoint()
+            if stop_after is not None and self.step >= stop_after:
+                break
+        bar.close()
+        if writer:
+            writer.close()
+        return self.save_final() if self.step >= self.cfg.steps else self.out / "checkpoints"
+
+
+def gae(rewards: list[float], values: list[float], gamma: float, lam: float) -> tuple[list[float], list[float]]:
+    """Generalised advantage estimates and returns of one episode (the value after the last step is 0)."""
+    adv = [0.0] * len(rewards)
+    running = 0.0
+    for t in reversed(range(len(rewards))):
+        next_v = values[t + 1] if t + 1 < len(values) else 0.0
+        delta = rewards[t] + gamma * next_v - values[t]
+        running = delta + gamma * lam * running
+        adv[t] = running
+    return adv, [a + v for a, v in zip(adv, values, strict=True)]
+
+
+def _tensorboard(path: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return None
+    return SummaryWriter(str(path))
+
+
+def load_model(cfg: TrainConfig):
+    """(model, tokenizer) for training; clear errors when the model does not load."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from iranker.models import resolve_model
+
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    try:
+        if cfg.model == "tiny-random":
+            from transformers import LlamaConfig, LlamaForCausalLM
+
+            tokenizer = AutoTokenizer.from_pretrained(resolve_model(cfg.tokenizer))
+            torch.manual_seed(cfg.seed)
+            model = LlamaForCausalLM(LlamaConfig(
+                vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=8192,
+                pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id))
+        else:
+            path = resolve_model(cfg.model)
+            tokenizer = AutoTokenizer.from_pretrained(path)
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"model: {cfg.model!r} does not load: {str(e).splitlines()[0]}") from None
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model, tokenizer
+
+
+def load_training_instances(cfg: TrainConfig) -> list[RankingInstance]:
+    from iranker.evaluate import load_instances
+
+    out: list[RankingInstance] = []
+    for d in cfg.data:
+        if d == "samples":
+            from iranker.data import sample_instances
+
+            out += sample_instances()
+            continue
+        p = Path(d)
+        out += load_instances(p / "instances.jsonl" if p.is_dir() else p)
+    train = [i for i in out if i.split == "train" and len({i.grade(c.id) for c in i.candidates}) > 1]
+    if not train:
+        raise ValueError(f"data: no training instances (split 'train' with differing grades) in {', '.join(cfg.data)}")
+    seeded_rng(cfg.seed, "instances").shuffle(train)
+    return train[: cfg.max_instances] if cfg.max_instances else train
+
+
+def run_training(cfg: TrainConfig, out: str | Path, resume: bool = False, progress: bool = True,
+                 stop_after: int | None = None) -> Path:
+    """Validate everything, then train; returns the final model folder (or the checkpoint folder if stopped)."""
+    if cfg.mode != "fast" or cfg.algo == "grpo":
+        raise ValueError(f"algo {cfg.algo!r} in mode {cfg.mode!r} is not available yet in this version; "
+                         "use algo: ppo or expected with mode: fast")
+    out = Path(out)
+    instances = load_training_instances(cfg)
+    model, tokenizer = load_model(cfg)
+    if out.exists() and any(out.iterdir()) and not resume:
+        raise FileExistsError(f"--out {out}: not empty; pass --resume to continue the run there, or another folder")
+    out.mkdir(parents=True, exist_ok=True)
+    trainer = Trainer(cfg, instances, model, tokenizer, out, progress=progress)
+    if resume and trainer.load_checkpoint():
+        trainer.say(f"resumed from step {trainer.step}")
+        log = out / "metrics.jsonl"
+        if log.exists():  # drop log lines written after the checkpoint
+            rows = [r for r in log.read_text().splitlines() if json.loads(r)["step"] <= trainer.step]
+            log.write_text("".join(r + "\n" for r in rows))
+    (out / "config.json").write_text(json.dumps(cfg.model_dump(), indent=1))
+    trainer.say(f"training on {len(instances)} instances ({cfg.algo}, {cfg.mode} mode, {cfg.steps} updates of "
+                f"{cfg.batch_size} episodes)")
+    return trainer.train(stop_after=stop_after)
+
+
+__all__ = ["Trainer", "gae", "load_model", "load_training_instances", "run_training", "sample_pool"]
