@@ -125,3 +125,13 @@ def test_a_killed_run_resumes_to_the_same_model(tmp_path, tiny_model_dir):
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
     steps = [json.loads(l)["step"] for l in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
     assert steps == list(range(1, 31))
+
+
+@pytest.mark.parametrize("profile", ["smoke", "cpu", "gpu-3b"])
+def test_every_profile_is_a_valid_config(profile):
+    import yaml
+
+    from iranker.train import TrainConfig
+
+    cfg = TrainConfig.model_validate(yaml.safe_load((ROOT / "configs" / f"{profile}.yaml").read_text()))
+    assert cfg.steps >= 1 and cfg.data

@@ -91,7 +91,7 @@ def load_config(path: str | Path, overrides: dict | None = None) -> TrainConfig:
     except yaml.YAMLError as e:
         raise ValueError(f"{path}: not valid YAML ({e})") from None
     if not isinstance(raw, dict):
-        raise ValueError(f"{path}: expected a mapping of settings, got {type(raw).__name__}")
+        raise ValueError(f"{path}: expected a mapping of settings, got {type(raw).__name__}")  # noqa: TRY004
     raw.update(overrides or {})
     try:
         cfg = TrainConfig.model_validate(raw)
