@@ -215,6 +215,8 @@ def cmd_features_get(args) -> None:
 
 
 def cmd_train(args) -> None:
+    import yaml
+
     from iranker.train import load_config
     from iranker.train.ppo import run_training
 
@@ -223,8 +225,6 @@ def cmd_train(args) -> None:
         key, sep, value = p.partition("=")
         if not sep:
             _die(f"--set {p}: expected KEY=VALUE")
-        import yaml
-
         overrides[key] = yaml.safe_load(value)
     cfg = load_config(args.config, overrides)
     final = run_training(cfg, args.out, resume=args.resume, progress=True)

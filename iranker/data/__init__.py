@@ -151,7 +151,7 @@ def build(source: str, path: str | Path, params: dict[str, str] | None = None) -
 
 def _default_dataset(path: Path) -> str:
     name = path.name if path.is_dir() else path.name.split(".")[0]
-    return name.removesuffix(".jsonl") or "data"
+    return name or "data"
 
 
 def _rel(f: Path, base: Path) -> str:

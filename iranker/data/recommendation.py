@@ -53,13 +53,18 @@ def _user_order(u: str) -> tuple[int, int | str]:
     return (0, int(u)) if u.isdigit() else (1, u)
 
 
-def _read_items(path: Path, title_col: str, extra: tuple[str, ...] = ()) -> pd.DataFrame:
+def _read_items(path: Path, extra: tuple[str, ...] = ()) -> pd.DataFrame:
+    """NAME.item: item_id and a title column (`movie_title` in MovieLens, `title` elsewhere)."""
+    if not path.exists():
+        raise DataError(f"{path}: no such file")
     raw = path.read_bytes()
     try:
         raw.decode("utf-8")
         enc = "utf-8"
     except UnicodeDecodeError:
         enc = "latin-1"  # MovieLens titles are Latin-1
+    header = [h.split(":")[0] for h in raw.split(b"\n", 1)[0].decode(enc).rstrip("\r").split("\t")]
+    title_col = "movie_title" if "movie_title" in header else "title"
     rows, first_line = [], {}
     for n, r in read_delimited(path, ["item_id", title_col], encoding=enc, optional=extra):
         iid = r["item_id"].strip()
@@ -81,8 +86,7 @@ def read_recbole(path: Path, params: RecParams) -> tuple[dict[str, pd.DataFrame]
     item = inter.with_suffix(".item")
     if not item.exists():
         raise DataError(f"{item}: no such file; a RecBole dataset needs NAME.item beside {inter.name}")
-    items = _read_items(item, "movie_title" if "movie_title" in item.open(encoding="latin-1").readline()
-                        else "title", extra=("release_year", "class"))
+    items = _read_items(item, extra=("release_year", "class"))
     known = set(items["item_id"])
     rows = []
     for n, r in read_delimited(inter, ["user_id", "item_id", "timestamp"], optional=("rating",)):
@@ -112,7 +116,7 @@ def read_llmrank(path: Path, params: LLMRankParams) -> tuple[dict[str, pd.DataFr
     for p in (item, pool):
         if not p.exists():
             raise DataError(f"{p}: no such file; an LLMRank dataset needs {base}.item and {base}.random")
-    items = _read_items(item, "title")
+    items = _read_items(item)
     known = set(items["item_id"])
     rows, seen = [], {}
     for n, r in read_delimited(inter, ["user_id", "item_id_list", "item_id"]):

@@ -128,6 +128,7 @@ class Trainer:
         rng = seeded_rng(cfg.seed, "update", update)
         gen = torch.Generator().manual_seed(int(rng.random() * 2**31))
         steps, actions, rewards, expected, adv, returns = [], [], [], [], [], []
+        tables, old_logps = [], []
         n_on_policy = round(cfg.batch_size * cfg.pools.on_policy)
         self.model.eval()
         with torch.no_grad():
@@ -147,9 +148,10 @@ class Trainer:
                     logp, v = self._forward(self.model, [st], True)
                     probs = logp[0].exp()
                     a = int(torch.multinomial(probs, 1, generator=gen))
-                    labels = {chr(65 + j): g for j, g in enumerate(st.grades)}
-                    r = exclusion_score(chr(65 + a), labels)
-                    ex = sum(float(probs[j]) * exclusion_score(chr(65 + j), labels) for j in range(len(pool)))
+                    table = reward_row(st.grades)
+                    r, ex = float(table[a]), float((probs * table).sum())
+                    tables.append(table)
+                    old_logps.append(logp[0])
                     ep_steps.append(st)
                     actions.append(a)
                     ep_r.append(r)
@@ -169,7 +171,8 @@ class Trainer:
                     returns += r_t
         return {"steps": steps, "actions": torch.tensor(actions), "rewards": torch.tensor(rewards),
                 "expected": torch.tensor(expected), "advantages": torch.tensor(adv, dtype=torch.float32),
-                "returns": torch.tensor(returns, dtype=torch.float32)}
+                "returns": torch.tensor(returns, dtype=torch.float32), "reward_table": torch.stack(tables),
+                "old_logp": torch.stack(old_logps)}
 
     # ---------------------------------------------------------------------------------------------- the update
 
@@ -178,15 +181,8 @@ class Trainer:
         t0 = time.perf_counter()
         batch = self.rollout(update)
         steps = batch["steps"]
-        with torch.no_grad():
-            old_logp, _ = self._forward(self.model, steps, False)
-            ref_logp = self._ref_logp(steps)
-        a = batch["actions"]
-        labels = [{chr(65 + j): g for j, g in enumerate(s.grades)} for s in steps]
-        reward_table = torch.zeros(len(steps), 26)
-        for i, lab in enumerate(labels):
-            for j, key in enumerate(lab):
-                reward_table[i, j] = exclusion_score(key, lab)
+        ref_logp = self._ref_logp(steps)
+        a, old_logp, reward_table = batch["actions"], batch["old_logp"], batch["reward_table"]
         self.model.train()
         stats = {}
         for _ in range(cfg.ppo.epochs if cfg.algo == "ppo" else 1):
@@ -308,6 +304,14 @@ class Trainer:
         if writer:
             writer.close()
         return self.save_final() if self.step >= self.cfg.steps else self.out / "checkpoints"
+
+
+def reward_row(grades: list[float]) -> torch.Tensor:
+    """The exclusion reward of eliminating each label of a pool (grades in label order); 0 beyond the pool."""
+    labels = {chr(65 + j): g for j, g in enumerate(grades)}
+    row = torch.zeros(26)
+    row[: len(grades)] = torch.tensor([exclusion_score(lab, labels) for lab in labels])
+    return row
 
 
 def gae(rewards: list[float], values: list[float], gamma: float, lam: float) -> tuple[list[float], list[float]]:
