@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -192,14 +193,16 @@ def cmd_features_apply(args) -> None:
 
     tables = features.build_feature_tables(args.data, args.repo, history=args.history)
     _say(f"feature sources written: {', '.join(f'{k} ({len(v)} rows)' for k, v in tables.items())}")
-    names = features.apply(args.repo)
+    with contextlib.redirect_stdout(sys.stderr):
+        names = features.apply(args.repo)
     print(json.dumps({"repo": str(args.repo or features.default_repo()), "applied": names}))
 
 
 def cmd_features_materialize(args) -> None:
     from iranker import features
 
-    rows = features.materialize(args.repo)
+    with contextlib.redirect_stdout(sys.stderr):  # Feast prints its progress on stdout; stdout carries the JSON
+        rows = features.materialize(args.repo)
     print(json.dumps({"repo": str(args.repo or features.default_repo()), "materialized": rows}))
 
 

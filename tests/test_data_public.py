@@ -32,6 +32,16 @@ def test_games_6k(shared_data):
     assert len(built.instances) == 6000
     assert all(len(i.candidates) == 20 and len(i.relevance) == 1 for i in built.instances)
     assert max(len(i.history) for i in built.instances) == 20
+    # the first user of the published candidate lists: target = the test file's next item, history = its last 20
+    base = shared_data / "recommendation" / "games-6k"
+    user, *pool = (base / "Games-6k.random").read_text().splitlines()[0].split()
+    row = next(l.split("\t") for l in (base / "Games-6k.test.inter").read_text().splitlines()[1:]
+               if l.split("\t")[0] == user)
+    hist, target = row[1].split(), row[2].strip()
+    inst = next(i for i in built.instances if i.user_id == user)
+    assert inst.relevance == {target: 1.0} and len(inst.history) == min(20, len(hist))
+    eligible = [i for i in pool if i not in hist and i != target]
+    assert sorted(c.id for c in inst.candidates) == sorted([target, *eligible[:19]])
 
 
 def test_dl19_bm25_top20_and_top100(shared_data):

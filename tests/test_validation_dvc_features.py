@@ -203,3 +203,22 @@ def test_features_need_recommendation_data(tmp_path):
     ingest("trec-dl", SAMPLES / "trec-dl", tmp_path / "p", dvc=False)
     with pytest.raises(DataError, match="user features come from recommendation data"):
         features.build_feature_tables(tmp_path / "p", ROOT / "feature_repo")
+
+
+@pytest.mark.slow
+def test_features_cli_apply_materialize_get(tmp_path, mixed_dir):
+    repo = tmp_path / "fr"
+    repo.mkdir()
+    for f in ("feature_store.yaml", "definitions.py"):
+        shutil.copy(ROOT / "feature_repo" / f, repo / f)
+
+    def run(*args):
+        proc = subprocess.run([sys.executable, "-m", "iranker.cli", "features", *args, "--repo", str(repo)],
+                              capture_output=True, text=True, timeout=300, check=False)
+        assert proc.returncode == 0, proc.stderr
+        return json.loads(proc.stdout)
+
+    assert run("apply", "--data", str(mixed_dir))["applied"] == ["item", "item_attributes", "user", "user_context"]
+    assert run("materialize")["materialized"] == {"user_context": 16, "item_attributes": 80}
+    got = run("get", "5", "nobody")
+    assert got["nobody"] is None and len(got["5"]["history_titles"]) == 20 and got["5"]["n_interactions"] == 22
