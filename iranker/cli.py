@@ -234,6 +234,35 @@ def cmd_train(args) -> None:
     print(json.dumps({"out": args.out, "model": str(final)}))
 
 
+def cmd_export_verl(args) -> None:
+    from iranker.train import load_config
+    from iranker.train.verl import export_verl
+
+    cfg = load_config(args.config, {"mode": args.mode} if args.mode else None)
+    result = export_verl(cfg, args.out, per_instance=args.per_instance, reasoning=cfg.mode == "reasoning")
+    _say(f"verl data: {result['files']['train']['rows']} train / {result['files']['val']['rows']} val rows; "
+         f"overrides {result['overrides']}")
+    print(json.dumps(result, indent=1))
+
+
+def cmd_evaluate(args) -> None:
+    from iranker.evaluate.harness import evaluate, load_eval_data
+    from iranker.evaluate.report import summary_table
+
+    data = load_eval_data(args.data, split=args.split, limit=args.limit, seed=args.seed)
+    baselines = [b for b in (args.baselines.split(",") if args.baselines else []) if b]
+    metrics = evaluate(data, args.out, model=args.model, base=args.base, direct=not args.no_direct,
+                       baselines=baselines if args.baselines is not None else
+                       ["first-stage", "bm25", "minilm", "popularity", "best-average", "nearest-neighbour"],
+                       max_words=args.max_words, batch_size=args.batch_size, train_run=args.train_run,
+                       seed=args.seed)
+    print(summary_table(metrics), file=sys.stderr)
+    _say(f"report: {Path(args.out) / 'report.md'}")
+    print(json.dumps({"out": args.out, "metrics": str(Path(args.out) / "metrics.json"),
+                      "results": [{k: r[k] for k in ("dataset", "scenario", "n_instances", "metrics")}
+                                  for r in metrics["results"]]}, indent=1))
+
+
 def build_parser() -> argparse.ArgumentParser:
     from iranker import __version__
 
@@ -298,6 +327,35 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="override a top-level setting, e.g. --set steps=10")
     train.set_defaults(func=cmd_train)
+
+    vx = sub.add_parser("export-verl", help="write a training profile's data and reward for verl (GPU clusters)")
+    vx.add_argument("--config", required=True, help="profile YAML, e.g. configs/gpu-3b.yaml")
+    vx.add_argument("--out", required=True, help="folder for train.parquet, val.parquet, verl-overrides.txt")
+    vx.add_argument("--per-instance", type=int, default=4, help="sub-pools drawn per instance (default 4)")
+    vx.add_argument("--mode", choices=["fast", "reasoning"], default=None, help="override the profile's mode")
+    vx.set_defaults(func=cmd_export_verl)
+
+    ev = sub.add_parser("evaluate", help="score a model, the base model and simple baselines on the same instances",
+                        epilog="example: iranker evaluate --data data/ml-100k --data data/dl19 --model "
+                        "runs/cpu/final --out reports/cpu --limit 200")
+    ev.add_argument("--data", action="append", required=True,
+                    help="dataset folder (from `iranker data ingest`), instances JSONL file or 'samples' "
+                    "(repeatable)")
+    ev.add_argument("--out", required=True, help="folder for metrics.json, per_instance.jsonl, report.md, plots")
+    ev.add_argument("--model", default=None, help="the model to evaluate (e.g. a training run's final/); "
+                    "without it the base model is the evaluated system")
+    ev.add_argument("--base", default=None, help="base model (default: the embedded SmolLM2-135M)")
+    ev.add_argument("--split", default="test", help="split to evaluate (default test; 'all' for every instance)")
+    ev.add_argument("--limit", type=int, default=0, help="at most N instances per dataset and scenario (seeded)")
+    ev.add_argument("--baselines", default=None,
+                    help="comma-separated simple baselines (default all: first-stage,bm25,minilm,popularity,"
+                    "best-average,nearest-neighbour; '' for none)")
+    ev.add_argument("--no-direct", action="store_true", help="skip the base model's direct (one-call) ranking")
+    ev.add_argument("--max-words", type=int, default=120, help="words shown per candidate (default 120)")
+    ev.add_argument("--batch-size", type=int, default=16, help="requests ranked together")
+    ev.add_argument("--train-run", default=None, help="a training run folder: adds its reward curves")
+    ev.add_argument("--seed", type=int, default=0)
+    ev.set_defaults(func=cmd_evaluate)
 
     feats = sub.add_parser("features", help="Feast user features").add_subparsers(dest="features_command",
                                                                                   required=True)

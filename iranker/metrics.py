@@ -136,3 +136,44 @@ def ranking_to_run(ranking: Sequence[str]) -> dict[str, float]:
     """A ranking as a run's scores (higher = better), for `score_run`."""
     n = len(ranking)
     return {cid: float(n - i) for i, cid in enumerate(ranking)}
+
+
+# ---- intervals and paired significance --------------------------------------------------------------------------
+
+def bootstrap_interval(values: Sequence[float], n_resamples: int = 2000, level: float = 0.95,
+                       seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean of per-instance values (seeded, so reports are reproducible)."""
+    import numpy as np
+
+    x = np.asarray(values, dtype=float)
+    if x.size == 0:
+        return (0.0, 0.0)
+    rng = np.random.default_rng(seed)
+    means = x[rng.integers(0, x.size, size=(n_resamples, x.size))].mean(axis=1)
+    alpha = (1 - level) / 2
+    return float(np.quantile(means, alpha)), float(np.quantile(means, 1 - alpha))
+
+
+def paired_comparison(a: Sequence[float], b: Sequence[float], n_resamples: int = 10_000, level: float = 0.95,
+                      seed: int = 0) -> dict[str, float]:
+    """System a against system b on the same instances: mean difference a-b with its paired bootstrap interval,
+    the relative change, and the two-sided p-value of a paired randomization (sign-flip) test.
+
+    >>> r = paired_comparison([1, 1, 1, 0.5], [0.5, 0.5, 0.5, 0.5]); r["diff"], r["wins"], r["losses"]
+    (0.375, 3, 0)
+    """
+    import numpy as np
+
+    x, y = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if x.shape != y.shape:
+        raise ValueError(f"paired comparison needs the same instances: {x.size} values against {y.size}")
+    d = x - y
+    lo, hi = bootstrap_interval(d, n_resamples=min(n_resamples, 4000), level=level, seed=seed)
+    rng = np.random.default_rng(seed)
+    observed = abs(d.mean()) if d.size else 0.0
+    flips = rng.choice([-1.0, 1.0], size=(n_resamples, d.size))
+    p = float(((np.abs((flips * d).mean(axis=1)) >= observed - 1e-12).sum() + 1) / (n_resamples + 1))
+    base = y.mean() if y.size else 0.0
+    return {"diff": float(d.mean()) if d.size else 0.0, "low": lo, "high": hi, "p_value": p,
+            "relative": float(d.mean() / base) if base else 0.0, "wins": int((d > 0).sum()),
+            "losses": int((d < 0).sum()), "ties": int((d == 0).sum())}

@@ -7,6 +7,7 @@ never reaches a reward: the TRL-style wrappers at the end accept `prompts` only 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 
 from iranker.metrics import ndcg_at_k
@@ -90,10 +91,22 @@ def _text(completion) -> str:
     return "".join(m.get("content", "") for m in completion if m.get("role", "assistant") == "assistant")
 
 
-def exclusion_reward_func(prompts: Sequence, completions: Sequence, pool_grades: Sequence[Mapping[str, float]],
+def _grades(g: Mapping[str, float] | str) -> Mapping[str, float]:
+    """A grades column holds a mapping or its JSON text (Arrow columns need one type across rows)."""
+    return json.loads(g) if isinstance(g, str) else g
+
+
+def exclusion_reward_func(prompts: Sequence, completions: Sequence, pool_grades: Sequence[Mapping[str, float] | str],
                           **_) -> list[float]:
-    """TRL reward function; `pool_grades` is a dataset column. `prompts` is accepted and ignored on purpose."""
-    return [exclusion_reward(_text(c), g, reasoning=True) for c, g in zip(completions, pool_grades)]
+    """TRL reward function (reasoning mode); `pool_grades` is a dataset column, a mapping or its JSON text.
+    `prompts` is accepted and ignored on purpose."""
+    return [exclusion_reward(_text(c), _grades(g), reasoning=True) for c, g in zip(completions, pool_grades)]
+
+
+def fast_exclusion_reward_func(prompts: Sequence, completions: Sequence,
+                               pool_grades: Sequence[Mapping[str, float] | str], **_) -> list[float]:
+    """TRL reward function of fast mode: the completion continues the `<answer>[` prefix with one label."""
+    return [exclusion_reward(_text(c), _grades(g), reasoning=False) for c, g in zip(completions, pool_grades)]
 
 
 def format_reward_func(prompts: Sequence, completions: Sequence, **_) -> list[float]:
@@ -102,4 +115,4 @@ def format_reward_func(prompts: Sequence, completions: Sequence, **_) -> list[fl
 
 def direct_ranking_reward_func(prompts: Sequence, completions: Sequence,
                                label_grades: Sequence[Mapping[str, float]], **_) -> list[float]:
-    return [direct_ranking_reward(_text(c), g, reasoning=True) for c, g in zip(completions, label_grades)]
+    return [direct_ranking_reward(_text(c), _grades(g), reasoning=True) for c, g in zip(completions, label_grades)]

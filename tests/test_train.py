@@ -135,3 +135,104 @@ def test_every_profile_is_a_valid_config(profile):
 
     cfg = TrainConfig.model_validate(yaml.safe_load((ROOT / "configs" / f"{profile}.yaml").read_text()))
     assert cfg.steps >= 1 and cfg.data
+
+
+def test_reasoning_mode_ppo_runs_token_level_updates(tmp_path, smoke):
+    """Reasoning mode: sampled think + answer responses, token-level PPO; failures to parse are counted."""
+    cfg = smoke.model_copy(update={"mode": "reasoning", "steps": 2, "batch_size": 3, "max_new_tokens": 12})
+    final = run_training(cfg, tmp_path / "run", progress=False)
+    rows = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2]
+    for r in rows:
+        assert r["elimination_steps"] == 3 and 3 <= r["completion_tokens"] <= 36
+        assert 0 <= r["parse_failure_rate"] <= 1 and 0 <= r["format_ok_rate"] <= 1
+        # a random model does not write the format: exclusion -0.5 and format -1 on every unparsed response
+        assert r["reward"] == pytest.approx(r["expected_reward"] - (1 - r["format_ok_rate"]))
+        assert r["kl"] >= 0
+    assert (final / "model.safetensors").exists()
+
+
+def test_reasoning_update_raises_the_probability_of_a_rewarded_response(tmp_path, smoke):
+    """The token-level loss points the right way: a response whose reward beats the others becomes likelier."""
+    cfg = smoke.model_copy(update={"mode": "reasoning", "batch_size": 4, "max_new_tokens": 6, "lr_actor": 3e-3,
+                                   "ppo": smoke.ppo.model_copy(update={"entropy_coef": 0.0})})
+    instances = load_training_instances(cfg)
+    model, tok = load_model(cfg)
+    trainer = Trainer(cfg, instances, model, tok, tmp_path, progress=False)
+    episodes = trainer._reasoning_rollout(0)
+    rewarded = episodes[0]
+
+    def fixed(update):  # the same sampled responses every update; only the first one earns a reward
+        for k, e in enumerate(episodes):
+            e["reward"] = e["exclusion"] = 1.0 if k == 0 else -1.0
+        return [dict(e) for e in episodes]
+
+    trainer._reasoning_rollout = fixed
+    with torch.no_grad():
+        before = trainer._token_forward(trainer.model, rewarded["prompt_ids"], rewarded["response_ids"], False)[0]
+    for _ in range(5):
+        trainer._reasoning_update(0)
+    with torch.no_grad():
+        after = trainer._token_forward(trainer.model, rewarded["prompt_ids"], rewarded["response_ids"], False)[0]
+    assert after.sum() > before.sum() + 0.1, (before.sum(), after.sum())
+
+
+@pytest.mark.slow
+def test_grpo_through_trl_writes_a_model_and_its_throughput(tmp_path, smoke):
+    cfg = smoke.model_copy(update={"algo": "grpo", "steps": 2, "batch_size": 4, "grpo_generations": 2})
+    final = run_training(cfg, tmp_path / "run", progress=False)
+    info = json.loads((final / "iranker-train.json").read_text())
+    assert info["algo"] == "grpo" and info["elimination_steps"] == 8 and info["elimination_steps_per_s"] > 0
+    rows = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 2 and all(r["reward"] is not None and -0.5 <= r["reward"] <= 1 for r in rows)
+    from transformers import AutoModelForCausalLM
+
+    assert AutoModelForCausalLM.from_pretrained(final).config.num_hidden_layers == 2
+    with pytest.raises(ValueError, match="resume"):
+        run_training(cfg, tmp_path / "run", resume=True)
+
+
+def test_verl_export_layout_and_reward_interface(tmp_path, smoke):
+    import pandas as pd
+
+    from iranker.rewards import exclusion_score
+    from iranker.train.verl import compute_score, export_verl
+
+    cfg = smoke.model_copy(update={"mode": "reasoning"})
+    result = export_verl(cfg, tmp_path / "verl", per_instance=2, reasoning=True)
+    train = pd.read_parquet(tmp_path / "verl" / "train.parquet")
+    val = pd.read_parquet(tmp_path / "verl" / "val.parquet")
+    assert list(train.columns) == ["data_source", "prompt", "ability", "reward_model", "extra_info"]
+    assert len(train) == result["files"]["train"]["rows"] > 0 and len(val) > 0
+    assert set(train["extra_info"].map(lambda e: e["split"])) == {"train"}
+    assert set(val["extra_info"].map(lambda e: e["split"])) == {"validation"}
+    train_ids = set(train["extra_info"].map(lambda e: e["instance_id"]))
+    assert not train_ids & set(val["extra_info"].map(lambda e: e["instance_id"]))
+    for _, row in train.head(20).iterrows():
+        assert row["data_source"] in ("iranker/recommendation", "iranker/passage", "iranker/routing")
+        assert [m["role"] for m in row["prompt"]] == ["system", "user"] and "<answer>" in row["prompt"][1]["content"]
+        grades = json.loads(row["reward_model"]["ground_truth"])
+        assert row["extra_info"]["pool_size"] == len(grades) >= 2
+        worst = min(grades, key=grades.get)
+        best = max(grades, key=grades.get)
+        answer = f"<think>it fits least</think><answer>[{worst}]</answer>"
+        assert compute_score(row["data_source"], answer, row["reward_model"]["ground_truth"],
+                             dict(row["extra_info"])) == exclusion_score(worst, grades) == 1.0
+        assert compute_score(row["data_source"], f"<think>x</think><answer>[{best}]</answer>",
+                             row["reward_model"]["ground_truth"], dict(row["extra_info"])) == 0.0
+        assert compute_score(row["data_source"], f"[{worst}]", row["reward_model"]["ground_truth"],
+                             dict(row["extra_info"])) == -1.5  # no format: invalid answer -0.5, format -1
+    overrides = dict(line.split("=", 1) for line in (tmp_path / "verl" / "verl-overrides.txt").read_text().split())
+    assert overrides["custom_reward_function.name"] == "compute_score"
+    assert overrides["custom_reward_function.path"].endswith("iranker/train/verl.py")
+    assert overrides["data.train_files"] == str(tmp_path / "verl" / "train.parquet")
+    assert overrides["algorithm.adv_estimator"] == "gae"
+
+
+def test_accelerate_configs_parse():
+    import yaml
+
+    for name in ("multi-gpu", "fsdp"):
+        cfg = yaml.safe_load((ROOT / "configs" / "accelerate" / f"{name}.yaml").read_text())
+        assert cfg["distributed_type"] in ("MULTI_GPU", "FSDP") and cfg["num_processes"] >= 2
+        assert cfg["mixed_precision"] == "bf16" and cfg["use_cpu"] is False

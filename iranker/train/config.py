@@ -23,6 +23,9 @@ class LoraConfig(_Section):
     alpha: int = 16
     dropout: float = 0.0
     target_modules: list[str] = Field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+    top_layers: int = Field(default=0, ge=0, description="adapt only the last N decoder layers (0: all); the "
+                                                         "layers below run without gradients, which makes a CPU "
+                                                         "update several times cheaper")
 
 
 class PoolConfig(_Section):
@@ -55,6 +58,9 @@ class TrainConfig(_Section):
     data: list[str] = Field(min_length=1, description="instances JSONL files, dataset folders, or 'samples' (the "
                                                      "built-in samples); the train split is used")
     max_instances: int = Field(default=0, ge=0, description="0: all")
+    mix: Literal["balanced", "proportional"] = Field(
+        default="balanced", description="episodes per scenario: equal shares (balanced) or in proportion to the "
+                                        "training instances (proportional; routing has 8x the others)")
     steps: int = Field(default=100, ge=1, description="optimizer updates")
     batch_size: int = Field(default=8, ge=1, description="elimination steps per update")
     lr_actor: float = 1e-5
@@ -68,6 +74,7 @@ class TrainConfig(_Section):
     lora: LoraConfig = Field(default_factory=LoraConfig)
     pools: PoolConfig = Field(default_factory=PoolConfig)
     ppo: PPOConfig = Field(default_factory=PPOConfig)
+    grpo_generations: int = Field(default=4, ge=2, description="algo grpo: completions per prompt (the group)")
     threads: int = Field(default=0, ge=0, description="torch threads (0: torch's default)")
 
     @model_validator(mode="after")

@@ -1,4 +1,4 @@
-"""PPO on elimination steps in fast mode: the action is one label of the pool, its distribution explicit.
+"""PPO on elimination steps. Fast mode: the action is one label of the pool, its distribution explicit.
 
 Per update: `batch_size` episodes from the training split (random sub-pools: one step each; or, for a share
 `pools.on_policy`, pools the policy eliminates from itself, several steps each). For every step the policy gives
@@ -10,6 +10,11 @@ Advantage: for single-step episodes, r(a) - E_pi[r] (`ppo.baseline: expected`, t
 step, a zero-variance control variate) or r(a) - V (`critic`); for multi-step episodes, GAE(gamma, lam) with the
 critic. Loss = clipped surrogate + kl_coef * KL(pi || pi_ref) - entropy_coef * H(pi) + vf_coef * (V - R)^2, with
 KL and entropy exact over the pool's labels. `algo: expected` instead follows the gradient of E_pi[r] itself.
+
+Reasoning mode (`mode: reasoning`): the action is the whole `<think>..</think><answer>[X]</answer>` response of
+one step, sampled by `generate`; reward = exclusion + format reward of the response alone, at its last token;
+token-level PPO with per-token critic values, GAE, clipped ratios, a KL penalty to the reference (k3 estimator)
+and an entropy bonus. `algo: grpo` hands the same steps and rewards to TRL's GRPOTrainer (`iranker.train.grpo`).
 
 Everything random is seeded by (seed, update): a run resumed from a checkpoint continues exactly as if it had not
 been interrupted.
@@ -74,14 +79,21 @@ class Trainer:
         self.label_ids = [self.encoder.label_ids[lab] for lab in sorted(self.encoder.label_ids)]
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.contexts = [build_context(i.to_request(), max_words=cfg.max_words) for i in instances]
+        self.by_scenario: dict[str, list[int]] = {}
+        for k, inst in enumerate(instances):
+            self.by_scenario.setdefault(inst.scenario, []).append(k)
         self.model = model
         self.ref = None
         if cfg.lora.r:
             from peft import LoraConfig, get_peft_model
 
+            n_layers = model.config.num_hidden_layers
+            top = min(cfg.lora.top_layers, n_layers) if cfg.lora.top_layers else n_layers
             self.model = get_peft_model(model, LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha,
                                                           lora_dropout=cfg.lora.dropout,
-                                                          target_modules=cfg.lora.target_modules))
+                                                          target_modules=cfg.lora.target_modules,
+                                                          layers_to_transform=list(range(n_layers - top, n_layers)),
+                                                          layers_pattern="layers"))
         elif cfg.ppo.kl_coef > 0:
             self.ref = copy.deepcopy(model).eval().requires_grad_(False)
         hidden = model.config.hidden_size
@@ -111,30 +123,43 @@ class Trainer:
         values = self.value_head(out.hidden_states[-1][:, -1].detach().float()).squeeze(-1) if with_value else None
         return logp, values
 
+    def _forward_each(self, model, steps: list[Step], with_value: bool):
+        """`_forward` one step at a time: on CPU a padded batch costs more than its rows one by one."""
+        outs = [self._forward(model, [st], with_value) for st in steps]
+        return torch.cat([o[0] for o in outs]), torch.cat([o[1] for o in outs]) if with_value else None
+
     def _ref_logp(self, steps: list[Step]) -> torch.Tensor:
         with torch.no_grad():
             if self.ref is not None:
-                return self._forward(self.ref, steps, False)[0]
+                return self._forward_each(self.ref, steps, False)[0]
             if self.cfg.lora.r:
                 with self.model.disable_adapter():
-                    return self._forward(self.model, steps, False)[0]
+                    return self._forward_each(self.model, steps, False)[0]
         return None
 
     # ------------------------------------------------------------------------------------------------ rollouts
 
-    def rollout(self, update: int) -> dict:
-        """Episodes of this update (seeded by it), with actions, rewards, old log-probs, values and advantages."""
+    def rollout(self, update: int, keep_graph: bool = False) -> dict:
+        """Episodes of this update (seeded by it), with actions, rewards, old log-probs, values and advantages.
+
+        With `keep_graph`, the policy's log-probs and values keep their autograd graph ("live_logp",
+        "live_values"): the first optimisation epoch then needs no second forward pass (its policy is the
+        sampling policy, so the PPO ratio is exactly 1 there).
+        """
         cfg = self.cfg
         rng = seeded_rng(cfg.seed, "update", update)
         gen = torch.Generator().manual_seed(int(rng.random() * 2**31))
         steps, actions, rewards, expected, adv, returns = [], [], [], [], [], []
-        tables, old_logps = [], []
+        tables, old_logps, live_logps, live_values = [], [], [], []
         n_on_policy = round(cfg.batch_size * cfg.pools.on_policy)
         self.model.eval()
-        with torch.no_grad():
+        with torch.set_grad_enabled(keep_graph):
             episodes = 0
             while episodes < cfg.batch_size:
-                k = rng.randrange(len(self.instances))
+                if cfg.mix == "balanced":
+                    k = rng.choice(self.by_scenario[rng.choice(sorted(self.by_scenario))])
+                else:
+                    k = rng.randrange(len(self.instances))
                 inst = self.instances[k]
                 pool = sample_pool(rng, inst, cfg)
                 if pool is None:
@@ -146,6 +171,10 @@ class Trainer:
                 while True:
                     st = Step(k, list(pool), [grades_all[i] for i in pool])
                     logp, v = self._forward(self.model, [st], True)
+                    if keep_graph:
+                        live_logps.append(logp[0])
+                        live_values.append(v[0])
+                    logp, v = logp.detach(), v.detach()
                     probs = logp[0].exp()
                     a = int(torch.multinomial(probs, 1, generator=gen))
                     table = reward_row(st.grades)
@@ -172,21 +201,150 @@ class Trainer:
         return {"steps": steps, "actions": torch.tensor(actions), "rewards": torch.tensor(rewards),
                 "expected": torch.tensor(expected), "advantages": torch.tensor(adv, dtype=torch.float32),
                 "returns": torch.tensor(returns, dtype=torch.float32), "reward_table": torch.stack(tables),
-                "old_logp": torch.stack(old_logps)}
+                "old_logp": torch.stack(old_logps),
+                **({"live_logp": torch.stack(live_logps), "live_values": torch.stack(live_values)} if keep_graph
+                   else {})}
 
     # ---------------------------------------------------------------------------------------------- the update
 
-    def update(self, update: int) -> dict:
+    # ------------------------------------------------------------------------------------- reasoning mode
+
+    def _token_forward(self, model, prompt_ids: list[int], response_ids: list[int], with_value: bool):
+        """Log-probs of each response token given the prompt and the tokens before it, and the critic's values
+        at the positions that predict them (one sequence, no padding)."""
+        ids = torch.tensor([prompt_ids + response_ids])
+        out = model(input_ids=ids, output_hidden_states=with_value)
+        n, t = len(prompt_ids), len(response_ids)
+        logits = out.logits[0, n - 1: n - 1 + t].float()
+        logp_all = torch.log_softmax(logits, dim=-1)
+        logp = logp_all.gather(1, torch.tensor(response_ids)[:, None]).squeeze(1)
+        entropy = -(logp_all.exp() * logp_all).sum(-1)
+        values = None
+        if with_value:
+            values = self.value_head(out.hidden_states[-1][0, n - 1: n - 1 + t].detach().float()).squeeze(-1)
+        return logp, values, entropy
+
+    def _reasoning_rollout(self, update: int) -> list[dict]:
+        """Episodes of one decision each: sample think + answer for a random sub-pool; reward = exclusion + format
+        reward of the response alone, given at its last token."""
+        from iranker.backends.transformers import _left_pad
+        from iranker.rewards import exclusion_reward, format_reward
+
+        cfg = self.cfg
+        rng = seeded_rng(cfg.seed, "update", update)
+        episodes = []
+        while len(episodes) < cfg.batch_size:
+            k = (rng.choice(self.by_scenario[rng.choice(sorted(self.by_scenario))]) if cfg.mix == "balanced"
+                 else rng.randrange(len(self.instances)))
+            pool = sample_pool(rng, self.instances[k], cfg)
+            if pool is None:
+                continue
+            prompt = iterative_prompt(self.contexts[k], pool, reasoning=True)
+            grades = {lab: self.instances[k].grade(self.instances[k].candidates[i].id)
+                      for lab, i in zip(prompt.labels, pool, strict=True)}
+            episodes.append({"inst": k, "pool": pool, "prompt_ids": self.encoder.encode(prompt).ids,
+                             "grades": grades})
+        ids, mask = _left_pad([e["prompt_ids"] for e in episodes], self.pad_id)
+        torch.manual_seed(int(rng.random() * 2**31))
+        self.model.eval()
+        with torch.no_grad():
+            gen = self.model.generate(input_ids=ids, attention_mask=mask, do_sample=True,
+                                      temperature=cfg.temperature, top_k=0, top_p=1.0,
+                                      max_new_tokens=cfg.max_new_tokens, pad_token_id=self.pad_id)
+        eos = self.tokenizer.eos_token_id
+        for e, row in zip(episodes, gen[:, ids.shape[1]:].tolist(), strict=True):
+            resp = []
+            for tok in row:
+                resp.append(tok)
+                if tok == eos:
+                    break
+            e["response_ids"] = resp
+            text = self.tokenizer.decode(resp, skip_special_tokens=True)
+            e["text"] = text
+            e["format_ok"] = format_reward(text) == 0.0
+            e["exclusion"] = exclusion_reward(text, e["grades"], reasoning=True)
+            e["reward"] = e["exclusion"] + format_reward(text)
+        return episodes
+
+    def _reasoning_update(self, update: int) -> dict:
+        """Token-level PPO: the whole think + answer is the action; critic values per token, GAE, clipped
+        ratios per token, a KL penalty to the frozen reference (k3 estimator) and an entropy bonus."""
+        from iranker.rewards import INVALID_ANSWER
+
         cfg = self.cfg
         t0 = time.perf_counter()
-        batch = self.rollout(update)
+        episodes = self._reasoning_rollout(update)
+        with torch.no_grad():
+            for e in episodes:
+                logp, values, _ = self._token_forward(self.model, e["prompt_ids"], e["response_ids"], True)
+                e["old_logp"], e["values"] = logp, values
+                if self.ref is not None:
+                    e["ref_logp"] = self._token_forward(self.ref, e["prompt_ids"], e["response_ids"], False)[0]
+                elif cfg.lora.r:
+                    with self.model.disable_adapter():
+                        e["ref_logp"] = self._token_forward(self.model, e["prompt_ids"], e["response_ids"],
+                                                            False)[0]
+                else:
+                    e["ref_logp"] = logp
+                t = len(e["response_ids"])
+                adv, ret = gae([0.0] * (t - 1) + [e["reward"]], values.tolist(), cfg.ppo.gamma, cfg.ppo.lam)
+                e["adv"], e["ret"] = torch.tensor(adv), torch.tensor(ret)
+        all_adv = torch.cat([e["adv"] for e in episodes])
+        mean, std = all_adv.mean(), all_adv.std().clamp_min(1e-6) if all_adv.numel() > 1 else torch.tensor(1.0)
+        n_tokens = int(all_adv.numel())
+        self.model.train()
+        stats = {}
+        for _ in range(cfg.ppo.epochs):
+            self.optimizer.zero_grad()
+            sums = {"loss": 0.0, "policy_loss": 0.0, "value_loss": 0.0, "kl": 0.0, "entropy": 0.0}
+            for e in episodes:
+                logp, values, entropy = self._token_forward(self.model, e["prompt_ids"], e["response_ids"], True)
+                adv = (e["adv"] - mean) / std
+                ratio = (logp - e["old_logp"]).exp()
+                pl = -torch.min(ratio * adv, ratio.clamp(1 - cfg.ppo.clip, 1 + cfg.ppo.clip) * adv)
+                d = e["ref_logp"] - logp
+                kl = d.exp() - d - 1
+                vl = (values - e["ret"]) ** 2
+                loss = (pl + cfg.ppo.kl_coef * kl - cfg.ppo.entropy_coef * entropy + cfg.ppo.vf_coef * vl).sum()
+                (loss / n_tokens).backward()
+                for key, v in (("loss", loss), ("policy_loss", pl.sum()), ("value_loss", vl.sum()),
+                               ("kl", kl.sum()), ("entropy", entropy.sum())):
+                    sums[key] += float(v) / n_tokens
+            torch.nn.utils.clip_grad_norm_([q for g in self.optimizer.param_groups for q in g["params"]], 1.0)
+            self.optimizer.step()
+            stats = sums
+        self.model.eval()
+        dt = time.perf_counter() - t0
+        by_size: dict[str, list[float]] = {}
+        for e in episodes:
+            by_size.setdefault(str(len(e["pool"])), []).append(e["exclusion"])
+        rewards = [e["reward"] for e in episodes]
+        return {"step": update + 1, "reward": sum(rewards) / len(rewards),
+                "expected_reward": sum(e["exclusion"] for e in episodes) / len(episodes),  # the exclusion part
+                **stats,
+                "parse_failure_rate": sum(e["exclusion"] == INVALID_ANSWER for e in episodes) / len(episodes),
+                "format_ok_rate": sum(e["format_ok"] for e in episodes) / len(episodes),
+                "completion_tokens": n_tokens, "elimination_steps": len(episodes),
+                "steps_per_s": len(episodes) / dt, "seconds": dt,
+                "reward_by_pool_size": {k: sum(v) / len(v) for k, v in sorted(by_size.items(),
+                                                                               key=lambda kv: int(kv[0]))}}
+
+    def update(self, update: int) -> dict:
+        cfg = self.cfg
+        if cfg.mode == "reasoning":
+            return self._reasoning_update(update)
+        t0 = time.perf_counter()
+        batch = self.rollout(update, keep_graph=True)
         steps = batch["steps"]
         ref_logp = self._ref_logp(steps)
         a, old_logp, reward_table = batch["actions"], batch["old_logp"], batch["reward_table"]
         self.model.train()
         stats = {}
-        for _ in range(cfg.ppo.epochs if cfg.algo == "ppo" else 1):
-            logp, values = self._forward(self.model, steps, True)
+        for epoch in range(cfg.ppo.epochs if cfg.algo == "ppo" else 1):
+            if epoch == 0:
+                logp, values = batch.pop("live_logp"), batch.pop("live_values")
+            else:
+                logp, values = self._forward_each(self.model, steps, True)
             p = logp.exp()
             safe = logp.masked_fill(torch.isinf(logp), 0.0)
             entropy = -(p * safe).sum(-1)
@@ -385,9 +543,12 @@ def load_training_instances(cfg: TrainConfig) -> list[RankingInstance]:
 def run_training(cfg: TrainConfig, out: str | Path, resume: bool = False, progress: bool = True,
                  stop_after: int | None = None) -> Path:
     """Validate everything, then train; returns the final model folder (or the checkpoint folder if stopped)."""
-    if cfg.mode != "fast" or cfg.algo == "grpo":
-        raise ValueError(f"algo {cfg.algo!r} in mode {cfg.mode!r} is not available yet in this version; "
-                         "use algo: ppo or expected with mode: fast")
+    if cfg.algo == "grpo":
+        if resume:
+            raise ValueError("--resume: algo grpo runs through TRL's GRPOTrainer; resume is for algo ppo/expected")
+        from iranker.train.grpo import run_grpo
+
+        return run_grpo(cfg, out, progress=progress)
     out = Path(out)
     instances = load_training_instances(cfg)
     model, tokenizer = load_model(cfg)

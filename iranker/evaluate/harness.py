@@ -1,0 +1,248 @@
+"""`iranker evaluate`: the model, the base model and every simple baseline on the very same instances.
+
+Per (dataset, scenario) group it reports each system's mean metrics with bootstrap 95% intervals, the expected
+value of a random ranking, the parse-failure rate of every model system, and a paired comparison (bootstrap
+interval of the difference + randomization test) of the evaluated model against the base model.
+Outputs in `out/`: `metrics.json`, `per_instance.jsonl` (every system's metrics per instance, for paired
+comparisons later, e.g. the promotion gate), `report.md` and PNG plots.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from iranker.evaluate import _min_grade, load_instances
+from iranker.evaluate.baselines import BASELINES
+from iranker.metrics import bootstrap_interval, instance_metrics, paired_comparison, random_instance_metrics
+from iranker.schema import RankingInstance
+
+KS = (1, 3, 5, 10)
+PRIMARY = {"recommendation": "mrr", "passage": "ndcg@10", "routing": "ndcg@3"}
+REPORTED = ("mrr", "ndcg@10", "ndcg@3", "hit@1")
+RANDOM = "random (expected)"
+# Published nDCG@10 on TREC DL 2019 (trec_eval, full qrels), for the report's reference line.
+PUBLISHED_DL19 = {"BM25": 0.5058, "SPLADE++": 0.7308, "RankZephyr-7B (BM25 top-100)": 0.7365,
+                  "MonoT5-3B (BM25 top-100)": 0.7173, "Qwen2.5-7B-Instruct listwise (BM25 top-100)": 0.6987}
+
+
+@dataclass
+class ModelSystem:
+    name: str  # as reported, e.g. "trained", "base (iterative)"
+    model: str  # folder or alias
+    method: str = "iterative"  # iterative | direct
+
+
+@dataclass
+class EvalData:
+    instances: list[RankingInstance]
+    reference: list[RankingInstance] = field(default_factory=list)  # training split etc., for the baselines
+    qrels: dict[str, dict[str, float]] = field(default_factory=dict)  # instance id -> every judged grade
+    sources: list[str] = field(default_factory=list)
+
+
+def _say(msg: str) -> None:
+    print(f"[iranker] {msg}", file=sys.stderr, flush=True)
+
+
+def _pick(instances: list[RankingInstance], limit: int, seed: int) -> list[RankingInstance]:
+    """At most `limit` instances per (dataset, scenario), chosen by a seeded hash of their ids (stable)."""
+    if not limit:
+        return instances
+    groups: dict[tuple[str, str], list[RankingInstance]] = {}
+    for i in instances:
+        groups.setdefault((i.dataset, i.scenario), []).append(i)
+    keep = set()
+    for rows in groups.values():
+        ranked = sorted(rows, key=lambda i: hashlib.sha256(f"{seed}:{i.id}".encode()).hexdigest())
+        keep |= {i.id for i in ranked[:limit]}
+    return [i for i in instances if i.id in keep]
+
+
+def load_eval_data(sources: Sequence[str], split: str | None = "test", limit: int = 0, seed: int = 0) -> EvalData:
+    """Instances from dataset folders (written by `iranker data ingest`), instances JSONL files or 'samples'.
+
+    The evaluated split is `split` (None or "all": every instance); every other instance stays available to the
+    baselines that learn from data (popularity, routers). A dataset folder's full qrels table, when it has one,
+    is used for passage nDCG, so figures follow trec_eval's convention (ideal over every judged passage).
+    """
+    from iranker.data import SAMPLES_DIR, sample_instances
+
+    everything: list[RankingInstance] = []
+    qrels: dict[str, dict[str, float]] = {}
+    names = []
+    for src in sources:
+        if src == "samples":
+            everything += sample_instances()
+            names.append(f"samples ({SAMPLES_DIR})")
+            continue
+        p = Path(src)
+        if p.is_dir():
+            if not (p / "instances.jsonl").exists():
+                raise FileNotFoundError(f"{p}: no instances.jsonl; is it a dataset folder written by "
+                                        "`iranker data ingest`?")
+            rows = load_instances(p / "instances.jsonl")
+            qrels.update(_folder_qrels(p, rows))
+            everything += rows
+        elif p.exists():
+            everything += load_instances(p)
+        else:
+            raise FileNotFoundError(f"{src}: no such file or folder (expected a dataset folder, an instances "
+                                    "JSONL file or 'samples')")
+        names.append(str(p))
+    ids = [i.id for i in everything]
+    if len(set(ids)) != len(ids):
+        dup = next(i for i in ids if ids.count(i) > 1)
+        raise ValueError(f"instance id {dup!r} appears more than once across {', '.join(sources)}")
+    chosen = everything if split in (None, "all") else [i for i in everything if i.split == split]
+    if not chosen:
+        raise ValueError(f"no instances of split {split!r} in {', '.join(sources)} (use --split all to take every "
+                         "instance)")
+    chosen = _pick(chosen, limit, seed)
+    ids_chosen = {i.id for i in chosen}
+    return EvalData(instances=chosen, reference=[i for i in everything if i.id not in ids_chosen],
+                    qrels={k: v for k, v in qrels.items() if k in ids_chosen}, sources=names)
+
+
+def _folder_qrels(folder: Path, rows: list[RankingInstance]) -> dict[str, dict[str, float]]:
+    table = folder / "tables" / "qrels.parquet"
+    if not table.exists() or not rows or rows[0].scenario != "passage":
+        return {}
+    import pandas as pd
+
+    q = pd.read_parquet(table)
+    by_qid: dict[str, dict[str, float]] = {}
+    for qid, doc, grade in zip(q["qid"].astype(str), q["docid"].astype(str), q["grade"], strict=True):
+        by_qid.setdefault(qid, {})[doc] = float(grade)
+    out = {}
+    for inst in rows:
+        qid = inst.id.rsplit("-q", 1)[-1]
+        if qid in by_qid:
+            out[inst.id] = by_qid[qid]
+    return out
+
+
+def rank_with(system: ModelSystem, instances: Sequence[RankingInstance], max_words: int, batch_size: int,
+              progress: bool = True):
+    """Responses of a model system (None for instances its method cannot rank, e.g. direct on > 26 candidates)."""
+    from iranker.backends import load_backend
+    from iranker.prompts import MAX_POOL
+    from iranker.ranker import RankerConfig, rank_requests
+
+    todo = [k for k, i in enumerate(instances) if system.method == "iterative" or len(i.candidates) <= MAX_POOL]
+    out = [None] * len(instances)
+    if not todo:
+        return out, ""
+    backend = load_backend("transformers", system.model)
+    reqs = [instances[k].to_request(method=system.method) for k in todo]
+    _say(f"{system.name}: ranking {len(reqs)} instances ({system.method}) with {backend.name}")
+    responses = rank_requests(backend, reqs, RankerConfig(max_words=max_words, batch_size=batch_size),
+                              progress=progress)
+    for k, r in zip(todo, responses, strict=True):
+        out[k] = r
+    return out, backend.name
+
+
+def _summary(rows: list[dict[str, float]], seed: int) -> tuple[dict[str, float], dict[str, list[float]]]:
+    means = {m: sum(r[m] for r in rows) / len(rows) for m in rows[0]}
+    intervals = {m: list(bootstrap_interval([r[m] for r in rows], seed=seed)) for m in REPORTED}
+    return means, intervals
+
+
+def evaluate(data: EvalData, out: str | Path, model: str | None = None, base: str | None = None,
+             direct: bool = True, baselines: Sequence[str] = tuple(BASELINES), max_words: int = 120,
+             batch_size: int = 16, train_run: str | Path | None = None, seed: int = 0,
+             progress: bool = True) -> dict:
+    """Evaluate and write metrics.json, per_instance.jsonl, report.md and plots into `out`; returns metrics."""
+    from iranker.models import EMBEDDED_ALIAS
+
+    unknown = [b for b in baselines if b not in BASELINES]
+    if unknown:
+        raise ValueError(f"baselines: unknown {', '.join(unknown)}; choose from {', '.join(BASELINES)}")
+    if train_run is not None and not (Path(train_run) / "metrics.jsonl").exists():
+        raise FileNotFoundError(f"--train-run {train_run}: no metrics.jsonl (is it an `iranker train --out` folder?)")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    base = base or EMBEDDED_ALIAS
+    instances = data.instances
+    t0 = time.perf_counter()
+
+    systems: list[ModelSystem] = []
+    if model:
+        systems.append(ModelSystem("trained", model))
+    systems.append(ModelSystem("base (iterative)", base))
+    if direct:
+        systems.append(ModelSystem("base (direct)", base, "direct"))
+    responses, model_names = {}, {}
+    for s in systems:
+        responses[s.name], model_names[s.name] = rank_with(s, instances, max_words, batch_size, progress)
+    main = systems[0].name
+
+    rankings: dict[str, list] = {s.name: [r.ranking if r else None for r in responses[s.name]] for s in systems}
+    for b in baselines:
+        _say(f"baseline {b}")
+        rankings[b] = BASELINES[b](instances, data.reference)
+
+    groups: dict[tuple[str, str], list[int]] = {}
+    for k, inst in enumerate(instances):
+        groups.setdefault((inst.dataset, inst.scenario), []).append(k)
+    results, per_instance = [], []
+    for (dataset, scenario), idx in groups.items():
+        rel = [data.qrels.get(instances[k].id, instances[k].relevance) for k in idx]
+        grades = [_min_grade(instances[k]) for k in idx]
+        rows: dict[str, list[dict[str, float]]] = {}
+        for name, ranks in rankings.items():
+            if all(ranks[k] is not None for k in idx):
+                rows[name] = [instance_metrics(ranks[k], r, KS, g) for k, r, g in zip(idx, rel, grades, strict=True)]
+        rows[RANDOM] = [random_instance_metrics([c.id for c in instances[k].candidates], r, KS, g)
+                        for k, r, g in zip(idx, rel, grades, strict=True)]
+        summary = {name: _summary(r, seed) for name, r in rows.items()}
+        parse = {}
+        for s in systems:
+            if s.name in rows:
+                resp = [responses[s.name][k] for k in idx]
+                decisions = sum(max(r.usage.llm_calls, 1) for r in resp)
+                parse[s.name] = {"parse_failures": sum(r.parse_failures for r in resp), "decisions": decisions,
+                                 "rate": sum(r.parse_failures for r in resp) / decisions}
+        comparison = {}
+        if main != "base (iterative)" and main in rows and "base (iterative)" in rows:
+            comparison = {m: paired_comparison([r[m] for r in rows[main]], [r[m] for r in rows["base (iterative)"]],
+                                               seed=seed) for m in REPORTED}
+        pool_sizes = sorted({len(instances[k].candidates) for k in idx})
+        results.append({
+            "dataset": dataset, "scenario": scenario, "n_instances": len(idx),
+            "candidates": pool_sizes[0] if len(pool_sizes) == 1 else pool_sizes,
+            "model": model_names.get(main, main), "system": main,
+            "method": next(s.method for s in systems if s.name == main),
+            "primary_metric": PRIMARY[scenario],
+            "metrics": summary[main][0] if main in summary else {},
+            "intervals": summary[main][1] if main in summary else {},
+            "parse_failure_rate": parse.get(main, {}).get("rate", 0.0),
+            "baselines": {n: s[0] for n, s in summary.items() if n != main},
+            "baseline_intervals": {n: s[1] for n, s in summary.items() if n != main},
+            "parse_failures": parse,
+            "comparison": {"system": main, "against": "base (iterative)", **comparison} if comparison else {},
+            "qrels": "full (trec_eval)" if any(instances[k].id in data.qrels for k in idx) else "instance",
+        })
+        for name, r in rows.items():
+            if name == RANDOM:
+                continue
+            for k, m in zip(idx, r, strict=True):
+                per_instance.append({"id": instances[k].id, "dataset": dataset, "scenario": scenario,
+                                     "system": name, **{key: m[key] for key in REPORTED}})
+    metrics = {"model": model_names.get(main, main), "system": main, "base": model_names.get("base (iterative)"),
+               "method": "iterative", "sources": data.sources, "n_instances": len(instances),
+               "max_words": max_words, "seconds": round(time.perf_counter() - t0, 1), "results": results}
+    from iranker.evaluate.report import write_report
+
+    tmp = out / ".metrics.json.tmp"
+    tmp.write_text(json.dumps(metrics, indent=1))
+    (out / "per_instance.jsonl").write_text("".join(json.dumps(r) + "\n" for r in per_instance))
+    write_report(metrics, out, train_run)
+    tmp.replace(out / "metrics.json")
+    return metrics
