@@ -1,0 +1,172 @@
+"""Evaluation: statistics, every baseline on hand-made instances, and the harness end to end on a tiny model."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from conftest import make_tiny_model
+
+from iranker.evaluate import baselines as B
+from iranker.metrics import bootstrap_interval, paired_comparison
+from iranker.schema import RankingInstance
+
+
+def _inst(id, scenario="passage", query="q", history=None, preference=None, cands=(), rel=None, split="test",
+          dataset="d"):
+    return RankingInstance(id=id, scenario=scenario, dataset=dataset, query=query, history=history or [],
+                           preference=preference, candidates=[{"id": c, "text": t} for c, t in cands],
+                           relevance=rel or {}, split=split)
+
+
+def test_bootstrap_interval_and_paired_comparison():
+    lo, hi = bootstrap_interval([0.0, 1.0] * 50)
+    assert lo < 0.5 < hi and hi - lo < 0.3
+    assert bootstrap_interval([0.3] * 10) == pytest.approx((0.3, 0.3))
+    better = paired_comparison([0.6] * 30 + [0.5] * 10, [0.5] * 40)
+    assert better["diff"] == pytest.approx(0.075) and better["low"] > 0 and better["p_value"] < 0.001
+    assert better["relative"] == pytest.approx(0.15) and (better["wins"], better["losses"]) == (30, 0)
+    same = paired_comparison([0.2, 0.4, 0.9], [0.2, 0.4, 0.9])
+    assert same["diff"] == 0 and same["p_value"] == 1.0 and same["low"] == same["high"] == 0
+    noisy = paired_comparison([1, 0] * 10, [0, 1] * 10)
+    assert noisy["low"] < 0 < noisy["high"] and noisy["p_value"] > 0.5
+    with pytest.raises(ValueError, match="same instances"):
+        paired_comparison([1, 2], [1])
+
+
+def test_text_baselines_rank_the_matching_candidate_first():
+    inst = _inst("p1", query="how do volcanoes erupt", cands=[
+        ("a", "The stock market closed higher on Friday."),
+        ("b", "Volcanoes erupt when magma rises and pressure builds until it escapes."),
+        ("c", "A recipe for apple pie with cinnamon.")], rel={"b": 2})
+    assert B.first_stage([inst])[0] == ["a", "b", "c"]
+    assert B.bm25([inst])[0][0] == "b"
+    assert B.minilm([inst])[0][0] == "b"
+    rec = _inst("r1", scenario="recommendation", query=None, history=["Star Wars (1977)", "Alien (1979)"],
+                cands=[("x", "Pride and Prejudice (1995)"), ("y", "Return of the Jedi (1983)")], rel={"y": 1})
+    assert B.minilm([rec])[0][0] == "y"
+    no_history = RankingInstance(id="r2", scenario="recommendation", dataset="d", user_id="u1", split="test",
+                                 candidates=[{"id": "a", "text": "x"}, {"id": "b", "text": "y"}], relevance={})
+    assert B.bm25([no_history]) == [None] and B.minilm([no_history]) == [None]
+
+
+def test_popularity_counts_histories_not_targets():
+    ref = [_inst(f"u{k}", scenario="recommendation", query=None, history=["Hit", "Other"] if k < 3 else ["Niche"],
+                 cands=[("t", "Target")], rel={"t": 1}, split="train") for k in range(4)]
+    test = _inst("u9", scenario="recommendation", query=None, history=["Niche"],
+                 cands=[("n", "Niche"), ("h", "Hit"), ("z", "Target")], rel={"z": 1})
+    assert B.popularity([test], ref) == [["h", "n", "z"]]  # Hit: 3 histories; Niche: 2 (u3 and u9); Target: 0
+    assert B.popularity([_inst("p", cands=[("a", "x"), ("b", "y")])], ref) == [None]
+
+
+def test_routers_learn_from_the_training_split_only():
+    models = [("m1", "card one"), ("m2", "card two"), ("m3", "card three")]
+
+    def routing(id, query, grades, split):
+        return _inst(id, scenario="routing", query=query, preference="balance", cands=models, rel=grades,
+                     split=split, dataset="rb")
+
+    train = [routing("t1", "solve this algebra equation", {"m1": 0.9, "m2": 0.1}, "train"),
+             routing("t2", "solve for x in the equation", {"m1": 0.8, "m2": 0.2}, "train"),
+             routing("t3", "write a poem about the sea", {"m3": 0.9, "m2": 0.5}, "train"),
+             routing("t4", "a poem on autumn leaves", {"m3": 0.8, "m2": 0.6}, "train"),
+             routing("t5", "a sonnet about love", {"m3": 0.7, "m2": 0.6}, "train"),
+             routing("leak", "write a poem", {"m1": 99.0}, "test")]  # not training: must be ignored
+    test = routing("q", "compose a short poem about rain", {"m3": 1.0}, "test")
+    assert B.best_average([test], train) == [["m3", "m2", "m1"]]  # mean grades 0.48, 0.40, 0.34
+    assert B.nearest_neighbour([test], train, k=2)[0][0] == "m3"  # the two poem queries prefer m3
+    other = routing("q2", "x", {"m1": 1.0}, "test").model_copy(update={"preference": "cost"})
+    assert B.best_average([other], train) == [None] and B.nearest_neighbour([other], train) == [None]
+
+
+@pytest.fixture(scope="module")
+def two_models(tmp_path_factory, tiny_tokenizer):
+    root = tmp_path_factory.mktemp("models")
+    for seed in (0, 1):
+        make_tiny_model(tiny_tokenizer, seed=seed).save_pretrained(root / f"m{seed}")
+        tiny_tokenizer.save_pretrained(root / f"m{seed}")
+    return root / "m0", root / "m1"
+
+
+@pytest.mark.slow
+def test_harness_writes_metrics_report_and_plots(tmp_path, two_models):
+    from iranker.data import ingest
+    from iranker.evaluate import score_by_scenario
+    from iranker.evaluate.harness import evaluate, load_eval_data
+    from iranker.metrics import ranking_to_run, score_run
+    from iranker.ranker import RankerConfig, rank_requests
+
+    ingest("trec-dl", "samples/trec-dl", tmp_path / "passage", {"dataset": "dl-sample"}, dvc=False)
+    data = load_eval_data([str(tmp_path / "passage"), "samples"], split="all", limit=5)
+    # every sample dataset, at most 5 instances each; the passage folder brings its full qrels
+    assert {(i.dataset, i.scenario) for i in data.instances} >= {("dl-sample", "passage"), ("trec-dl", "passage"),
+                                                                     ("recbole", "recommendation")}
+    assert len(data.qrels) == 3
+    trained, base = map(str, two_models)
+    metrics = evaluate(data, tmp_path / "out", model=trained, base=base, direct=True, max_words=30,
+                       batch_size=8, progress=False)
+    saved = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert saved == json.loads(json.dumps(metrics))
+    assert saved["n_instances"] == len(data.instances)
+    for r in saved["results"]:
+        assert {"dataset", "scenario", "n_instances", "model", "method", "metrics", "parse_failure_rate",
+                "baselines", "comparison"} <= set(r)
+        values = [*r["metrics"].values(), *(v for b in r["baselines"].values() for v in b.values())]
+        assert all(0 <= v <= 1 for v in values)
+        assert {"base (iterative)", "base (direct)", "random (expected)", "first-stage", "bm25", "minilm"} <= set(
+            r["baselines"])
+        assert ("popularity" in r["baselines"]) == (r["scenario"] == "recommendation")
+        c = r["comparison"]["mrr"]
+        assert c["wins"] + c["losses"] + c["ties"] == r["n_instances"]
+        assert c["diff"] == pytest.approx(r["metrics"]["mrr"] - r["baselines"]["base (iterative)"]["mrr"])
+    # the random column is the same expectation the demo table prints, on the same instances
+    group = next(r for r in saved["results"] if r["dataset"] == "recbole")
+    chosen = [i for i in data.instances if i.dataset == "recbole"]
+    from iranker.backends import load_backend
+
+    responses = rank_requests(load_backend("transformers", trained), [i.to_request() for i in chosen],
+                              RankerConfig(max_words=30, batch_size=8))
+    demo = score_by_scenario(chosen, responses)["recommendation"]
+    assert group["baselines"]["random (expected)"]["mrr"] == pytest.approx(demo["random"]["mrr"])
+    assert group["metrics"]["mrr"] == pytest.approx(demo["metrics"]["mrr"])
+    # passage nDCG@10 follows trec_eval with the full qrels (ir_measures on the same rankings)
+    passage = next(r for r in saved["results"] if r["dataset"] == "dl-sample")
+    assert passage["qrels"].startswith("full")
+    rows = [json.loads(x) for x in (tmp_path / "out" / "per_instance.jsonl").read_text().splitlines()]
+    firsts = {i.id: B.first_stage([i])[0] for i in data.instances if i.id in data.qrels}
+    run = {i: ranking_to_run(r) for i, r in firsts.items()}
+    assert passage["baselines"]["first-stage"]["ndcg@10"] == pytest.approx(
+        score_run(run, {i: {d: int(g) for d, g in q.items()} for i, q in data.qrels.items()})["ndcg@10"])
+    assert {r["system"] for r in rows} >= {"trained", "base (iterative)", "bm25"}
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "| **trained** |" in report and "Published TREC DL 2019" in report and "wins/losses/ties" in report
+    pngs = sorted(p.name for p in (tmp_path / "out").glob("*.png"))
+    assert len(pngs) == len(saved["results"])
+
+
+def test_same_model_twice_is_no_difference(tmp_path, two_models):
+    from iranker.evaluate.harness import evaluate, load_eval_data
+
+    data = load_eval_data(["samples"], split="all", limit=3)
+    m = str(two_models[0])
+    metrics = evaluate(data, tmp_path, model=m, base=m, direct=False, baselines=[], max_words=30, progress=False)
+    for r in metrics["results"]:
+        assert r["comparison"]["mrr"]["diff"] == 0 and r["comparison"]["mrr"]["p_value"] == 1.0
+        assert set(r["baselines"]) == {"base (iterative)", "random (expected)"}
+
+
+@pytest.mark.slow
+def test_evaluate_cli_errors_name_the_input(tmp_path):
+    def run(*args):
+        return subprocess.run([sys.executable, "-m", "iranker.cli", "evaluate", *args, "--out", str(tmp_path / "o")],
+                              capture_output=True, text=True, timeout=300, check=False)
+
+    r = run("--data", str(tmp_path / "missing"))
+    assert r.returncode == 1 and "missing: no such file or folder" in r.stderr
+    r = run("--data", "samples", "--split", "nosuch")
+    assert r.returncode == 1 and "no instances of split 'nosuch'" in r.stderr
+    r = run("--data", "samples", "--split", "all", "--baselines", "bm25,magic", "--model", "x")
+    assert r.returncode == 1 and "baselines: unknown magic" in r.stderr
+    assert not (tmp_path / "o" / "metrics.json").exists()
