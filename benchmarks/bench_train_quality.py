@@ -157,7 +157,7 @@ def main() -> None:
     result = {
         "command": "python benchmarks/bench_train_quality.py " + " ".join(sys.argv[1:]),
         "machine": {"cpu_threads": __import__("os").cpu_count(), "platform": platform.platform()},
-        "config": cfg.model_dump(), "run": str(run), "train": train_info, "train_wall_s": round(train_s, 1),
+        "config": json.loads((run / "config.json").read_text()), "run": str(run), "train": train_info, "train_wall_s": round(train_s, 1),
         "eval_wall_s": round(eval_s, 1), "report": str(Path(args.report) / "report.md"),
         "goals": goals(metrics), "throughput": speed,
         "results": [{k: r[k] for k in ("dataset", "scenario", "n_instances", "primary_metric", "metrics",

@@ -236,3 +236,18 @@ def test_accelerate_configs_parse():
         cfg = yaml.safe_load((ROOT / "configs" / "accelerate" / f"{name}.yaml").read_text())
         assert cfg["distributed_type"] in ("MULTI_GPU", "FSDP") and cfg["num_processes"] >= 2
         assert cfg["mixed_precision"] == "bf16" and cfg["use_cpu"] is False
+
+
+def test_probe_logs_the_exact_expected_reward_on_held_out_pools(tmp_path, smoke):
+    cfg = smoke.model_copy(update={"probe": smoke.probe.model_copy(update={"pools": 5, "every": 2})})
+    run_training(cfg, tmp_path / "run", progress=False)
+    probes = [json.loads(l) for l in (tmp_path / "run" / "probe.jsonl").read_text().splitlines()]
+    assert [p["step"] for p in probes] == [0, 2, 4, 6]
+    assert all(0 <= p["all"] <= 1 and set(p) >= {"step", "all", "routing"} for p in probes)
+    # the probe pools come from the validation split only, and are the same at every probe
+    instances = load_training_instances(cfg)
+    probe_instances = load_training_instances(cfg, split="validation")
+    model, tok = load_model(cfg)
+    trainer = Trainer(cfg, instances, model, tok, tmp_path / "x", progress=False, probe_instances=probe_instances)
+    assert len(trainer.probe_steps) == 5 and all(st.inst >= len(instances) for st in trainer.probe_steps)
+    assert trainer.probe()["all"] == pytest.approx(_expected_reward(trainer, trainer.probe_steps))

@@ -131,6 +131,13 @@ def write_plots(metrics: dict, out: Path, train_run: str | Path | None = None) -
                           for i in range(len(ys))]
                 ax.plot(steps, ys, alpha=0.25)
                 ax.plot(steps, smooth, label=f"{key} (moving mean of {w})")
+            probe_path = Path(train_run) / "probe.jsonl"
+            if probe_path.exists():
+                probes = [json.loads(x) for x in probe_path.read_text().splitlines() if x.strip()]
+                for key in sorted({k for p in probes for k in p if k != "step"}):
+                    pts = [(p["step"], p[key]) for p in probes if key in p]
+                    ax.plot(*zip(*pts, strict=True), marker="o", linestyle="--",
+                            label=f"held-out probe: {key} (exact expectation)")
             ax.set_xlabel("update")
             ax.set_ylabel("exclusion reward per elimination step")
             ax.legend()

@@ -49,6 +49,13 @@ class PPOConfig(_Section):
         default="expected", description="advantage = r - E_pi[r] (exact in fast mode) or r - V (the critic)")
 
 
+class ProbeConfig(_Section):
+    pools: int = Field(default=0, ge=0, description="fixed validation-split sub-pools whose exact expected "
+                                                    "exclusion reward is logged (0: off); a learning curve free "
+                                                    "of batch-to-batch noise")
+    every: int = Field(default=10, ge=1, description="updates between probes")
+
+
 class TrainConfig(_Section):
     algo: Literal["ppo", "expected", "grpo"] = "ppo"
     mode: Literal["fast", "reasoning"] = "fast"
@@ -74,6 +81,7 @@ class TrainConfig(_Section):
     lora: LoraConfig = Field(default_factory=LoraConfig)
     pools: PoolConfig = Field(default_factory=PoolConfig)
     ppo: PPOConfig = Field(default_factory=PPOConfig)
+    probe: ProbeConfig = Field(default_factory=ProbeConfig)
     grpo_generations: int = Field(default=4, ge=2, description="algo grpo: completions per prompt (the group)")
     threads: int = Field(default=0, ge=0, description="torch threads (0: torch's default)")
 

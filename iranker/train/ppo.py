@@ -68,7 +68,8 @@ def sample_pool(rng, inst: RankingInstance, cfg: TrainConfig) -> list[int] | Non
 
 class Trainer:
     def __init__(self, cfg: TrainConfig, instances: list[RankingInstance], model, tokenizer, out: Path,
-                 progress: bool = True, log: Callable[[str], None] | None = None):
+                 progress: bool = True, log: Callable[[str], None] | None = None,
+                 probe_instances: list[RankingInstance] | None = None):
         from iranker.backends.tokens import PromptEncoder
 
         self.cfg, self.instances, self.out = cfg, instances, Path(out)
@@ -82,6 +83,7 @@ class Trainer:
         self.by_scenario: dict[str, list[int]] = {}
         for k, inst in enumerate(instances):
             self.by_scenario.setdefault(inst.scenario, []).append(k)
+        self.probe_steps = self._probe_steps(probe_instances or [])
         self.model = model
         self.ref = None
         if cfg.lora.r:
@@ -106,6 +108,40 @@ class Trainer:
                                             {"params": self.value_head.parameters(), "lr": cfg.lr_critic}],
                                            weight_decay=0.0)
         self.step = 0
+
+    def _probe_steps(self, probe: list[RankingInstance]) -> list[Step]:
+        """Fixed sub-pools of held-out instances (scenario-balanced, seeded); their contexts follow the training
+        instances' in `self.contexts`."""
+        if not self.cfg.probe.pools or not probe:
+            return []
+        offset = len(self.contexts)
+        self.contexts += [build_context(i.to_request(), max_words=self.cfg.max_words) for i in probe]
+        self.probe_scenarios = {offset + k: i.scenario for k, i in enumerate(probe)}
+        groups: dict[str, list[int]] = {}
+        for k, inst in enumerate(probe):
+            groups.setdefault(inst.scenario, []).append(k)
+        rng = seeded_rng(self.cfg.seed, "probe")
+        steps: list[Step] = []
+        for _ in range(50 * self.cfg.probe.pools):
+            if len(steps) >= self.cfg.probe.pools:
+                break
+            k = rng.choice(groups[rng.choice(sorted(groups))])
+            pool = sample_pool(rng, probe[k], self.cfg)
+            if pool is not None:
+                steps.append(Step(offset + k, pool, [probe[k].grade(probe[k].candidates[i].id) for i in pool]))
+        return steps
+
+    def probe(self) -> dict[str, float]:
+        """Exact expected exclusion reward of the current policy on the probe pools: overall and per scenario."""
+        sums: dict[str, list[float]] = {}
+        self.model.eval()
+        with torch.no_grad():
+            for st in self.probe_steps:
+                logp, _ = self._forward(self.model, [st], False)
+                value = float((logp[0].exp() * reward_row(st.grades)).sum())
+                for key in ("all", self.probe_scenarios[st.inst]):
+                    sums.setdefault(key, []).append(value)
+        return {k: sum(v) / len(v) for k, v in sums.items()}
 
     # ------------------------------------------------------------------------------------------- model passes
 
@@ -443,9 +479,26 @@ class Trainer:
         log_path = self.out / "metrics.jsonl"
         bar = tqdm(total=self.cfg.steps, initial=self.step, desc="training", unit="upd", disable=not self.progress,
                    file=sys.stderr)
+        probe_now = bool(self.probe_steps) and self.cfg.mode == "fast"
+
+        def run_probe() -> dict[str, float]:
+            result = self.probe()
+            with (self.out / "probe.jsonl").open("a") as f:
+                f.write(json.dumps({"step": self.step, **result}) + "\n")
+            if writer:
+                for key, v in result.items():
+                    writer.add_scalar(f"probe/{key}", v, self.step)
+            return result
+
+        if probe_now and self.step == 0:
+            first = run_probe()
+            self.say(f"probe: {len(self.probe_steps)} held-out pools, expected exclusion reward before training: "
+                     + ", ".join(f"{k} {v:.3f}" for k, v in first.items()))
         while self.step < self.cfg.steps:
             row = self.update(self.step)
             self.step += 1
+            if probe_now and (self.step % self.cfg.probe.every == 0 or self.step == self.cfg.steps):
+                row["probe"] = run_probe()["all"]
             with log_path.open("a") as f:
                 f.write(json.dumps(row) + "\n")
             if writer:
@@ -521,7 +574,7 @@ def load_model(cfg: TrainConfig):
     return model, tokenizer
 
 
-def load_training_instances(cfg: TrainConfig) -> list[RankingInstance]:
+def load_training_instances(cfg: TrainConfig, split: str = "train") -> list[RankingInstance]:
     from iranker.evaluate import load_instances
 
     out: list[RankingInstance] = []
@@ -533,8 +586,10 @@ def load_training_instances(cfg: TrainConfig) -> list[RankingInstance]:
             continue
         p = Path(d)
         out += load_instances(p / "instances.jsonl" if p.is_dir() else p)
-    train = [i for i in out if i.split == "train" and len({i.grade(c.id) for c in i.candidates}) > 1]
+    train = [i for i in out if i.split == split and len({i.grade(c.id) for c in i.candidates}) > 1]
     if not train:
+        if split != "train":
+            return []
         raise ValueError(f"data: no training instances (split 'train' with differing grades) in {', '.join(cfg.data)}")
     seeded_rng(cfg.seed, "instances").shuffle(train)
     return train[: cfg.max_instances] if cfg.max_instances else train
@@ -555,13 +610,14 @@ def run_training(cfg: TrainConfig, out: str | Path, resume: bool = False, progre
     if out.exists() and any(out.iterdir()) and not resume:
         raise FileExistsError(f"--out {out}: not empty; pass --resume to continue the run there, or another folder")
     out.mkdir(parents=True, exist_ok=True)
-    trainer = Trainer(cfg, instances, model, tokenizer, out, progress=progress)
+    probe = load_training_instances(cfg, split="validation") if cfg.probe.pools else None
+    trainer = Trainer(cfg, instances, model, tokenizer, out, progress=progress, probe_instances=probe)
     if resume and trainer.load_checkpoint():
         trainer.say(f"resumed from step {trainer.step}")
-        log = out / "metrics.jsonl"
-        if log.exists():  # drop log lines written after the checkpoint
-            rows = [r for r in log.read_text().splitlines() if json.loads(r)["step"] <= trainer.step]
-            log.write_text("".join(r + "\n" for r in rows))
+        for log in (out / "metrics.jsonl", out / "probe.jsonl"):
+            if log.exists():  # drop log lines written after the checkpoint
+                rows = [r for r in log.read_text().splitlines() if json.loads(r)["step"] <= trainer.step]
+                log.write_text("".join(r + "\n" for r in rows))
     (out / "config.json").write_text(json.dumps(cfg.model_dump(), indent=1))
     trainer.say(f"training on {len(instances)} instances ({cfg.algo}, {cfg.mode} mode, {cfg.steps} updates of "
                 f"{cfg.batch_size} episodes)")
