@@ -5,10 +5,12 @@
    for evaluation only, Amazon Games-6k (llmrank) and the DL19 BM25 top-100.
 2. Training: the `cpu` profile (configs/cpu.yaml: SmolLM2-135M + LoRA on the top layers, PPO in fast mode on the
    training splits of all three scenarios together) into --run; a finished run there is reused, a killed one resumed.
-3. Evaluation (`iranker.evaluate.harness.evaluate`, the code behind `iranker evaluate`): on the held-out test
+3. Selection: the run's kept checkpoints (and any --checkpoint) are scored by the exact expected exclusion reward
+   on fixed pools of the VALIDATION split; the best is merged into --run/selected/final (--no-select: final/).
+4. Evaluation (`iranker.evaluate.harness.evaluate`, the code behind `iranker evaluate`): on the held-out test
    splits, the trained model against the base model (iterative and direct), the random expectation and the simple
    baselines, with paired bootstrap intervals; the report and plots go to --report.
-4. Throughput: elimination steps per second of PPO (ours) and GRPO (TRL) on the same data and profile, a few
+5. Throughput: elimination steps per second of PPO (ours) and GRPO (TRL) on the same data and profile, a few
    updates each, one after the other.
 
 Goal: trained beats base on every scenario with the paired interval above zero, and by >= 5% relative MRR on
@@ -32,7 +34,7 @@ sys.path.insert(0, str(ROOT))
 
 from iranker.evaluate.harness import evaluate, load_eval_data
 from iranker.train import load_config
-from iranker.train.ppo import run_training
+from iranker.train.ppo import run_training, select_checkpoint
 
 
 def say(msg: str) -> None:
@@ -115,6 +117,12 @@ def main() -> None:
     ap.add_argument("--skip-top100", action="store_true", help="leave out DL19 top-100 (sliding windows; slow)")
     ap.add_argument("--no-direct", action="store_true", help="leave out the base model's direct ranking")
     ap.add_argument("--throughput-updates", type=int, default=3, help="updates per algorithm (0: skip)")
+    ap.add_argument("--no-select", action="store_true",
+                    help="evaluate final/ as is, instead of the checkpoint with the best expected exclusion reward on "
+                    "fixed validation-split pools")
+    ap.add_argument("--checkpoint", action="append", default=[],
+                    help="more checkpoint state.pt files of the run to choose from (repeatable)")
+    ap.add_argument("--select-pools", type=int, default=64, help="validation pools for the selection")
     args = ap.parse_args()
     shared = Path(args.shared)
     if not shared.exists():
@@ -138,13 +146,20 @@ def main() -> None:
         "reward_first_20": sum(r["expected_reward"] for r in rows[:20]) / min(20, len(rows)),
         "reward_last_20": sum(r["expected_reward"] for r in rows[-20:]) / min(20, len(rows))}
 
+    model_dir, selection = run / "final", None
+    if not args.no_select:
+        states = sorted(run.glob("checkpoints/step-*/state.pt")) + [Path(c) for c in args.checkpoint]
+        selection = select_checkpoint(run, states, pools=args.select_pools, log=say)
+        model_dir = Path(selection["model"])
+        say(f"selected {selection['best']} on the validation split")
+
     sources = [str(folders[k]) for k in ("ml-100k", "games-6k", "dl19", "routerbench")]
     if not args.skip_top100:
         sources.append(str(folders["dl19-top100"]))
     data = load_eval_data(sources, split="test", limit=args.limit)
     say(f"evaluating {len(data.instances)} test instances: trained vs base")
     t1 = time.perf_counter()
-    metrics = evaluate(data, args.report, model=str(run / "final"), direct=not args.no_direct,
+    metrics = evaluate(data, args.report, model=str(model_dir), direct=not args.no_direct,
                        max_words=cfg.max_words, train_run=run)
     eval_s = time.perf_counter() - t1
 
@@ -158,7 +173,7 @@ def main() -> None:
         "command": "python benchmarks/bench_train_quality.py " + " ".join(sys.argv[1:]),
         "machine": {"cpu_threads": __import__("os").cpu_count(), "platform": platform.platform()},
         "config": json.loads((run / "config.json").read_text()), "run": str(run), "train": train_info, "train_wall_s": round(train_s, 1),
-        "eval_wall_s": round(eval_s, 1), "report": str(Path(args.report) / "report.md"),
+        "eval_wall_s": round(eval_s, 1), "selection": selection, "evaluated_model": str(model_dir), "report": str(Path(args.report) / "report.md"),
         "goals": goals(metrics), "throughput": speed,
         "results": [{k: r[k] for k in ("dataset", "scenario", "n_instances", "primary_metric", "metrics",
                                         "baselines", "comparison", "parse_failures")} for r in metrics["results"]],

@@ -445,7 +445,12 @@ class Trainer:
         latest = self.out / "checkpoints" / "latest"
         if not latest.exists():
             return False
-        state = torch.load(self.out / "checkpoints" / latest.read_text().strip() / "state.pt", weights_only=False)
+        self.load_state(self.out / "checkpoints" / latest.read_text().strip() / "state.pt")
+        return True
+
+    def load_state(self, path: Path, optimizer: bool = True) -> int:
+        """Load a checkpoint's policy, critic (and optimizer) state; returns its step."""
+        state = torch.load(path, weights_only=False)
         if self.cfg.lora.r:
             from peft import set_peft_model_state_dict
 
@@ -453,9 +458,10 @@ class Trainer:
         else:
             self.model.load_state_dict(state["policy"])
         self.value_head.load_state_dict(state["value_head"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        if optimizer:
+            self.optimizer.load_state_dict(state["optimizer"])
         self.step = state["step"]
-        return True
+        return self.step
 
     def save_final(self) -> Path:
         """A standard transformers folder (LoRA merged) that `iranker rank --model DIR` and vLLM load."""
@@ -625,3 +631,39 @@ def run_training(cfg: TrainConfig, out: str | Path, resume: bool = False, progre
 
 
 __all__ = ["Trainer", "gae", "load_model", "load_training_instances", "run_training", "sample_pool"]
+
+
+def select_checkpoint(run: str | Path, states: list[Path], pools: int = 64, out: str | Path | None = None,
+                      log: Callable[[str], None] | None = None) -> dict:
+    """Score a run's checkpoints (and the base model) by the exact expected exclusion reward on fixed pools of the
+    VALIDATION split - never the test split - and write the best checkpoint as a transformers folder
+    (`out/final`, default `run/selected/final`). Returns {"scores": {name: probe}, "best", "model"}."""
+    run = Path(run)
+    say = log or (lambda m: print(f"[iranker] {m}", file=sys.stderr, flush=True))
+    cfg = TrainConfig.model_validate(json.loads((run / "config.json").read_text()))
+    cfg = cfg.model_copy(update={"probe": cfg.probe.model_copy(update={"pools": pools})})
+    if not states:
+        raise ValueError(f"{run}: no checkpoints to choose from")
+    probe = load_training_instances(cfg, split="validation")
+    if not probe:
+        raise ValueError(f"data: no validation-split instances in {', '.join(cfg.data)} to select a checkpoint on")
+    model, tokenizer = load_model(cfg)
+    trainer = Trainer(cfg, load_training_instances(cfg), model, tokenizer, Path(out or run / "selected"),
+                      progress=False, probe_instances=probe)
+    scores: dict[str, dict] = {}
+    if cfg.lora.r:
+        with trainer.model.disable_adapter():
+            scores["base"] = trainer.probe()
+    named = {}
+    for path in states:
+        step = trainer.load_state(Path(path), optimizer=False)
+        named[f"step-{step}"] = Path(path)
+        scores[f"step-{step}"] = trainer.probe()
+        say(f"checkpoint step {step}: validation expected exclusion reward {scores[f'step-{step}']['all']:.4f}")
+    best = max(named, key=lambda k: scores[k]["all"])
+    trainer.load_state(named[best], optimizer=False)
+    trainer.out.mkdir(parents=True, exist_ok=True)
+    final = trainer.save_final()
+    (trainer.out / "selection.json").write_text(json.dumps({"best": best, "pools": len(trainer.probe_steps),
+                                                            "scores": scores}, indent=1))
+    return {"scores": scores, "best": best, "model": str(final), "pools": len(trainer.probe_steps)}
