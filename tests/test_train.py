@@ -251,3 +251,20 @@ def test_probe_logs_the_exact_expected_reward_on_held_out_pools(tmp_path, smoke)
     trainer = Trainer(cfg, instances, model, tok, tmp_path / "x", progress=False, probe_instances=probe_instances)
     assert len(trainer.probe_steps) == 5 and all(st.inst >= len(instances) for st in trainer.probe_steps)
     assert trainer.probe()["all"] == pytest.approx(_expected_reward(trainer, trainer.probe_steps))
+
+
+def test_select_checkpoint_scores_on_validation_pools_and_writes_the_best(tmp_path, smoke):
+    from iranker.train.ppo import select_checkpoint
+
+    run_training(smoke.model_copy(update={"keep_checkpoints": 3}), tmp_path / "run", progress=False)
+    states = sorted((tmp_path / "run" / "checkpoints").glob("step-*/state.pt"))
+    assert len(states) == 3
+    result = select_checkpoint(tmp_path / "run", states, pools=6, log=lambda m: None)
+    assert set(result["scores"]) == {"step-2", "step-4", "step-6"}  # full fine-tuning: no adapter-free base
+    best = result["scores"][result["best"]]["all"]
+    assert all(0 <= s["all"] <= best for s in result["scores"].values())
+    saved = json.loads((tmp_path / "run" / "selected" / "selection.json").read_text())
+    assert saved["best"] == result["best"] and saved["pools"] == 6
+    assert (tmp_path / "run" / "selected" / "final" / "model.safetensors").exists()
+    with pytest.raises(ValueError, match="no checkpoints"):
+        select_checkpoint(tmp_path / "run", [], pools=6)
