@@ -23,7 +23,7 @@ def run_grpo(cfg, out: str | Path, progress: bool = True) -> Path:
     from trl import GRPOConfig, GRPOTrainer
 
     from iranker.rewards import exclusion_reward_func, fast_exclusion_reward_func, format_reward_func
-    from iranker.train.ppo import load_model, load_training_instances
+    from iranker.train.ppo import load_model, load_training_instances, lora_config
     from iranker.train.steps import elimination_rows, render_prompt
 
     out = Path(out)
@@ -43,13 +43,7 @@ def run_grpo(cfg, out: str | Path, progress: bool = True) -> Path:
                                  for r in rows])
     peft_config = None
     if cfg.lora.r:
-        from peft import LoraConfig
-
-        n_layers = model.config.num_hidden_layers
-        top = min(cfg.lora.top_layers, n_layers) if cfg.lora.top_layers else n_layers
-        peft_config = LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
-                                 target_modules=cfg.lora.target_modules, task_type="CAUSAL_LM",
-                                 layers_to_transform=list(range(n_layers - top, n_layers)), layers_pattern="layers")
+        peft_config = lora_config(cfg, model, task_type="CAUSAL_LM")
     os.environ.setdefault("TENSORBOARD_LOGGING_DIR", str(out / "tb"))
     args = GRPOConfig(
         output_dir=str(out / "trl"), max_steps=cfg.steps, learning_rate=cfg.lr_actor,

@@ -87,15 +87,9 @@ class Trainer:
         self.model = model
         self.ref = None
         if cfg.lora.r:
-            from peft import LoraConfig, get_peft_model
+            from peft import get_peft_model
 
-            n_layers = model.config.num_hidden_layers
-            top = min(cfg.lora.top_layers, n_layers) if cfg.lora.top_layers else n_layers
-            self.model = get_peft_model(model, LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha,
-                                                          lora_dropout=cfg.lora.dropout,
-                                                          target_modules=cfg.lora.target_modules,
-                                                          layers_to_transform=list(range(n_layers - top, n_layers)),
-                                                          layers_pattern="layers"))
+            self.model = get_peft_model(model, lora_config(cfg, model))
         elif cfg.ppo.kl_coef > 0:
             self.ref = copy.deepcopy(model).eval().requires_grad_(False)
         hidden = model.config.hidden_size
@@ -521,6 +515,17 @@ class Trainer:
         if writer:
             writer.close()
         return self.save_final() if self.step >= self.cfg.steps else self.out / "checkpoints"
+
+
+def lora_config(cfg: TrainConfig, model, **extra):
+    """The profile's LoRA adapters, on the last `lora.top_layers` decoder layers (all when 0)."""
+    from peft import LoraConfig
+
+    n_layers = model.config.num_hidden_layers
+    top = min(cfg.lora.top_layers, n_layers) if cfg.lora.top_layers else n_layers
+    return LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
+                      target_modules=cfg.lora.target_modules, layers_to_transform=list(range(n_layers - top, n_layers)),
+                      layers_pattern="layers", **extra)
 
 
 def reward_row(grades: list[float]) -> torch.Tensor:
