@@ -263,6 +263,87 @@ def cmd_evaluate(args) -> None:
                                   for r in metrics["results"]]}, indent=1))
 
 
+def _pipeline_module():
+    from iranker.pipeline import ROOT
+
+    if not (ROOT / "pipelines" / "iranker_pipeline.py").exists():
+        _die(f"{ROOT / 'pipelines'}: the pipeline definition is not there (it ships with the repository and the "
+             "image, not the wheel)")
+    sys.path.insert(0, str(ROOT))
+    import pipelines.iranker_pipeline as module
+
+    return module
+
+
+def _pipeline_params(pairs: list[str]) -> dict:
+    import yaml
+
+    out = {}
+    for p in pairs:
+        key, sep, value = p.partition("=")
+        if not sep or not key:
+            _die(f"--param {p}: expected NAME=VALUE (a pipeline parameter)")
+        out[key.strip()] = yaml.safe_load(value) if value.strip() else value
+    return out
+
+
+def cmd_pipeline_compile(args) -> None:
+    pl = _pipeline_module()
+    gpu = None if args.no_gpu else {**pl.GPU, "limit": args.gpus}
+    path = pl.compile_pipeline(args.out or pl.COMPILED, gpu=gpu)
+    _say(f"compiled {path} (train step: {'CPU' if gpu is None else f'{args.gpus} x ' + pl.GPU['accelerator']})")
+    print(json.dumps({"pipeline": str(path)}))
+
+
+def cmd_pipeline_run(args) -> None:
+    import inspect
+    import time
+
+    from iranker.evaluate.report import summary_table
+    from iranker.pipeline import ROOT
+
+    if not args.local:
+        _die("pipeline run: only --local is supported here; use `iranker pipeline submit --host URL` for a cluster")
+    pl = _pipeline_module()
+    known = inspect.signature(pl.build_pipeline(gpu=None).pipeline_func).parameters
+    params = {"profile": args.profile, "registry": args.registry, "dvc": not args.no_dvc,
+              **_pipeline_params(args.param)}
+    unknown = [k for k in params if k not in known]
+    if unknown:
+        _die(f"--param {unknown[0]}: not a pipeline parameter; known: {', '.join(known)}")
+    root = Path(args.root)
+    log = root / f"pipeline-{time.strftime('%Y%m%d-%H%M%S')}.log"
+    _say(f"running the pipeline locally (kfp.local, subprocess runner), profile {params['profile']}; full log: {log}")
+    t0 = time.perf_counter()
+    try:
+        run = pl.run_local(root, log_file=log, echo=lambda line: print(f"  {line}", file=sys.stderr, flush=True),
+                           **params)
+    except RuntimeError as e:  # kfp.local raises it naming the failed task
+        _die(f"pipeline failed: {str(e).splitlines()[0]} (the step's error is above; full log: {log})", 1)
+    metrics = json.loads((run / "evaluate" / "evaluation" / "metrics.json").read_text())
+    decision = (run / "promote" / "decision").read_text()
+    print("\n" + summary_table(metrics) + "\n\n" + decision, file=sys.stderr)
+    report = run / "evaluate" / "evaluation" / "report.md"
+    _say(f"pipeline finished in {time.perf_counter() - t0:.0f} s; report: {report}")
+    promoted = json.loads((run / "promote" / "Output").read_text()) if (run / "promote" / "Output").exists() else None
+    print(json.dumps({"run": str(run), "log": str(log), "promoted": promoted,
+                      "report": str(report),
+                      "decision": str(run / "promote" / "decision"),
+                      "registry": str(args.registry if "://" in args.registry else ROOT / args.registry)}, indent=1))
+
+
+def cmd_pipeline_submit(args) -> None:
+    pl = _pipeline_module()
+    package = Path(args.package) if args.package else pl.COMPILED
+    if not package.exists():
+        _die(f"--package {package}: no such file; run `iranker pipeline compile` first")
+    result = pl.submit(args.host, experiment=args.experiment, params=_pipeline_params(args.param),
+                       version=args.version, package=package, namespace=args.namespace,
+                       existing_token=os.environ.get("KFP_TOKEN"))
+    _say(f"run started: {result['url']}")
+    print(json.dumps(result, indent=1))
+
+
 def build_parser() -> argparse.ArgumentParser:
     from iranker import __version__
 
@@ -325,7 +406,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--out", required=True, help="run folder: checkpoints/, metrics.jsonl, tb/, final/")
     train.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
     train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                       help="override a top-level setting, e.g. --set steps=10")
+                       help="override a setting, e.g. --set steps=10 or --set ppo.kl_coef=0.05")
     train.set_defaults(func=cmd_train)
 
     vx = sub.add_parser("export-verl", help="write a training profile's data and reward for verl (GPU clusters)")
@@ -356,6 +437,36 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--train-run", default=None, help="a training run folder: adds its reward curves")
     ev.add_argument("--seed", type=int, default=0)
     ev.set_defaults(func=cmd_evaluate)
+
+    pipe = sub.add_parser("pipeline", help="the Kubeflow pipeline: compile, run locally, submit to a cluster") \
+        .add_subparsers(dest="pipeline_command", required=True)
+    pc = pipe.add_parser("compile", help="write the pipeline YAML (upload it in the Kubeflow UI)")
+    pc.add_argument("--out", default=None, help="YAML path (default: the committed pipelines/iranker_pipeline.yaml)")
+    pc.add_argument("--no-gpu", action="store_true", help="train step on CPU (no accelerator, node selector, "
+                    "toleration)")
+    pc.add_argument("--gpus", type=int, default=1, help="GPUs for the train step (default 1)")
+    pc.set_defaults(func=cmd_pipeline_compile)
+    pr = pipe.add_parser("run", help="run the real pipeline on this machine with kfp.local",
+                         epilog="example: iranker pipeline run --local --profile smoke --param eval_limit=20")
+    pr.add_argument("--local", action="store_true", help="run with kfp.local's subprocess runner (required)")
+    pr.add_argument("--profile", default="demo", help="training profile: smoke, demo (default), cpu, gpu-3b or a YAML")
+    pr.add_argument("--registry", default="registry", help="model registry folder or URL (default registry/)")
+    pr.add_argument("--root", default="runs/kfp", help="kfp.local pipeline root: task outputs and logs")
+    pr.add_argument("--no-dvc", action="store_true", help="do not DVC-track the ingested data")
+    pr.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
+                    help="any pipeline parameter (YAML value), e.g. --param eval_limit=20 --param "
+                         "'train_overrides={steps: 4}'")
+    pr.set_defaults(func=cmd_pipeline_run)
+    ps = pipe.add_parser("submit", help="upload the compiled pipeline as a new version and start a run (kfp.Client)",
+                         epilog="example: iranker pipeline submit --host http://localhost:8080 --param profile=cpu")
+    ps.add_argument("--host", required=True, help="Kubeflow Pipelines API, e.g. http://localhost:8080 "
+                    "(kubectl port-forward svc/ml-pipeline-ui 8080:80 -n kubeflow); token from $KFP_TOKEN")
+    ps.add_argument("--experiment", default="iranker", help="experiment name (created if missing)")
+    ps.add_argument("--param", action="append", default=[], metavar="NAME=VALUE", help="pipeline parameter")
+    ps.add_argument("--version", default=None, help="pipeline version name (default iranker-VERSION-TIMESTAMP)")
+    ps.add_argument("--package", default=None, help="compiled YAML (default pipelines/iranker_pipeline.yaml)")
+    ps.add_argument("--namespace", default=None, help="Kubeflow profile namespace (multi-user installs)")
+    ps.set_defaults(func=cmd_pipeline_submit)
 
     feats = sub.add_parser("features", help="Feast user features").add_subparsers(dest="features_command",
                                                                                   required=True)

@@ -94,6 +94,18 @@ class TrainConfig(_Section):
         return self
 
 
+def _set_dotted(raw: dict, key: str, value, path: Path) -> None:
+    """Set 'ppo.kl_coef'-style keys inside the nested sections of a profile."""
+    *parents, leaf = key.split(".")
+    node = raw
+    for part in parents:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ValueError(f"{path}: --set {key}: {part} is not a section")  # noqa: TRY004
+        node = child
+    node[leaf] = value
+
+
 def load_config(path: str | Path, overrides: dict | None = None) -> TrainConfig:
     """Read and validate a profile; relative data paths are resolved against the config file's repository."""
     import yaml
@@ -107,7 +119,8 @@ def load_config(path: str | Path, overrides: dict | None = None) -> TrainConfig:
         raise ValueError(f"{path}: not valid YAML ({e})") from None
     if not isinstance(raw, dict):
         raise ValueError(f"{path}: expected a mapping of settings, got {type(raw).__name__}")  # noqa: TRY004
-    raw.update(overrides or {})
+    for key, value in (overrides or {}).items():
+        _set_dotted(raw, key, value, path)
     try:
         cfg = TrainConfig.model_validate(raw)
     except ValidationError as e:

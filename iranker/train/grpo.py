@@ -23,7 +23,7 @@ def run_grpo(cfg, out: str | Path, progress: bool = True) -> Path:
     from trl import GRPOConfig, GRPOTrainer
 
     from iranker.rewards import exclusion_reward_func, fast_exclusion_reward_func, format_reward_func
-    from iranker.train.ppo import load_model, load_training_instances, lora_config
+    from iranker.train.ppo import base_model_path, load_model, load_training_instances, lora_config
     from iranker.train.steps import elimination_rows, render_prompt
 
     out = Path(out)
@@ -32,9 +32,7 @@ def run_grpo(cfg, out: str | Path, progress: bool = True) -> Path:
     if out.exists() and any(out.iterdir()):
         raise FileExistsError(f"--out {out}: not empty; choose another folder")
     if not model.config.name_or_path:  # built in memory (tiny-random): TRL loads its reference from a path
-        model.save_pretrained(out / "init-model")
-        tokenizer.save_pretrained(out / "init-model")
-        model.config.name_or_path = str(out / "init-model")
+        model.config.name_or_path = base_model_path(cfg, out)
     reasoning = cfg.mode == "reasoning"
     generations = max(2, cfg.grpo_generations)
     n_prompts = cfg.steps * max(1, cfg.batch_size // generations)

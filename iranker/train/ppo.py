@@ -585,6 +585,21 @@ def load_model(cfg: TrainConfig):
     return model, tokenizer
 
 
+def base_model_path(cfg: TrainConfig, out: str | Path) -> str:
+    """The model training starts from, as a path or id that `iranker rank/evaluate --model` loads: a model built in
+    memory (tiny-random, seeded) is saved once to `out/init-model`."""
+    from iranker.models import resolve_model
+
+    if cfg.model != "tiny-random":
+        return resolve_model(cfg.model)
+    target = Path(out) / "init-model"
+    if not (target / "config.json").exists():
+        model, tokenizer = load_model(cfg)
+        model.save_pretrained(target)
+        tokenizer.save_pretrained(target)
+    return str(target)
+
+
 def load_training_instances(cfg: TrainConfig, split: str = "train") -> list[RankingInstance]:
     from iranker.evaluate import load_instances
 
@@ -635,7 +650,7 @@ def run_training(cfg: TrainConfig, out: str | Path, resume: bool = False, progre
     return trainer.train(stop_after=stop_after)
 
 
-__all__ = ["Trainer", "gae", "load_model", "load_training_instances", "run_training", "sample_pool"]
+__all__ = ["Trainer", "base_model_path", "gae", "load_model", "load_training_instances", "run_training", "sample_pool"]
 
 
 def select_checkpoint(run: str | Path, states: list[Path], pools: int = 64, out: str | Path | None = None,

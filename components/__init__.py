@@ -1,0 +1,1 @@
+"""Kubeflow Pipelines components of iranker: thin shells over `iranker.pipeline` step functions."""

@@ -1,0 +1,93 @@
+"""One Kubeflow Pipelines component per step. Each one calls an `iranker.pipeline` function and records what that
+function returns (data version, code version, parameters) in its output artifact's metadata.
+
+On a cluster the components run in the project's image (`IRANKER_IMAGE` at compile time; it carries iranker and
+kfp, so nothing is pip-installed at run time); `kfp.local` runs them as subprocesses of the current environment.
+"""
+
+
+import os
+
+from kfp import dsl
+from kfp.dsl import Artifact, Dataset, Input, Markdown, Metrics, Model, Output
+
+from iranker import __version__
+
+IMAGE = os.environ.get("IRANKER_IMAGE", f"ghcr.io/iranker/iranker:{__version__}")
+
+
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
+def ingest(source: str, path: str, params: dict, data_dir: str, name: str, dvc: bool, dataset: Output[Dataset]):
+    """Read a public source, validate it (Great Expectations), write data_dir/name, DVC add + push."""
+    from iranker.pipeline import ingest_step
+
+    dataset.metadata.update(ingest_step(source, path, params, data_dir, name, dataset.path, dvc=dvc))
+
+
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
+def validate(dataset: Input[Dataset], report: Output[Markdown]) -> str:
+    """Great Expectations suites on the dataset; fails the run when an expectation fails. Returns the data version."""
+    from iranker.pipeline import validate_step
+
+    summary = validate_step(dataset.path, report.path)
+    report.metadata.update(summary)
+    return summary["data_version"]
+
+
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
+def build_features(dataset: Input[Dataset], feature_repo: str, features: Output[Artifact]):
+    """Feast: write the user-context sources, apply, materialize into the online store."""
+    import json
+
+    from iranker.pipeline import features_step
+
+    result = features_step(dataset.path, feature_repo)
+    features.metadata.update(result)
+    with open(features.path, "w") as f:
+        json.dump(result, f, indent=1)
+
+
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
+def train(recommendation: Input[Dataset], routing: Input[Dataset], passage: Input[Dataset],
+          recommendation_version: str, routing_version: str, passage_version: str, profile: str, overrides: dict,
+          runs_dir: str, model: Output[Model]):
+    """PPO on elimination steps of the three scenarios' training splits (one model)."""
+    from iranker.pipeline import train_step
+
+    result = train_step(profile, [recommendation.path, routing.path, passage.path],
+                        [recommendation_version, routing_version, passage_version], overrides, runs_dir, model.path)
+    model.metadata.update(result)
+
+
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
+def evaluate(recommendation: Input[Dataset], routing: Input[Dataset], passage: Input[Dataset],
+             model: Input[Model], registry: str, limit: int, baselines: list, evaluation: Output[Artifact],
+             metrics: Output[Metrics], report: Output[Markdown]):
+    """Candidate vs production (or the base model) and the simple baselines on the test splits."""
+    import shutil
+
+    from iranker.pipeline import evaluate_step
+
+    result = evaluate_step([recommendation.path, routing.path, passage.path], model.path,
+                           model.metadata["base_model"], registry, evaluation.path, limit=limit,
+                           baselines=[str(b) for b in baselines])
+    evaluation.metadata.update({**result, "code_version": model.metadata.get("code_version"),
+                                "data_version": model.metadata.get("data_version")})
+    for name, value in result["primary"].items():
+        metrics.log_metric(name.replace("/", "."), float(value))
+    shutil.copyfile(f"{evaluation.path}/report.md", report.path)
+
+
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
+def promote(model: Input[Model], evaluation: Input[Artifact], registry: str, manifests_dir: str, tolerance: float,
+            min_gain: float, decision: Output[Markdown]) -> bool:
+    """The promotion gate: register and point production at the candidate only when it is not worse on any scenario
+    beyond the tolerance and better on the pooled primary metric (paired intervals). Returns the decision."""
+    from iranker.pipeline import promote_step
+
+    card = {k: model.metadata.get(k) for k in ("base_model", "profile", "params", "data_version", "code_version",
+                                               "run")}
+    result = promote_step(model.path, evaluation.path, registry, manifests_dir, card, tolerance=tolerance,
+                          min_gain=min_gain, report=decision.path)
+    decision.metadata.update({k: v for k, v in result.items() if k != "decision"})
+    return bool(result["promoted"])

@@ -1,0 +1,244 @@
+"""The workflow's steps as library functions: the Kubeflow components (`components/`) are thin shells over these,
+and the pipeline (`pipelines/iranker_pipeline.py`) wires them together.
+
+    ingest_step -> validate_step -> features_step
+                                 -> train_step -> evaluate_step -> promote_step
+
+Every step takes and returns plain paths and JSON-able dicts (the metadata its artifact records: data version,
+code version, parameters), so it runs the same in `kfp.local`, on a cluster, and from Python.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+PROFILES = ("smoke", "demo", "cpu", "gpu-3b")
+
+
+def _say(msg: str) -> None:
+    print(f"[iranker] {msg}", file=sys.stderr, flush=True)
+
+
+@functools.cache
+def code_version() -> dict[str, str]:
+    """The package version and the git commit of the code (IRANKER_GIT_SHA in images, else `git rev-parse`)."""
+    from iranker import __version__
+
+    sha = os.environ.get("IRANKER_GIT_SHA", "")
+    if not sha:
+        try:
+            sha = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=ROOT, capture_output=True,
+                                 text=True, timeout=10, check=True).stdout.strip()
+            dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+                                   capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+            sha += "-dirty" if dirty else ""
+        except (OSError, subprocess.SubprocessError):
+            sha = "unknown"
+    return {"iranker": __version__, "git": sha}
+
+
+def resolve_path(path: str | Path) -> Path:
+    """Relative input paths are resolved against the project root (the working copy, or /app in the image)."""
+    p = Path(path).expanduser()
+    return p if p.is_absolute() else ROOT / p
+
+
+def _copy_tree(src: Path, dest: Path) -> None:
+    """Copy a folder, hard-linking files where the filesystem allows (model folders are hundreds of MB)."""
+    def link_or_copy(s, d):
+        try:
+            os.link(s, d)
+        except OSError:
+            shutil.copy2(s, d)
+    if dest.exists():
+        shutil.rmtree(dest)
+    shutil.copytree(src, dest, copy_function=link_or_copy)
+
+
+# ------------------------------------------------------------------------------------------------------- ingest
+
+def ingest_step(source: str, path: str, params: dict[str, Any], data_dir: str, name: str, out: str,
+                dvc: bool = True) -> dict[str, Any]:
+    """Ingest a public source into `data_dir/name` (validated with Great Expectations, written atomically, DVC
+    tracked and pushed when `data_dir` lies in a DVC repository), then copy the folder to the artifact `out`."""
+    from iranker.data import ingest
+
+    target = resolve_path(data_dir) / name
+    result = ingest(source, resolve_path(path), target, {k: str(v) for k, v in (params or {}).items()},
+                    dvc=dvc, progress=_say)
+    _copy_tree(target, Path(out))
+    manifest = result.manifest
+    return {"source": source, "path": str(path), "dataset": manifest["dataset"], "scenario": manifest["scenario"],
+            "counts": manifest["counts"], "params": manifest["params"], "dvc": result.dvc,
+            "data_version": data_version(Path(out)), "code_version": code_version()}
+
+
+def data_version(folder: Path) -> str:
+    """A content version of a dataset folder: the hash of its manifest's output hashes (what DVC stores)."""
+    from iranker.data import read_manifest
+
+    outputs = read_manifest(folder)["outputs"]
+    return hashlib.sha256(json.dumps(outputs, sort_keys=True).encode()).hexdigest()[:16]
+
+
+# ----------------------------------------------------------------------------------------------------- validate
+
+def validate_step(folder: str, report: str) -> dict[str, Any]:
+    """Run the Great Expectations suites on a dataset folder; write the Markdown report; raise when they fail."""
+    from iranker.validation import ValidationFailed, validate_dir
+
+    result = validate_dir(folder)
+    Path(report).parent.mkdir(parents=True, exist_ok=True)
+    Path(report).write_text(result.to_markdown())
+    summary = {k: v for k, v in result.summary().items() if isinstance(v, (int, float, str, bool))}
+    if not result.success:
+        raise ValidationFailed(result)
+    _say(f"{folder}: {len(result.checks)} expectations passed")
+    return {**summary, "data_version": data_version(Path(folder))}
+
+
+# ----------------------------------------------------------------------------------------------------- features
+
+def features_step(folder: str, repo: str) -> dict[str, Any]:
+    """Write the Feast sources from the recommendation data, apply the definitions, load the online store."""
+    import contextlib
+
+    from iranker import features
+
+    repo_path = resolve_path(repo)
+    tables = features.build_feature_tables(folder, repo_path)
+    with contextlib.redirect_stdout(sys.stderr):
+        applied = features.apply(repo_path)
+        rows = features.materialize(repo_path)
+    _say(f"Feast: applied {', '.join(applied)}; materialized {rows}")
+    return {"repo": str(repo_path), "applied": applied, "materialized": rows,
+            "rows": {k: len(v) for k, v in tables.items()}, "data_version": data_version(Path(folder))}
+
+
+# -------------------------------------------------------------------------------------------------------- train
+
+def profile_path(profile: str) -> Path:
+    """A profile name (smoke, demo, cpu, gpu-3b) -> configs/NAME.yaml; a path -> itself."""
+    if profile in PROFILES:
+        return ROOT / "configs" / f"{profile}.yaml"
+    p = resolve_path(profile)
+    if not p.exists():
+        raise FileNotFoundError(f"profile: {profile!r} is neither one of {', '.join(PROFILES)} nor a file")
+    return p
+
+
+def train_step(profile: str, datasets: list[str], data_versions: list[str], overrides: dict[str, Any],
+               runs_dir: str, out: str) -> dict[str, Any]:
+    """Train on the datasets with a profile; the run folder is keyed by the configuration and the data versions, so
+    a re-run reuses a finished run and resumes a killed one from its last checkpoint. Copies the final model to
+    `out` (a transformers folder)."""
+    from iranker.train import load_config
+    from iranker.train.ppo import base_model_path, run_training
+
+    cfg = load_config(profile_path(profile), {**(overrides or {}), "data": list(datasets)})
+    settings = cfg.model_dump(exclude={"data"})
+    key = hashlib.sha256(json.dumps({"config": settings, "data": sorted(data_versions)}, sort_keys=True,
+                                    default=str).encode()).hexdigest()[:12]
+    run = resolve_path(runs_dir) / key
+    final = run / "final"
+    if (final / "config.json").exists():
+        _say(f"training: reusing the finished run {run} (same configuration and data versions)")
+        status = "reused"
+    else:
+        resume = (run / "checkpoints").exists() and any((run / "checkpoints").iterdir())
+        _say(f"training: {'resuming' if resume else 'starting'} run {run}")
+        final = run_training(cfg, run, resume=resume, progress=True)
+        status = "resumed" if resume else "trained"
+    _copy_tree(Path(final), Path(out))
+    for log in ("metrics.jsonl", "probe.jsonl"):
+        if (run / log).exists():
+            shutil.copy2(run / log, Path(out) / log)  # reward curves for the report
+    return {"run": str(run), "status": status, "profile": profile, "base_model": base_model_path(cfg, run),
+            "params": json.loads(json.dumps(settings, default=str)), "data_version": sorted(data_versions),
+            "code_version": code_version()}
+
+
+# ----------------------------------------------------------------------------------------------------- evaluate
+
+def evaluate_step(datasets: list[str], model: str, base_model: str, registry: str, out: str, limit: int = 0,
+                  baselines: list[str] | None = None, max_words: int = 120) -> dict[str, Any]:
+    """Evaluate the candidate on the test splits against the reference - the production model of the registry, or
+    the base model before the first promotion - and the simple baselines, on the same instances."""
+    from iranker.evaluate.baselines import BASELINES
+    from iranker.evaluate.harness import evaluate, load_eval_data
+    from iranker.registry import Registry
+
+    reg = Registry(resolve_path(registry) if "://" not in registry else registry)
+    prod = reg.production()
+    if prod:
+        reference, reference_name = str(reg.model_path(prod["version"], Path(out) / ".registry-cache")), \
+            f"production {prod['version']}"
+    else:
+        reference, reference_name = base_model, "base"
+    _say(f"evaluating the candidate against the {reference_name} model ({reference})")
+    data = load_eval_data(datasets, split="test", limit=limit)
+    metrics = evaluate(data, out, model=model, base=reference, direct=False,
+                       baselines=list(BASELINES) if baselines is None else baselines, max_words=max_words,
+                       train_run=model if (Path(model) / "metrics.jsonl").exists() else None)
+    shutil.rmtree(Path(out) / ".registry-cache", ignore_errors=True)
+    reference_info = {"reference": reference_name, "reference_model": reference,
+                      "production_version": (prod or {}).get("version")}
+    (Path(out) / "reference.json").write_text(json.dumps(reference_info, indent=1))
+    return {**reference_info, "n_instances": metrics["n_instances"],
+            "primary": {f"{r['dataset']}/{r['scenario']}/{r['primary_metric']}": r["metrics"][r["primary_metric"]]
+                        for r in metrics["results"]}}
+
+
+# ------------------------------------------------------------------------------------------------------ promote
+
+def promote_step(model: str, evaluation: str, registry: str, manifests_dir: str, card: dict[str, Any],
+                 tolerance: float = 0.02, min_gain: float = 0.0, report: str | None = None) -> dict[str, Any]:
+    """Gate the candidate on its evaluation; on promotion add it to the registry, move the production pointer and
+    render the KServe manifest change; on rejection change nothing but the decision log. Writes the decision as
+    Markdown to `report`."""
+    from iranker.registry import GateConfig, Registry, decision_markdown, gate, now, render_manifest
+
+    ev = Path(evaluation)
+    metrics = json.loads((ev / "metrics.json").read_text())
+    per_instance = [json.loads(line) for line in (ev / "per_instance.jsonl").read_text().splitlines() if line]
+    ref = json.loads((ev / "reference.json").read_text())
+    reg = Registry(resolve_path(registry) if "://" not in registry else registry)
+    prod = reg.production()
+    if (prod or {}).get("version") != ref["production_version"]:
+        raise RuntimeError(f"registry {reg.url}: production moved to {prod and prod['version']} after the evaluation "
+                           f"against {ref['reference']}; re-run the evaluation")
+    decision = gate(metrics, per_instance, GateConfig(tolerance=tolerance, min_gain=min_gain),
+                    reference=ref["reference"])
+    decision["decided_at"] = now()
+    result: dict[str, Any] = {"promoted": decision["promote"], "reference": ref["reference"],
+                              "reasons": decision["reasons"], "registry": reg.url}
+    if decision["promote"]:
+        version = reg.add(model, {**card, "decision": decision}, eval_dir=ev)
+        pointer = reg.set_production(version, {k: decision[k] for k in ("reference", "pooled", "reasons")})
+        manifest = render_manifest(pointer, resolve_path(manifests_dir))
+        result.update(version=version, model_uri=pointer["model_uri"], manifest=str(manifest))
+        _say(f"promoted {version} to production (was {ref['reference']}); manifest change: {manifest}")
+    else:
+        _say("rejected: " + "; ".join(decision["reasons"]))
+        result["production"] = (prod or {}).get("version")
+    reg.record({**{k: v for k, v in decision.items() if k != "checks"}, "version": result.get("version"),
+                "card": card})
+    text = "# Promotion decision\n\n" + decision_markdown(decision) + "\n"
+    if decision["promote"]:
+        text += f"\nProduction is now **{result['version']}** (`{result['model_uri']}`); commit " \
+                f"`{result['manifest']}` to deploy it.\n"
+    else:
+        text += f"\nProduction stays **{result['production'] or 'unset (base model)'}**; manifests unchanged.\n"
+    if report:
+        Path(report).write_text(text)
+    result["decision"] = decision
+    return result
