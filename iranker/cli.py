@@ -325,7 +325,7 @@ def cmd_pipeline_run(args) -> None:
     print("\n" + summary_table(metrics) + "\n\n" + decision, file=sys.stderr)
     report = run / "evaluate" / "evaluation" / "report.md"
     _say(f"pipeline finished in {time.perf_counter() - t0:.0f} s; report: {report}")
-    promoted = json.loads((run / "promote" / "Output").read_text()) if (run / "promote" / "Output").exists() else None
+    promoted = pl.task_outputs(run, "promote").get("Output")
     print(json.dumps({"run": str(run), "log": str(log), "promoted": promoted,
                       "report": str(report),
                       "decision": str(run / "promote" / "decision"),
@@ -337,10 +337,11 @@ def cmd_pipeline_submit(args) -> None:
     package = Path(args.package) if args.package else pl.COMPILED
     if not package.exists():
         _die(f"--package {package}: no such file; run `iranker pipeline compile` first")
-    result = pl.submit(args.host, experiment=args.experiment, params=_pipeline_params(args.param),
-                       version=args.version, package=package, namespace=args.namespace,
-                       existing_token=os.environ.get("KFP_TOKEN"))
-    _say(f"run started: {result['url']}")
+    with contextlib.redirect_stdout(sys.stderr):  # kfp.Client prints links on stdout; stdout carries the JSON
+        result = pl.submit(args.host, experiment=args.experiment, params=_pipeline_params(args.param),
+                           version=args.version, package=package, namespace=args.namespace,
+                           existing_token=os.environ.get("KFP_TOKEN"), cron=args.cron)
+    _say(f"{'recurring run created' if args.cron else 'run started'}: {result['url']}")
     print(json.dumps(result, indent=1))
 
 
@@ -466,6 +467,8 @@ def build_parser() -> argparse.ArgumentParser:
     ps.add_argument("--version", default=None, help="pipeline version name (default iranker-VERSION-TIMESTAMP)")
     ps.add_argument("--package", default=None, help="compiled YAML (default pipelines/iranker_pipeline.yaml)")
     ps.add_argument("--namespace", default=None, help="Kubeflow profile namespace (multi-user installs)")
+    ps.add_argument("--cron", default=None, help="create a recurring run instead, e.g. '0 0 3 * * *' (daily 03:00; "
+                    "six fields, seconds first)")
     ps.set_defaults(func=cmd_pipeline_submit)
 
     feats = sub.add_parser("features", help="Feast user features").add_subparsers(dest="features_command",

@@ -5,6 +5,7 @@ upload in the Kubeflow UI); run locally with `iranker pipeline run --local`; sub
 
 
 import contextlib
+import json
 import os
 import re
 import sys
@@ -160,6 +161,12 @@ def run_local(root: str | Path, log_file: str | Path | None = None, echo=None, *
     return new[-1]
 
 
+def task_outputs(run: Path, task: str) -> dict:
+    """The output parameters a task of a local run returned (kfp.local's executor_output.json)."""
+    path = Path(run) / task / "executor_output.json"
+    return json.loads(path.read_text()).get("parameterValues", {}) if path.exists() else {}
+
+
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 SHOWN = re.compile(r"Executing task|finished with status|\[iranker\]|^\s*training:|Error:|error:")
 
@@ -200,11 +207,15 @@ def _captured(log_file: Path, echo):
 
     thread = threading.Thread(target=pump, daemon=True)
     thread.start()
+    streams = sys.stdout, sys.stderr  # kfp logs and relays step output through sys.stdout: point it at fd 1 too
+    sys.stdout = open(1, "w", buffering=1, closefd=False, encoding="utf-8", errors="replace")  # noqa: SIM115
+    sys.stderr = open(2, "w", buffering=1, closefd=False, encoding="utf-8", errors="replace")  # noqa: SIM115
     try:
         yield
     finally:
         sys.stdout.flush()
         sys.stderr.flush()
+        sys.stdout, sys.stderr = streams
         os.dup2(saved[0], 1)
         os.dup2(saved[1], 2)
         for fd in saved:
@@ -213,8 +224,10 @@ def _captured(log_file: Path, echo):
 
 
 def submit(host: str, experiment: str = "iranker", params: dict | None = None, version: str | None = None,
-           package: str | Path = COMPILED, namespace: str | None = None, existing_token: str | None = None) -> dict:
-    """Upload the compiled pipeline (a new version of the pipeline named `iranker`) and start a run."""
+           package: str | Path = COMPILED, namespace: str | None = None, existing_token: str | None = None,
+           cron: str | None = None) -> dict:
+    """Upload the compiled pipeline (a new version of the pipeline named `iranker`) and start a run, or with `cron`
+    (six fields, seconds first: "0 0 3 * * *" is daily at 03:00) a recurring run of that version."""
     import kfp
 
     from iranker import __version__
@@ -230,10 +243,16 @@ def submit(host: str, experiment: str = "iranker", params: dict | None = None, v
         uploaded = client.upload_pipeline_version(str(package), pipeline_version_name=version, pipeline_id=pipeline_id)
         version_id = uploaded.pipeline_version_id
     exp = client.create_experiment(experiment, namespace=namespace)
+    out = {"host": host, "pipeline_id": pipeline_id, "version_id": version_id, "experiment": experiment}
+    if cron:
+        job = client.create_recurring_run(experiment_id=exp.experiment_id, job_name=f"{NAME}-{version}-schedule",
+                                          cron_expression=cron, params=params or {}, pipeline_id=pipeline_id,
+                                          version_id=version_id, max_concurrency=1, no_catchup=True)
+        return {**out, "recurring_run_id": job.recurring_run_id, "cron": cron,
+                "url": f"{host.rstrip('/')}/#/recurringrun/details/{job.recurring_run_id}"}
     run = client.run_pipeline(experiment_id=exp.experiment_id, job_name=f"{NAME}-{version}", params=params or {},
                               pipeline_id=pipeline_id, version_id=version_id)
-    return {"host": host, "pipeline_id": pipeline_id, "version_id": version_id, "experiment": experiment,
-            "run_id": run.run_id, "url": f"{host.rstrip('/')}/#/runs/details/{run.run_id}"}
+    return {**out, "run_id": run.run_id, "url": f"{host.rstrip('/')}/#/runs/details/{run.run_id}"}
 
 
 if __name__ == "__main__":

@@ -214,3 +214,18 @@ def test_ingest_cli_prints_json_and_names_bad_input(tmp_path):
     missing = run("recbole", str(tmp_path / "nowhere"), "--out", str(tmp_path / "q"))
     assert missing.returncode == 1 and "nowhere: no such file or folder" in missing.stderr
     assert not (tmp_path / "q").exists()
+
+
+def test_instances_source_of_one_scenario_is_validated_without_tables(tmp_path):
+    from iranker.validation import ValidationFailed
+
+    rows = [json.loads(line) for line in (ROOT / "samples" / "instances.jsonl").read_text().splitlines()]
+    routing = [r for r in rows if r["scenario"] == "routing"]
+    good = tmp_path / "routing.jsonl"
+    good.write_text("".join(json.dumps(r) + "\n" for r in routing))
+    result = ingest("instances", good, tmp_path / "out", dvc=False)
+    assert result.report.success and result.manifest["scenario"] == "routing"
+    routing[1]["id"] = routing[0]["id"]
+    good.write_text("".join(json.dumps(r) + "\n" for r in routing))
+    with pytest.raises(ValidationFailed, match="expect_column_values_to_be_unique on id"):
+        ingest("instances", good, tmp_path / "out", dvc=False)

@@ -253,7 +253,7 @@ def _run(suites: dict[str, tuple[pd.DataFrame, list]]) -> Report:
 
 def validate(scenario: str | list, tables: dict[str, pd.DataFrame], instance_rows: list[dict]) -> Report:
     suites: dict[str, tuple[pd.DataFrame, list]] = {}
-    if isinstance(scenario, str):
+    if isinstance(scenario, str) and tables:  # instances passed through (source `instances`) have no tables
         tables = dict(tables)
         for name, exps in table_suites(scenario, tables).items():
             suites[f"{scenario}.{name}"] = (tables[name], exps)
