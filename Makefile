@@ -36,8 +36,10 @@ test: install model
 test-fast: install
 	$(PY) -m pytest -q -m "not slow"
 
+# The Kubeflow pipeline on the built-in samples, run locally by kfp.local: ingest (DVC), validate (Great
+# Expectations), Feast features, a few PPO updates of the embedded model, evaluation, promotion gate.
 demo: install model
-	$(VENV)/bin/iranker demo > /dev/null
+	$(VENV)/bin/iranker pipeline run --local --profile demo
 
 bench: install model
 	$(PY) benchmarks/bench_rank.py

@@ -345,6 +345,51 @@ def cmd_pipeline_submit(args) -> None:
     print(json.dumps(result, indent=1))
 
 
+def _serving_model(args):
+    """The model `iranker serve` loads: --model, else the registry's production model, else the embedded one."""
+    from iranker.models import EMBEDDED_ALIAS
+
+    if args.model:
+        return args.model, "--model"
+    from iranker.pipeline import resolve_path
+    from iranker.registry import Registry
+
+    reg = Registry(args.registry if "://" in args.registry else resolve_path(args.registry))
+    prod = reg.production()
+    if prod:
+        return str(reg.model_path(prod["version"])), f"registry {reg.url}, production {prod['version']}"
+    return EMBEDDED_ALIAS, f"the embedded model (no production model in registry {reg.url})"
+
+
+def cmd_serve(args) -> None:
+    from iranker import features
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from serving.model import IRankerModel, ServeConfig, serve
+
+    model, why = _serving_model(args)
+    repo = None
+    if not args.no_features:
+        repo = Path(args.feature_repo) if args.feature_repo else features.default_repo()
+        if not (repo / "feature_store.yaml").exists():
+            _die(f"--feature-repo {repo}: not a Feast repository (no feature_store.yaml)")
+    token = os.environ.get(args.token_env) if args.token_env else None
+    if args.token_env and not token:
+        _die(f"--token-env {args.token_env}: the variable is not set")
+    config = ServeConfig(max_queue=args.max_queue, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
+                         deadline_s=args.deadline, token=token)
+    options = {}
+    if args.backend == "openai":
+        if not args.base_url:
+            _die("--base-url: the openai backend needs the predictor's API root, e.g. http://iranker-predictor/openai/v1")
+        options = {"base_url": args.base_url, "tokenizer": args.tokenizer,
+                   "api_key": os.environ.get("IRANKER_OPENAI_API_KEY")}
+    _say(f"serving {model} ({why}) with the {args.backend} backend on port {args.http_port}; Feast: {repo or 'off'}; "
+         f"auth: {'bearer token' if token else 'off'}")
+    serve(IRankerModel(args.name, model, args.backend, options, repo, config, {"layout": args.layout}),
+          http_port=args.http_port)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from iranker import __version__
 
@@ -470,6 +515,32 @@ def build_parser() -> argparse.ArgumentParser:
     ps.add_argument("--cron", default=None, help="create a recurring run instead, e.g. '0 0 3 * * *' (daily 03:00; "
                     "six fields, seconds first)")
     ps.set_defaults(func=cmd_pipeline_submit)
+
+    sv = sub.add_parser("serve", help="the KServe ranking service (v1 and v2 protocols, Prometheus /metrics)",
+                        epilog="example: curl -s localhost:8080/v1/models/iranker:predict -d "
+                               "'{\"instances\": [REQUEST]}' (see `iranker rank --help` for a RankRequest)")
+    sv.add_argument("--model", default=None, help="model folder, alias or hub id (default: the registry's production "
+                    "model, else the embedded one)")
+    sv.add_argument("--registry", default=os.environ.get("IRANKER_REGISTRY", "registry"),
+                    help="model registry folder or URL (default registry/ or $IRANKER_REGISTRY)")
+    sv.add_argument("--name", default="iranker", help="KServe model name (default iranker)")
+    sv.add_argument("--http-port", type=int, default=8080)
+    sv.add_argument("--backend", default="transformers", choices=["transformers", "openai", "vllm"],
+                    help="in process (transformers, vllm) or a remote OpenAI-compatible predictor (openai)")
+    sv.add_argument("--base-url", default=os.environ.get("IRANKER_OPENAI_BASE_URL"),
+                    help="openai backend: the predictor's API root (env IRANKER_OPENAI_BASE_URL)")
+    sv.add_argument("--tokenizer", default=None, help="openai backend: tokenizer for the chat template")
+    sv.add_argument("--layout", default="cached", choices=["cached", "relist"])
+    sv.add_argument("--feature-repo", default=None, help="Feast repository for user histories (default "
+                    "feature_repo/ or $IRANKER_FEATURE_REPO)")
+    sv.add_argument("--no-features", action="store_true", help="no Feast lookups (requests must carry histories)")
+    sv.add_argument("--max-queue", type=int, default=64, help="requests waiting before 503 (default 64)")
+    sv.add_argument("--max-batch", type=int, default=16, help="requests ranked together (default 16)")
+    sv.add_argument("--max-wait-ms", type=float, default=5.0, help="wait to fill a batch (default 5 ms)")
+    sv.add_argument("--deadline", type=float, default=60.0, help="per-request deadline in seconds (504 after it)")
+    sv.add_argument("--token-env", default=None, help="name of an environment variable holding a bearer token; "
+                    "requests must then send Authorization: Bearer TOKEN (off by default, e.g. behind a gateway)")
+    sv.set_defaults(func=cmd_serve)
 
     feats = sub.add_parser("features", help="Feast user features").add_subparsers(dest="features_command",
                                                                                   required=True)

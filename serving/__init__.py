@@ -1,0 +1,1 @@
+"""KServe model server for iranker: `serving.model.IRankerModel`, started by `iranker serve`."""

@@ -1,0 +1,15 @@
+"""Prometheus metrics of the ranking service, served on KServe's /metrics beside its own."""
+
+from prometheus_client import Counter, Gauge, Histogram
+
+REQUESTS = Counter("iranker_requests", "Ranking requests by scenario and outcome", ["scenario", "status"])
+LATENCY = Histogram("iranker_request_seconds", "Time from arrival to response of a ranking request, queueing "
+                    "included", ["scenario"], buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120))
+MODEL_CALLS = Histogram("iranker_model_calls_per_request", "Model calls (elimination decisions) per request",
+                        buckets=(1, 2, 5, 10, 20, 50, 100, 200))
+BATCH_SIZE = Histogram("iranker_batch_size", "Requests ranked together in one batch",
+                       buckets=(1, 2, 4, 8, 16, 32, 64))
+PARSE_FAILURES = Counter("iranker_parse_failures", "Elimination decisions whose answer did not parse (a fallback "
+                         "was used)", ["scenario"])
+QUEUE_DEPTH = Gauge("iranker_queue_depth", "Requests waiting to be ranked")
+FEAST_LOOKUPS = Counter("iranker_feast_lookups", "User histories filled in from the Feast online store")
