@@ -10,7 +10,7 @@ EXTRAS ?= data,train,eval,serve,pipelines,dev
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 export DVC_NO_ANALYTICS=1 GX_ANALYTICS_ENABLED=false HF_HUB_DISABLE_TELEMETRY=1 TOKENIZERS_PARALLELISM=false
 
-.PHONY: install model data test test-fast demo bench bench-train clean
+.PHONY: install model data test test-fast demo bench bench-train bench-serve serve clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -47,6 +47,13 @@ bench: install model
 # Base vs PPO-trained on the held-out test splits (trains the cpu profile first, ~40 min on 2 cores; see README).
 bench-train: install model
 	$(PY) benchmarks/bench_train_quality.py
+
+# The ranking service under load: 8 concurrent clients vs the same requests one at a time (see README).
+bench-serve: install model
+	$(PY) benchmarks/bench_serve.py
+
+serve: install model
+	$(VENV)/bin/iranker serve
 
 clean:
 	rm -rf $(VENV) .pytest_cache

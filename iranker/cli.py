@@ -315,9 +315,9 @@ def cmd_pipeline_run(args) -> None:
     log = root / f"pipeline-{time.strftime('%Y%m%d-%H%M%S')}.log"
     _say(f"running the pipeline locally (kfp.local, subprocess runner), profile {params['profile']}; full log: {log}")
     t0 = time.perf_counter()
+    terminal = os.fdopen(os.dup(2), "w", buffering=1)  # the real stderr: fds 1 and 2 go to the log meanwhile
     try:
-        run = pl.run_local(root, log_file=log, echo=lambda line: print(f"  {line}", file=sys.stderr, flush=True),
-                           **params)
+        run = pl.run_local(root, log_file=log, echo=lambda line: terminal.write(f"  {line}\n"), **params)
     except RuntimeError as e:  # kfp.local raises it naming the failed task
         _die(f"pipeline failed: {str(e).splitlines()[0]} (the step's error is above; full log: {log})", 1)
     metrics = json.loads((run / "evaluate" / "evaluation" / "metrics.json").read_text())

@@ -6,6 +6,7 @@ import json
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
@@ -259,16 +260,24 @@ def test_local_pipeline_promotes_the_first_model_then_rejects_and_reuses_trainin
              .read_text().splitlines()]
     assert UserFeatures(tmp_path / "feature_repo").history(users[0])
 
-    # 2: the default gate against production v0001; the same configuration and data reuse the finished run
-    lines.clear()
-    run2 = run_local(tmp_path / "root", log_file=tmp_path / "2.log", echo=lines.append,
-                     **{**params, "min_gain": 0.0})
-    assert any("reusing the finished run" in line for line in lines)
-    assert any("against the production v0001 model" in line for line in lines)
-    assert task_outputs(run, "promote")["Output"] is True and task_outputs(run2, "promote")["Output"] is False
-    assert "**rejected**" in (run2 / "promote" / "decision").read_text()
+    # 2: through the CLI, the default gate against production v0001; the same configuration and data reuse the
+    # finished run
+    cli = [sys.executable, "-m", "iranker.cli", "pipeline", "run", "--local", "--profile", "smoke",
+           "--root", str(tmp_path / "root"), "--registry", str(tmp_path / "registry"), "--no-dvc"]
+    for key in ("data_dir", "feature_repo", "runs_dir", "manifests_dir"):
+        cli += ["--param", f"{key}={params[key]}"]
+    cli += ["--param", "baselines=[first-stage, popularity]", "--param", "min_gain=0.0"]
+    proc = subprocess.run(cli, capture_output=True, text=True, timeout=900, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout)
+    assert out["promoted"] is False and "**rejected**" in Path(out["decision"]).read_text()
+    assert "reusing the finished run" in proc.stderr and "against the production v0001 model" in proc.stderr
+    assert "Decision: **rejected**" in proc.stderr and "recommendation" in proc.stderr  # results table + decision
+    assert len(proc.stderr.splitlines()) < 400  # the runner's full output went to the log, not the terminal
+    assert "Executing task 'promote'" in Path(out["log"]).read_text()
     assert reg.versions() == ["v0001"] and reg.production()["version"] == "v0001"
     assert (tmp_path / "k8s" / "inferenceservice-patch.yaml").read_bytes() == manifest
+    assert task_outputs(run, "promote")["Output"] is True
 
 
 @pytest.mark.slow

@@ -1,0 +1,187 @@
+"""Throughput and latency of the KServe ranking service under concurrent load, against the same requests sent one at
+a time, in one run.
+
+It starts `iranker serve` on loopback with the embedded model (no Feast), builds a mix of real requests - MovieLens-100K
+users (20 candidates), TREC DL 2019 queries with their BM25 top-20 passages, RouterBench-style routing queries over its
+11 models (the built-in sample; the three preferences) - then:
+- sequential: every request sent one at a time (one client);
+- concurrent: the same requests from `--clients` concurrent clients.
+It writes JSON: throughput (requests/s), p50/p95 latency, errors and HTTP statuses per phase, the ratio of the two
+throughputs, and the server's own batch-size histogram.
+
+Goal: no errors; throughput at concurrency 8 at least 3x the sequential throughput.
+
+    python benchmarks/bench_serve.py [--requests 200] [--clients 8] [--out benchmarks/results/bench_serve.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from iranker.data import sample_instances
+from iranker.data.public import dl19, movielens_requests
+
+V1 = "/v1/models/iranker:predict"
+
+
+def build_requests(shared: Path, n: int) -> tuple[list[dict], dict[str, int]]:
+    """A round-robin mix of the three scenarios, `n` requests."""
+    pools: dict[str, list[dict]] = {}
+    if (shared / "recommendation" / "ml-100k").exists():
+        pools["recommendation"] = [r.model_dump(exclude_none=True) for _, r in movielens_requests(shared, 80)]
+    if (shared / "passage").exists():
+        pools["passage"] = [r.model_dump(exclude_none=True) for _, r in dl19(shared, depth=20)[0]]
+    samples = sample_instances()
+    for scenario in ("recommendation", "routing", "passage"):
+        if scenario not in pools:
+            pools[scenario] = [i.to_request().model_dump(exclude_none=True) for i in samples if i.scenario == scenario]
+    order = ["recommendation", "routing", "passage"]
+    out = [pools[order[k % 3]][(k // 3) % len(pools[order[k % 3]])] for k in range(n)]
+    sizes = {s: sorted({len(r["candidates"]) for r in p}) for s, p in pools.items()}
+    return out, sizes
+
+
+def start_server(port: int, args: list[str]) -> subprocess.Popen:
+    proc = subprocess.Popen([sys.executable, "-m", "iranker.cli", "serve", "--http-port", str(port), "--no-features",
+                             *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"iranker serve exited: {proc.stderr.read()[-2000:]}")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/v2/models/iranker/ready", timeout=2).status_code == 200:
+                threading.Thread(target=proc.stderr.read, daemon=True).start()  # drain the log
+                return proc
+        except httpx.HTTPError:
+            pass
+        time.sleep(1)
+    proc.kill()
+    raise RuntimeError("the server did not become ready in 300 s")
+
+
+def run_phase(url: str, requests: list[dict], clients: int, timeout: float) -> dict:
+    """Send every request once from `clients` threads; per request: status and latency."""
+    results: list[tuple[int, float]] = [(-1, 0.0)] * len(requests)
+    next_index = iter(range(len(requests)))
+    lock = threading.Lock()
+
+    def client():
+        with httpx.Client(timeout=timeout) as http:
+            while True:
+                with lock:
+                    k = next(next_index, None)
+                if k is None:
+                    return
+                t = time.perf_counter()
+                try:
+                    status = http.post(url + V1, json={"instances": [requests[k]]}).status_code
+                except httpx.HTTPError:
+                    status = 0
+                results[k] = (status, time.perf_counter() - t)
+
+    t0 = time.perf_counter()
+    threads = [threading.Thread(target=client) for _ in range(clients)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    wall = time.perf_counter() - t0
+    lat = sorted(x for s, x in results if s == 200)
+    statuses: dict[str, int] = {}
+    for s, _ in results:
+        statuses[str(s)] = statuses.get(str(s), 0) + 1
+
+    def pct(p):
+        return lat[min(len(lat) - 1, round(p * (len(lat) - 1)))] if lat else None
+
+    return {"clients": clients, "requests": len(requests), "seconds": round(wall, 2),
+            "throughput_rps": round(len(lat) / wall, 4), "p50_s": pct(0.5), "p95_s": pct(0.95),
+            "mean_s": statistics.fmean(lat) if lat else None, "errors": len(requests) - len(lat),
+            "statuses": statuses}
+
+
+def batch_histogram(url: str) -> dict[str, float]:
+    text = httpx.get(url + "/metrics").text
+    out = {}
+    for line in text.splitlines():
+        if line.startswith(("iranker_batch_size_bucket", "iranker_batch_size_count", "iranker_batch_size_sum")):
+            name, value = line.rsplit(" ", 1)
+            out[name] = float(value)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--shared", default=str(ROOT.parent / "shared" / "data"))
+    ap.add_argument("--requests", type=int, default=200)
+    ap.add_argument("--clients", type=int, default=8)
+    ap.add_argument("--model", default=None, help="model to serve (default: the embedded SmolLM2-135M)")
+    ap.add_argument("--max-batch", type=int, default=16)
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "bench_serve.json"))
+    args = ap.parse_args()
+
+    requests, sizes = build_requests(Path(args.shared), args.requests)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"http://127.0.0.1:{port}"
+    server_args = ["--max-batch", str(args.max_batch), "--max-queue", str(max(64, 2 * args.clients)),
+                   "--deadline", "600", *(["--model", args.model] if args.model else [])]
+    print(f"[bench] starting the server ({' '.join(server_args)}); {len(requests)} requests, candidates {sizes}",
+          file=sys.stderr, flush=True)
+    proc = start_server(port, server_args)
+    try:
+        run_phase(url, requests[:3], 1, 600)  # warm-up
+        before = batch_histogram(url)
+        print("[bench] sequential phase", file=sys.stderr, flush=True)
+        seq = run_phase(url, requests, 1, 600)
+        print(f"[bench] sequential: {seq['throughput_rps']} req/s; concurrent phase ({args.clients} clients)",
+              file=sys.stderr, flush=True)
+        mid = batch_histogram(url)
+        conc = run_phase(url, requests, args.clients, 600)
+        after = batch_histogram(url)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    ratio = conc["throughput_rps"] / seq["throughput_rps"] if seq["throughput_rps"] else None
+    batches = {k: after.get(k, 0) - mid.get(k, 0) for k in after}
+    result = {
+        "benchmark": "bench_serve", "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
+                                                "python": platform.python_version()},
+        "model": args.model or "smollm2-135m", "backend": "transformers (in process), fast mode, cached layout",
+        "candidates": sizes, "sequential": seq, "concurrent": conc,
+        "throughput_ratio": round(ratio, 3) if ratio else None,
+        "mean_batch_size_sequential": round((mid.get("iranker_batch_size_sum", 0) - before.get(
+            "iranker_batch_size_sum", 0)) / max(1, mid.get("iranker_batch_size_count", 0) - before.get(
+                "iranker_batch_size_count", 0)), 2),
+        "mean_batch_size_concurrent": round(batches.get("iranker_batch_size_sum", 0)
+                                            / max(1, batches.get("iranker_batch_size_count", 0)), 2),
+        "goals": {"no_errors": seq["errors"] == 0 and conc["errors"] == 0,
+                  "throughput_ratio_at_least_3": bool(ratio and ratio >= 3)},
+    }
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=1))
+    print(json.dumps({k: result[k] for k in ("throughput_ratio", "mean_batch_size_concurrent", "goals")}))
+    print(f"sequential {seq['throughput_rps']} req/s (p50 {seq['p50_s']:.2f} s, p95 {seq['p95_s']:.2f} s); "
+          f"concurrent x{args.clients} {conc['throughput_rps']} req/s (p50 {conc['p50_s']:.2f} s, "
+          f"p95 {conc['p95_s']:.2f} s); ratio {ratio:.2f}; errors {seq['errors']} + {conc['errors']}",
+          file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
