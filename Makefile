@@ -39,7 +39,8 @@ test-fast: install
 # The Kubeflow pipeline on the built-in samples, run locally by kfp.local: ingest (DVC), validate (Great
 # Expectations), Feast features, a few PPO updates of the embedded model, evaluation, promotion gate.
 demo: install model
-	$(VENV)/bin/iranker pipeline run --local --profile demo
+	$(VENV)/bin/iranker pipeline run --local --profile demo \
+	    --param 'recommendation_params={split: "train:0.5,test:0.5"}'
 
 bench: install model
 	$(PY) benchmarks/bench_rank.py
