@@ -65,7 +65,7 @@ def start_server(port: int, args: list[str]) -> subprocess.Popen:
             raise RuntimeError(f"iranker serve exited: {proc.stderr.read()[-2000:]}")
         try:
             if httpx.get(f"http://127.0.0.1:{port}/v2/models/iranker/ready", timeout=2).status_code == 200:
-                threading.Thread(target=proc.stderr.read, daemon=True).start()  # drain the log
+                threading.Thread(target=lambda: [None for _ in proc.stderr], daemon=True).start()  # drain the log
                 return proc
         except httpx.HTTPError:
             pass

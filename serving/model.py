@@ -199,7 +199,8 @@ class IRankerModel(kserve.Model):
                     raise InvalidInput(f"{at}: not valid JSON ({e})") from None
             if not isinstance(item, dict):
                 raise InvalidInput(f"{at}: expected a JSON object (a RankRequest), got {type(item).__name__}")
-            if len(item.get("candidates") or []) > self.config.max_candidates:
+            candidates = item.get("candidates")
+            if isinstance(candidates, list) and len(candidates) > self.config.max_candidates:
                 raise InvalidInput(f"{at}.candidates: at most {self.config.max_candidates} candidates")
             try:
                 req = RankRequest.model_validate(item)

@@ -19,7 +19,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from iranker.prompts import sanitize
-from iranker.schema import RankRequest, RankResponse
+from iranker.schema import RankRequest, RankResponse, Usage
+
+pytestmark = pytest.mark.slow  # real servers: ~15 s to start each
 
 PASSAGE = {"scenario": "passage", "query": "how do vaccines work",
            "candidates": [{"id": f"d{i}", "text": f"passage {i} about vaccines and the immune system"}
@@ -40,14 +42,17 @@ class Server:
     def __init__(self, *args: str, env: dict | None = None):
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.log = open(os.devnull, "w")  # noqa: SIM115
+        import tempfile
+
+        self.log = tempfile.NamedTemporaryFile("w+", prefix="iranker-serve-", suffix=".log")  # noqa: SIM115
         self.proc = subprocess.Popen([sys.executable, "-m", "iranker.cli", "serve", "--http-port", str(self.port),
-                                      *args], stdout=self.log, stderr=subprocess.PIPE, text=True,
+                                      *args], stdout=self.log, stderr=subprocess.STDOUT, text=True,
                                      env={**os.environ, **(env or {})})
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"iranker serve exited: {self.proc.stderr.read()[-3000:]}")
+                self.log.seek(0)
+                raise RuntimeError(f"iranker serve exited: {self.log.read()[-3000:]}")
             try:
                 if httpx.get(f"{self.url}/v2/models/iranker/ready", timeout=2).status_code == 200:
                     return
@@ -103,7 +108,8 @@ def test_v1_ranks_a_request(server):
     assert r.status_code == 200, r.text
     resp = RankResponse.model_validate(r.json()["predictions"][0])
     assert sorted(resp.ranking) == sorted(c["id"] for c in PASSAGE["candidates"])
-    assert resp.usage.llm_calls == 4 and [e.step for e in resp.eliminated] == [1, 2, 3, 4]
+    assert [e.step for e in resp.eliminated] == [1, 2, 3, 4]  # 4 decisions, in at most 4 passes (speculation)
+    assert 1 <= resp.usage.llm_calls <= 4 and resp.model.startswith("tiny-model")
 
 
 def test_v2_carries_request_json_in_a_bytes_tensor_and_agrees_with_v1(server):
@@ -248,7 +254,7 @@ def _reqs(n):
 
 
 def _answer(reqs):
-    return [RankResponse(ranking=[c.id for c in r.candidates], eliminated=[], model="echo") for r in reqs]
+    return [RankResponse(ranking=[c.id for c in r.candidates], eliminated=[], model="echo", usage=Usage()) for r in reqs]
 
 
 def test_concurrent_requests_are_ranked_together():
@@ -311,9 +317,16 @@ def test_the_server_as_a_transformer_in_front_of_an_openai_compatible_predictor(
         r = remote.post(V1, {"instances": [PASSAGE]})
         assert r.status_code == 200, r.text
         got = r.json()["predictions"][0]
-        assert got["model"] == "iranker-predictor" and got["usage"]["llm_calls"] == 4
-        assert len(standin.bodies) == 4 and all(b["path"] == "/v1/completions" for b in standin.bodies)
-        assert got["ranking"] == server.post(V1, {"instances": [PASSAGE]}).json()["predictions"][0]["ranking"]
+        assert got["model"] == "iranker-predictor" and len(got["eliminated"]) == 4
+        assert len(standin.bodies) == got["usage"]["llm_calls"] >= 1
+        assert all(b["path"] == "/v1/completions" for b in standin.bodies)
+        # the same as ranking in process through the same backend and predictor (misses counted, not hidden)
+        from iranker.backends.openai import OpenAIBackend
+        from iranker.ranker import RankerConfig, rank_requests
+
+        direct = rank_requests(OpenAIBackend(standin.url, "iranker-predictor", tokenizer=str(tiny_model_dir)),
+                               [RankRequest.model_validate(PASSAGE)], RankerConfig())[0]
+        assert got["ranking"] == direct.ranking and got["parse_failures"] == direct.parse_failures
     finally:
         remote.close()
         standin.close()
