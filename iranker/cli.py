@@ -290,7 +290,7 @@ def _pipeline_params(pairs: list[str]) -> dict:
 def cmd_pipeline_compile(args) -> None:
     pl = _pipeline_module()
     gpu = None if args.no_gpu else {**pl.GPU, "limit": args.gpus}
-    path = pl.compile_pipeline(args.out or pl.COMPILED, gpu=gpu)
+    path = pl.compile_pipeline(args.out or pl.COMPILED, gpu=gpu, k8s=None if args.out else pl.K8S_RESOURCES)
     _say(f"compiled {path} (train step: {'CPU' if gpu is None else f'{args.gpus} x ' + pl.GPU['accelerator']})")
     print(json.dumps({"pipeline": str(path)}))
 

@@ -225,24 +225,24 @@ def decision_markdown(decision: dict[str, Any]) -> str:
 
 # ----------------------------------------------------------------------------------------------- GitOps manifest
 
-def render_manifest(pointer: dict[str, Any], manifests_dir: str | Path, service: str = "iranker") -> Path:
-    """Write the KServe change for a newly promoted version: a kustomize patch of the InferenceService that points
-    the predictor at the version's model and labels it. Committing it is the GitOps change Argo CD syncs."""
+def render_manifest(pointer: dict[str, Any], manifests_dir: str | Path) -> Path:
+    """Write the GitOps change for a newly promoted version: `model.yaml` in `manifests_dir` (k8s/production), the
+    ConfigMap from which every overlay's InferenceService takes its model URI and version label (kustomize
+    replacements). Committing it is the change Argo CD syncs."""
     import yaml
 
     out = Path(manifests_dir)
     out.mkdir(parents=True, exist_ok=True)
-    patch = {
-        "apiVersion": "serving.kserve.io/v1beta1", "kind": "InferenceService",
-        "metadata": {"name": service,
-                     "labels": {"iranker.dev/model-version": pointer["version"]},
-                     "annotations": {"iranker.dev/model-uri": pointer["model_uri"],
-                                     "iranker.dev/promoted-at": pointer["promoted_at"]}},
-        "spec": {"predictor": {"model": {"storageUri": pointer["model_uri"]}}},
+    doc = {
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "iranker-production-model",
+                     "labels": {"iranker.dev/model-version": pointer["version"]}},
+        "data": {"version": pointer["version"], "model_uri": pointer["model_uri"],
+                 "promoted_at": pointer["promoted_at"]},
     }
-    path = out / "inferenceservice-patch.yaml"
+    path = out / "model.yaml"
     tmp = path.with_suffix(".yaml.tmp")
     tmp.write_text("# Rendered by the promotion step (iranker.registry.render_manifest); commit it to deploy.\n"
-                   + yaml.safe_dump(patch, sort_keys=False))
+                   + yaml.safe_dump(doc, sort_keys=False))
     tmp.replace(path)
     return path

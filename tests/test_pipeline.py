@@ -21,11 +21,16 @@ sys.path.insert(0, str(ROOT))
 # ----------------------------------------------------------------------------------------------- compiled YAML
 
 def test_committed_pipeline_yaml_is_not_stale(tmp_path):
-    from pipelines.iranker_pipeline import COMPILED, compile_pipeline
+    from pipelines.iranker_pipeline import COMPILED, K8S_RESOURCES, compile_pipeline
 
-    fresh = compile_pipeline(tmp_path / "p.yaml")
+    fresh = compile_pipeline(tmp_path / "p.yaml", k8s=tmp_path / "kfp.yaml")
     assert fresh.read_text() == COMPILED.read_text(), (
         "pipelines/iranker_pipeline.yaml is stale: run `iranker pipeline compile` and commit it")
+    assert (tmp_path / "kfp.yaml").read_text() == K8S_RESOURCES.read_text(), (
+        "k8s/kfp/pipeline.yaml is stale: run `iranker pipeline compile` and commit it")
+    pipeline, version = yaml.safe_load_all(K8S_RESOURCES.read_text())
+    assert version["spec"]["pipelineName"] == pipeline["metadata"]["name"] == "iranker"
+    assert version["spec"]["pipelineSpec"]["pipelineInfo"]["name"] == "iranker"
 
 
 def test_every_pipeline_parameter_is_typed_defaulted_and_described():
@@ -170,9 +175,9 @@ def test_rendered_manifest_points_kserve_at_the_version(tmp_path):
     path = render_manifest({"version": "v0007", "model_uri": "s3://iranker/registry/versions/v0007/model",
                             "promoted_at": "2026-01-01T00:00:00+00:00"}, tmp_path / "k8s")
     doc = yaml.safe_load(path.read_text())
-    assert doc["kind"] == "InferenceService" and doc["metadata"]["name"] == "iranker"
-    assert doc["spec"]["predictor"]["model"]["storageUri"].endswith("v0007/model")
-    assert doc["metadata"]["labels"]["iranker.dev/model-version"] == "v0007"
+    assert path.name == "model.yaml" and doc["kind"] == "ConfigMap"
+    assert doc["metadata"]["name"] == "iranker-production-model"
+    assert doc["data"]["model_uri"].endswith("v0007/model") and doc["data"]["version"] == "v0007"
 
 
 def _eval_dir(tmp_path, metrics, rows, production_version=None, name="eval"):
@@ -201,7 +206,7 @@ def test_promote_step_first_model_then_a_rejection_that_changes_nothing(tmp_path
     assert reg.card("v0001")["code_version"]["git"] == "deadbeef"
     assert (reg_dir / "versions" / "v0001" / "metrics.json").exists()
     assert "data version" in (reg_dir / "versions" / "v0001" / "MODEL_CARD.md").read_text()
-    manifest = (k8s / "inferenceservice-patch.yaml").read_bytes()
+    manifest = (k8s / "model.yaml").read_bytes()
     assert b"v0001" in manifest
     assert "**promoted**" in (tmp_path / "decision1.md").read_text()
 
@@ -212,7 +217,7 @@ def test_promote_step_first_model_then_a_rejection_that_changes_nothing(tmp_path
                           report=str(tmp_path / "decision2.md"))
     assert not second["promoted"] and second["production"] == "v0001"
     assert reg.versions() == ["v0001"] and reg.production()["version"] == "v0001"
-    assert (k8s / "inferenceservice-patch.yaml").read_bytes() == manifest
+    assert (k8s / "model.yaml").read_bytes() == manifest
     text = (tmp_path / "decision2.md").read_text()
     assert "**rejected**" in text and "ml (recommendation): mrr may be worse than production v0001" in text
     assert [d["promote"] for d in reg.decisions()] == [True, False]
@@ -248,7 +253,7 @@ def test_local_pipeline_promotes_the_first_model_then_rejects_and_reuses_trainin
     assert card["profile"] == "smoke" and card["params"]["steps"] == 6
     assert len(card["data_version"]) == 3 and card["code_version"]["iranker"]
     assert (tmp_path / "data" / "routing" / "instances.jsonl").exists()
-    manifest = (tmp_path / "k8s" / "inferenceservice-patch.yaml").read_bytes()
+    manifest = (tmp_path / "k8s" / "model.yaml").read_bytes()
     metrics = json.loads((run / "evaluate" / "evaluation" / "metrics.json").read_text())
     assert {r["scenario"] for r in metrics["results"]} == {"recommendation", "routing", "passage"}
     assert all({"random (expected)", "first-stage", "base (iterative)"} <= set(r["baselines"]) for r in metrics["results"])
@@ -276,7 +281,7 @@ def test_local_pipeline_promotes_the_first_model_then_rejects_and_reuses_trainin
     assert len(proc.stderr.splitlines()) < 400  # the runner's full output went to the log, not the terminal
     assert "Executing task 'promote'" in Path(out["log"]).read_text()
     assert reg.versions() == ["v0001"] and reg.production()["version"] == "v0001"
-    assert (tmp_path / "k8s" / "inferenceservice-patch.yaml").read_bytes() == manifest
+    assert (tmp_path / "k8s" / "model.yaml").read_bytes() == manifest
     assert task_outputs(run, "promote")["Output"] is True
 
 
@@ -405,3 +410,28 @@ def test_submit_uploads_the_pipeline_then_new_versions_and_starts_runs():
     assert nightly["recurring_run_id"] == "rr1"
     schedule = json.loads(posts[-1][1])
     assert schedule["trigger"]["cron_schedule"]["cron"] == "0 0 3 * * *" and int(schedule["max_concurrency"]) == 1
+
+
+def test_train_step_resumes_a_killed_run_and_reuses_a_finished_one(tmp_path):
+    import hashlib
+
+    from iranker.data import ingest
+    from iranker.pipeline import profile_path, train_step
+    from iranker.train import load_config
+    from iranker.train.ppo import run_training
+
+    data = tmp_path / "routing"
+    ingest("routerbench", ROOT / "samples" / "routerbench", data, dvc=False)
+    cfg = load_config(profile_path("smoke"), {"data": [str(data)]})
+    key = hashlib.sha256(json.dumps({"config": cfg.model_dump(exclude={"data"}), "data": ["v1"]}, sort_keys=True,
+                                    default=str).encode()).hexdigest()[:12]
+    run_training(cfg, tmp_path / "runs" / key, progress=False, stop_after=2)  # a run killed after 2 updates
+    first = train_step("smoke", [str(data)], ["v1"], {}, str(tmp_path / "runs"), str(tmp_path / "m1"))
+    assert first["status"] == "resumed" and first["run"] == str(tmp_path / "runs" / key)
+    assert (tmp_path / "m1" / "config.json").exists() and (tmp_path / "m1" / "metrics.jsonl").exists()
+    steps = [json.loads(line)["step"] for line in (tmp_path / "m1" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, 7))  # updates 1-2 from the killed run, 3-6 after resuming
+    again = train_step("smoke", [str(data)], ["v1"], {}, str(tmp_path / "runs"), str(tmp_path / "m2"))
+    assert again["status"] == "reused"
+    other = train_step("smoke", [str(data)], ["v2"], {"steps": 2}, str(tmp_path / "runs"), str(tmp_path / "m3"))
+    assert other["status"] == "trained" and other["run"] != first["run"]  # new data version: a new run
