@@ -156,8 +156,11 @@ def main() -> None:
         conc = run_phase(url, requests, args.clients, 600)
         after = batch_histogram(url)
     finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+        proc.terminate()  # KServe drains in-flight requests on SIGTERM; do not wait for a long queue
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
     ratio = conc["throughput_rps"] / seq["throughput_rps"] if seq["throughput_rps"] else None
     batches = {k: after.get(k, 0) - mid.get(k, 0) for k in after}
     result = {
