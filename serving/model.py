@@ -128,6 +128,8 @@ class Batcher:
             m.BATCH_SIZE.observe(len(live))
             try:
                 responses = await loop.run_in_executor(self.executor, self.rank, [i.request for i in live])
+                if len(responses) != len(live):
+                    raise RuntimeError(f"ranking returned {len(responses)} responses for {len(live)} requests")
             except Exception as e:  # a failed batch fails its requests, not the worker
                 logger.exception("ranking failed")
                 for i in live:

@@ -330,3 +330,24 @@ def test_the_server_as_a_transformer_in_front_of_an_openai_compatible_predictor(
     finally:
         remote.close()
         standin.close()
+
+
+def test_a_failed_batch_fails_its_requests_and_the_worker_goes_on():
+    sys.path.insert(0, str(ROOT))
+    from serving.model import Batcher, ServeConfig
+
+    calls = []
+
+    def rank(reqs):
+        calls.append(len(reqs))
+        if len(calls) == 1:
+            raise RuntimeError("backend down")
+        return _answer(reqs)
+
+    async def main():
+        b = Batcher(rank, ServeConfig(max_wait_ms=0))
+        with pytest.raises(RuntimeError, match="backend down"):
+            await b.submit(_reqs(1))
+        return await b.submit(_reqs(2))
+
+    assert len(asyncio.run(main())) == 2 and calls == [1, 2]
