@@ -17,6 +17,21 @@ from kfp import dsl
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+
+def _hide_dockerfiles_folder() -> None:
+    """The repository's docker/ folder (Dockerfiles) is importable as a namespace package `docker` whenever the
+    repository root is on sys.path; kfp.local would take it for the Docker SDK and fail. When the SDK is not
+    installed, make `import docker` fail as it should."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("docker") if "docker" not in sys.modules else None
+    if spec is not None and spec.origin in (None, "namespace") and not any(
+            (Path(p) / "__init__.py").exists() for p in (spec.submodule_search_locations or [])):
+        sys.modules["docker"] = None  # type: ignore[assignment]
+
+
+_hide_dockerfiles_folder()
+
 from components.steps import build_features, evaluate, ingest, promote, train, validate
 
 NAME = "iranker"
