@@ -169,6 +169,12 @@ class IRankerModel(kserve.Model):
             from iranker.features import UserFeatures
 
             self.features = UserFeatures(self.feature_repo)
+            try:  # an unapplied or unmaterialized repository: serve without lookups rather than fail requests
+                self.features.context(["iranker-readiness-probe"])
+            except Exception as e:  # noqa: BLE001 - Feast raises many types here
+                logger.warning("iranker: Feast lookups off: %s is not usable (%s); run `iranker features apply` "
+                               "and `materialize`", self.feature_repo, str(e).splitlines()[0] if str(e) else e)
+                self.features = None
         config = RankerConfig(batch_size=self.config.max_batch, **self.ranker_options)
         backend = self.backend
         self.batcher = Batcher(lambda reqs: rank_requests(backend, reqs, config), self.config)

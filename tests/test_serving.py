@@ -230,9 +230,11 @@ def test_random_requests_never_get_a_5xx(server, junk, scenario):
 # ------------------------------------------------------------------------------------- overload, auth
 
 @pytest.fixture(scope="module")
-def guarded(tiny_model_dir):
-    s = Server("--model", str(tiny_model_dir), "--no-features", "--max-queue", "0", "--token-env", "TEST_TOKEN",
-               env={"TEST_TOKEN": "s3cret"})
+def guarded(tiny_model_dir, tmp_path_factory):
+    empty_repo = tmp_path_factory.mktemp("feast-empty") / "feature_repo"  # never applied nor materialized
+    shutil.copytree(ROOT / "feature_repo", empty_repo, ignore=shutil.ignore_patterns("data", "__pycache__"))
+    s = Server("--model", str(tiny_model_dir), "--feature-repo", str(empty_repo), "--max-queue", "0",
+               "--token-env", "TEST_TOKEN", env={"TEST_TOKEN": "s3cret"})
     yield s
     s.close()
 
@@ -245,6 +247,10 @@ def test_a_full_queue_answers_503_with_retry_after_and_auth_is_checked_first(gua
     assert httpx.get(f"{guarded.url}/v2/health/ready").status_code == 200  # health stays open
     assert 'iranker_requests_total{scenario="passage",status="overloaded"} 1.0' in \
         httpx.get(f"{guarded.url}/metrics").text
+    # an unusable Feast repository turns lookups off at load: a user id alone is then a 400, not a 500
+    r = guarded.post(V1, {"instances": [{"scenario": "recommendation", "user_id": "196",
+                                         "candidates": _candidates(3)}]}, headers={"Authorization": "Bearer s3cret"})
+    assert r.status_code == 400 and "instances[0].history: required" in r.json()["error"]
 
 
 # ------------------------------------------------------------------------------------------- the batcher
