@@ -1,6 +1,6 @@
 """Offline checks of everything under k8s/ (run by `make test` through tests/test_k8s.py, or directly:
-`python k8s/check.py`). Each failure names the file (the kustomization, or the manifest file of a resource) and the
-field.
+`python k8s/check.py`). Each failure names the manifest file that declares the resource, the kustomization that
+was built, and the field.
 
 - every kustomization builds (`kubectl kustomize`);
 - core kinds pass `kubernetes-validate --strict` (unknown fields rejected);
@@ -37,12 +37,30 @@ SCHEMAS = Path(os.environ.get("IRANKER_K8S_SCHEMAS", ROOT.parent / "shared" / "k
 @dataclass(frozen=True)
 class Failure:
     check: str
-    where: str   # file (kustomization folder or manifest) and resource
+    where: str   # the kustomization that was built, and the resource
     field: str
     message: str
+    file: str = ""  # the manifest file that declares the resource (patched in `where` when an overlay changes it)
 
     def __str__(self) -> str:
-        return f"{self.check}: {self.where}: {self.field}: {self.message}"
+        return f"{self.check}: {self.file or self.where}: {self.where}: {self.field}: {self.message}"
+
+
+def source_files(root: Path) -> dict[tuple[str, str], str]:
+    """(kind, name) -> the first manifest under `root` that declares it (kustomizations excluded)."""
+    out: dict[tuple[str, str], str] = {}
+    for path in sorted(root.rglob("*.yaml")):
+        if path.name == "kustomization.yaml":
+            continue
+        try:
+            docs = list(yaml.safe_load_all(path.read_text()))
+        except yaml.YAMLError:
+            continue
+        for d in docs:
+            if isinstance(d, dict) and d.get("kind") and isinstance(d.get("metadata"), dict):
+                out.setdefault((d["kind"], d["metadata"].get("name", "")),
+                               os.path.relpath(path, root.parent))
+    return out
 
 
 def build(root: Path, name: str) -> tuple[list[dict], list[Failure]]:
@@ -233,6 +251,17 @@ def check_scripts(root: Path) -> list[Failure]:
 
 
 def run(root: Path = HERE) -> tuple[list[Failure], list[str]]:
+    failures, notes = _run(root)
+    files = source_files(root)
+    named = []
+    for f in failures:
+        kind_name = f.where.split(" ", 1)[-1].split("/", 1) if " " in f.where else []
+        file = files.get(tuple(kind_name), "") if len(kind_name) == 2 else ""
+        named.append(Failure(f.check, f.where, f.field, f.message, file or f.file))
+    return named, notes
+
+
+def _run(root: Path) -> tuple[list[Failure], list[str]]:
     failures, notes = [], []
     if not SCHEMAS.is_dir():
         notes.append(f"{SCHEMAS}: no CRD schemas; custom resources are not schema-checked (set IRANKER_K8S_SCHEMAS)")

@@ -73,6 +73,10 @@ def test_broken_manifests_are_caught_with_file_and_field(tmp_path):
         ("kustomize", "k8s/training/kustomization.yaml", "-"),
     }
     assert expected <= found, "\n".join(map(str, failures))
+    files = {(f.check, f.where): f.file for f in failures}
+    assert files[("resources", "k8s/base InferenceService/iranker")] == "k8s/base/inferenceservice.yaml"
+    assert files[("secrets", "k8s/base Secret/leak")] == "k8s/base/leak.yaml"
+    assert files[("security", "k8s/minio Deployment/minio")] == "k8s/minio/minio.yaml"
     if check.SCHEMAS.is_dir():
         assert ("crd-schema", "k8s/base FeatureStore/iranker", "spec.feastProjct") in found
         assert any(f.check == "crd-schema" and "feastProject" in f.message for f in failures)  # required
