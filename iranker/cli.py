@@ -141,6 +141,19 @@ def cmd_demo(args) -> None:
     print(json.dumps({"model": backend.name, "scenarios": scores}, indent=1))
 
 
+def _yaml_pairs(pairs: list[str], flag: str, form: str) -> dict:
+    """KEY=VALUE options whose values are YAML (numbers, lists, mappings); an empty value stays ''."""
+    import yaml
+
+    out = {}
+    for p in pairs:
+        key, sep, value = p.partition("=")
+        if not sep or not key.strip():
+            _die(f"{flag} {p}: expected {form}")
+        out[key.strip()] = yaml.safe_load(value) if value.strip() else value
+    return out
+
+
 def _say(msg: str) -> None:
     print(f"[iranker] {msg}", file=sys.stderr, flush=True)
 
@@ -218,18 +231,10 @@ def cmd_features_get(args) -> None:
 
 
 def cmd_train(args) -> None:
-    import yaml
-
     from iranker.train import load_config
     from iranker.train.ppo import run_training
 
-    overrides = {}
-    for p in args.set:
-        key, sep, value = p.partition("=")
-        if not sep:
-            _die(f"--set {p}: expected KEY=VALUE")
-        overrides[key] = yaml.safe_load(value)
-    cfg = load_config(args.config, overrides)
+    cfg = load_config(args.config, _yaml_pairs(args.set, "--set", "KEY=VALUE"))
     final = run_training(cfg, args.out, resume=args.resume, progress=True)
     print(json.dumps({"out": args.out, "model": str(final)}))
 
@@ -275,16 +280,7 @@ def _pipeline_module():
     return module
 
 
-def _pipeline_params(pairs: list[str]) -> dict:
-    import yaml
 
-    out = {}
-    for p in pairs:
-        key, sep, value = p.partition("=")
-        if not sep or not key:
-            _die(f"--param {p}: expected NAME=VALUE (a pipeline parameter)")
-        out[key.strip()] = yaml.safe_load(value) if value.strip() else value
-    return out
 
 
 def cmd_pipeline_compile(args) -> None:
@@ -307,7 +303,7 @@ def cmd_pipeline_run(args) -> None:
     pl = _pipeline_module()
     known = inspect.signature(pl.build_pipeline(gpu=None).pipeline_func).parameters
     params = {"profile": args.profile, "registry": args.registry, "dvc": not args.no_dvc,
-              **_pipeline_params(args.param)}
+              **_yaml_pairs(args.param, "--param", "NAME=VALUE (a pipeline parameter)")}
     unknown = [k for k in params if k not in known]
     if unknown:
         _die(f"--param {unknown[0]}: not a pipeline parameter; known: {', '.join(known)}")
@@ -338,7 +334,7 @@ def cmd_pipeline_submit(args) -> None:
     if not package.exists():
         _die(f"--package {package}: no such file; run `iranker pipeline compile` first")
     with contextlib.redirect_stdout(sys.stderr):  # kfp.Client prints links on stdout; stdout carries the JSON
-        result = pl.submit(args.host, experiment=args.experiment, params=_pipeline_params(args.param),
+        result = pl.submit(args.host, experiment=args.experiment, params=_yaml_pairs(args.param, "--param", "NAME=VALUE (a pipeline parameter)"),
                            version=args.version, package=package, namespace=args.namespace,
                            existing_token=os.environ.get("KFP_TOKEN"), cron=args.cron)
     _say(f"{'recurring run created' if args.cron else 'run started'}: {result['url']}")
@@ -351,10 +347,9 @@ def _serving_model(args):
 
     if args.model:
         return args.model, "--model"
-    from iranker.pipeline import resolve_path
-    from iranker.registry import Registry
+    from iranker.pipeline import open_registry
 
-    reg = Registry(args.registry if "://" in args.registry else resolve_path(args.registry))
+    reg = open_registry(args.registry)
     prod = reg.production()
     if prod:
         return str(reg.model_path(prod["version"])), f"registry {reg.url}, production {prod['version']}"

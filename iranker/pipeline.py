@@ -52,6 +52,13 @@ def resolve_path(path: str | Path) -> Path:
     return p if p.is_absolute() else ROOT / p
 
 
+def open_registry(location: str):
+    """The registry at an fsspec URL (s3://...) or a folder (relative to the project root)."""
+    from iranker.registry import Registry
+
+    return Registry(location if "://" in location else resolve_path(location))
+
+
 def _copy_tree(src: Path, dest: Path) -> None:
     """Copy a folder, hard-linking files where the filesystem allows (model folders are hundreds of MB)."""
     def link_or_copy(s, d):
@@ -175,9 +182,8 @@ def evaluate_step(datasets: list[str], model: str, base_model: str, registry: st
     the base model before the first promotion - and the simple baselines, on the same instances."""
     from iranker.evaluate.baselines import BASELINES
     from iranker.evaluate.harness import evaluate, load_eval_data
-    from iranker.registry import Registry
 
-    reg = Registry(resolve_path(registry) if "://" not in registry else registry)
+    reg = open_registry(registry)
     prod = reg.production()
     if prod:
         reference, reference_name = str(reg.model_path(prod["version"], Path(out) / ".registry-cache")), \
@@ -205,13 +211,13 @@ def promote_step(model: str, evaluation: str, registry: str, manifests_dir: str,
     """Gate the candidate on its evaluation; on promotion add it to the registry, move the production pointer and
     render the KServe manifest change; on rejection change nothing but the decision log. Writes the decision as
     Markdown to `report`."""
-    from iranker.registry import GateConfig, Registry, decision_markdown, gate, now, render_manifest
+    from iranker.registry import GateConfig, decision_markdown, gate, now, render_manifest
 
     ev = Path(evaluation)
     metrics = json.loads((ev / "metrics.json").read_text())
     per_instance = [json.loads(line) for line in (ev / "per_instance.jsonl").read_text().splitlines() if line]
     ref = json.loads((ev / "reference.json").read_text())
-    reg = Registry(resolve_path(registry) if "://" not in registry else registry)
+    reg = open_registry(registry)
     prod = reg.production()
     if (prod or {}).get("version") != ref["production_version"]:
         raise RuntimeError(f"registry {reg.url}: production moved to {prod and prod['version']} after the evaluation "

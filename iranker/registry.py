@@ -53,12 +53,16 @@ class Registry:
         path = self._p(*parts)
         return path if self.local else self.fs.unstrip_protocol(path)
 
-    def versions(self) -> list[str]:
-        """Complete versions (those with a card.json), oldest first."""
+    def _listed(self) -> list[str]:
+        """Every folder under versions/, complete or not."""
         if not self.fs.exists(self._p("versions")):
             return []
-        names = [posixpath.basename(p.rstrip("/")) for p in self.fs.ls(self._p("versions"), detail=False)]
-        return sorted(n for n in names if n.startswith("v") and self.fs.exists(self._p("versions", n, "card.json")))
+        return [posixpath.basename(p.rstrip("/")) for p in self.fs.ls(self._p("versions"), detail=False)]
+
+    def versions(self) -> list[str]:
+        """Complete versions (those with a card.json), oldest first."""
+        return sorted(n for n in self._listed() if n.startswith("v") and self.fs.exists(self._p("versions", n,
+                                                                                                   "card.json")))
 
     def card(self, version: str) -> dict[str, Any]:
         path = self._p("versions", version, "card.json")
@@ -96,9 +100,7 @@ class Registry:
         model_dir = Path(model_dir)
         if not (model_dir / "config.json").exists():
             raise FileNotFoundError(f"{model_dir}: not a transformers model folder (no config.json)")
-        existing = [posixpath.basename(p.rstrip("/")) for p in self.fs.ls(self._p("versions"), detail=False)] \
-            if self.fs.exists(self._p("versions")) else []
-        numbers = [int(n[1:]) for n in existing if n.startswith("v") and n[1:].isdigit()]
+        numbers = [int(n[1:]) for n in self._listed() if n.startswith("v") and n[1:].isdigit()]
         version = f"v{max(numbers, default=0) + 1:04d}"
         target = self._p("versions", version)
         self.fs.makedirs(target, exist_ok=True)
