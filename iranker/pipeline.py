@@ -86,10 +86,10 @@ def ingest_step(source: str, path: str, params: dict[str, Any], data_dir: str, n
     manifest = result.manifest
     return {"source": source, "path": str(path), "dataset": manifest["dataset"], "scenario": manifest["scenario"],
             "counts": manifest["counts"], "params": manifest["params"], "dvc": result.dvc,
-            "data_version": data_version(Path(out)), "code_version": code_version()}
+            "data_version": dataset_version(Path(out)), "code_version": code_version()}
 
 
-def data_version(folder: Path) -> str:
+def dataset_version(folder: Path) -> str:
     """A content version of a dataset folder: the hash of its manifest's output hashes (what DVC stores)."""
     from iranker.data import read_manifest
 
@@ -110,7 +110,7 @@ def validate_step(folder: str, report: str) -> dict[str, Any]:
     if not result.success:
         raise ValidationFailed(result)
     _say(f"{folder}: {len(result.checks)} expectations passed")
-    return {**summary, "data_version": data_version(Path(folder))}
+    return {**summary, "data_version": dataset_version(Path(folder))}
 
 
 # ----------------------------------------------------------------------------------------------------- features
@@ -128,7 +128,7 @@ def features_step(folder: str, repo: str) -> dict[str, Any]:
         rows = features.materialize(repo_path)
     _say(f"Feast: applied {', '.join(applied)}; materialized {rows}")
     return {"repo": str(repo_path), "applied": applied, "materialized": rows,
-            "rows": {k: len(v) for k, v in tables.items()}, "data_version": data_version(Path(folder))}
+            "rows": {k: len(v) for k, v in tables.items()}, "data_version": dataset_version(Path(folder))}
 
 
 # -------------------------------------------------------------------------------------------------------- train
