@@ -11,6 +11,7 @@ import pytest
 import torch
 from conftest import ROOT
 
+from iranker.rewards import exclusion_score
 from iranker.train import load_config
 from iranker.train.ppo import Trainer, gae, load_model, load_training_instances, run_training
 
@@ -49,7 +50,6 @@ def test_gae_matches_the_recursion():
 
 
 def _expected_reward(trainer, probe):
-    from iranker.rewards import exclusion_score
 
     with torch.no_grad():
         logp, _ = trainer._forward(trainer.model, probe, False)
@@ -195,7 +195,6 @@ def test_grpo_through_trl_writes_a_model_and_its_throughput(tmp_path, smoke):
 def test_verl_export_layout_and_reward_interface(tmp_path, smoke):
     import pandas as pd
 
-    from iranker.rewards import exclusion_score
     from iranker.train.verl import compute_score, export_verl
 
     cfg = smoke.model_copy(update={"mode": "reasoning"})
@@ -251,6 +250,15 @@ def test_probe_logs_the_exact_expected_reward_on_held_out_pools(tmp_path, smoke)
     trainer = Trainer(cfg, instances, model, tok, tmp_path / "x", progress=False, probe_instances=probe_instances)
     assert len(trainer.probe_steps) == 5 and all(st.inst >= len(instances) for st in trainer.probe_steps)
     assert trainer.probe()["all"] == pytest.approx(_expected_reward(trainer, trainer.probe_steps))
+    # beside it, the uniform choice on the same pools: each pool's mean exclusion score
+    rand = sum(sum(exclusion_score(chr(65 + j), {chr(65 + i): g for i, g in enumerate(st.grades)})
+                   for j in range(len(st.grades))) / len(st.grades) for st in trainer.probe_steps) / 5
+    assert trainer.probe_random()["all"] == pytest.approx(rand) and 0 < rand < 1
+    assert all(p["random"] == pytest.approx(rand) for p in probes)
+    # position bias: how often the most likely choice is label [A], beside the uniform choice's 1/k
+    assert all(0 <= p["first_label"] <= 1 for p in probes)
+    assert trainer.probe_random()["first_label"] == pytest.approx(
+        sum(1 / len(st.pool) for st in trainer.probe_steps) / 5)
 
 
 def test_select_checkpoint_scores_on_validation_pools_and_writes_the_best(tmp_path, smoke):
@@ -260,9 +268,10 @@ def test_select_checkpoint_scores_on_validation_pools_and_writes_the_best(tmp_pa
     states = sorted((tmp_path / "run" / "checkpoints").glob("step-*/state.pt"))
     assert len(states) == 3
     result = select_checkpoint(tmp_path / "run", states, pools=6, log=lambda m: None)
-    assert set(result["scores"]) == {"step-2", "step-4", "step-6"}  # full fine-tuning: no adapter-free base
+    # full fine-tuning: no adapter-free base; the uniform choice on the same pools is scored beside the steps
+    assert set(result["scores"]) == {"random", "step-2", "step-4", "step-6"}
     best = result["scores"][result["best"]]["all"]
-    assert all(0 <= s["all"] <= best for s in result["scores"].values())
+    assert all(0 <= s["all"] <= best for k, s in result["scores"].items() if k != "random")
     saved = json.loads((tmp_path / "run" / "selected" / "selection.json").read_text())
     assert saved["best"] == result["best"] and saved["pools"] == 6
     assert (tmp_path / "run" / "selected" / "final" / "model.safetensors").exists()

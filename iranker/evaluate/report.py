@@ -134,10 +134,12 @@ def write_plots(metrics: dict, out: Path, train_run: str | Path | None = None) -
             probe_path = Path(train_run) / "probe.jsonl"
             if probe_path.exists():
                 probes = [json.loads(x) for x in probe_path.read_text().splitlines() if x.strip()]
-                for key in sorted({k for p in probes for k in p if k != "step"}):
-                    pts = [(p["step"], p[key]) for p in probes if key in p]
-                    ax.plot(*zip(*pts, strict=True), marker="o", linestyle="--",
-                            label=f"held-out probe: {key} (exact expectation)")
+                for key in sorted({k for p in probes for k in p if k not in ("step", "first_label")}):
+                    pts = [(p["step"], p[key]) for p in probes if p.get(key) is not None]
+                    label = ("held-out probe: uniform random choice, same pools" if key == "random"
+                             else f"held-out probe: {key} (exact expectation)")
+                    ax.plot(*zip(*pts, strict=True), marker="" if key == "random" else "o",
+                            linestyle=":" if key == "random" else "--", label=label)
             ax.set_xlabel("update")
             ax.set_ylabel("exclusion reward per elimination step")
             ax.legend()

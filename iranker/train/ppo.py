@@ -125,17 +125,32 @@ class Trainer:
                 steps.append(Step(offset + k, pool, [probe[k].grade(probe[k].candidates[i].id) for i in pool]))
         return steps
 
-    def probe(self) -> dict[str, float]:
-        """Exact expected exclusion reward of the current policy on the probe pools: overall and per scenario."""
+    def _probe_means(self, score: Callable[[Step], tuple[float, float]]) -> dict[str, float]:
         sums: dict[str, list[float]] = {}
+        firsts = []
+        for st in self.probe_steps:
+            value, first = score(st)
+            firsts.append(first)
+            for key in ("all", self.probe_scenarios[st.inst]):
+                sums.setdefault(key, []).append(value)
+        return {**{k: sum(v) / len(v) for k, v in sums.items()}, "first_label": sum(firsts) / len(firsts)}
+
+    def probe_random(self) -> dict[str, float]:
+        """`probe` for a uniformly random choice on the same pools: its baseline."""
+        return self._probe_means(lambda st: (float(reward_row(st.grades)[: len(st.pool)].mean()), 1 / len(st.pool)))
+
+    def probe(self) -> dict[str, float]:
+        """Exact expected exclusion reward of the current policy on the probe pools, overall and per scenario;
+        `first_label`: the share of pools whose most likely choice is label [A] (a position bias; uniform: the
+        mean of 1/pool size)."""
         self.model.eval()
+
+        def score(st: Step) -> tuple[float, float]:
+            logp, _ = self._forward(self.model, [st], False)
+            return float((logp[0].exp() * reward_row(st.grades)).sum()), float(int(logp[0].argmax()) == 0)
+
         with torch.no_grad():
-            for st in self.probe_steps:
-                logp, _ = self._forward(self.model, [st], False)
-                value = float((logp[0].exp() * reward_row(st.grades)).sum())
-                for key in ("all", self.probe_scenarios[st.inst]):
-                    sums.setdefault(key, []).append(value)
-        return {k: sum(v) / len(v) for k, v in sums.items()}
+            return self._probe_means(score)
 
     # ------------------------------------------------------------------------------------------- model passes
 
@@ -481,10 +496,12 @@ class Trainer:
                    file=sys.stderr)
         probe_now = bool(self.probe_steps) and self.cfg.mode == "fast"
 
+        random_all = self.probe_random()["all"] if probe_now else None
+
         def run_probe() -> dict[str, float]:
             result = self.probe()
-            with (self.out / "probe.jsonl").open("a") as f:
-                f.write(json.dumps({"step": self.step, **result}) + "\n")
+            with (self.out / "probe.jsonl").open("a") as f:  # "random": the uniform choice, same pools
+                f.write(json.dumps({"step": self.step, **result, "random": random_all}) + "\n")
             if writer:
                 for key, v in result.items():
                     writer.add_scalar(f"probe/{key}", v, self.step)
@@ -492,8 +509,12 @@ class Trainer:
 
         if probe_now and self.step == 0:
             first = run_probe()
+            rand = self.probe_random()
             self.say(f"probe: {len(self.probe_steps)} held-out pools, expected exclusion reward before training: "
-                     + ", ".join(f"{k} {v:.3f}" for k, v in first.items()))
+                     + ", ".join(f"{k} {v:.3f} (random {rand[k]:.3f})" for k, v in first.items()
+                                 if k != "first_label")
+                     + f"; most likely choice is the first label in {first['first_label']:.0%} of pools "
+                     f"(uniform: {rand['first_label']:.0%})")
         while self.step < self.cfg.steps:
             row = self.update(self.step)
             self.step += 1
@@ -670,7 +691,7 @@ def select_checkpoint(run: str | Path, states: list[Path], pools: int = 64, out:
     model, tokenizer = load_model(cfg)
     trainer = Trainer(cfg, load_training_instances(cfg), model, tokenizer, Path(out or run / "selected"),
                       progress=False, probe_instances=probe)
-    scores: dict[str, dict] = {}
+    scores: dict[str, dict] = {"random": trainer.probe_random()}
     if cfg.lora.r:
         with trainer.model.disable_adapter():
             scores["base"] = trainer.probe()
