@@ -13,7 +13,7 @@ from conftest import ROOT
 
 from iranker.rewards import exclusion_score
 from iranker.train import load_config
-from iranker.train.ppo import Trainer, gae, load_model, load_training_instances, run_training
+from iranker.train.ppo import Trainer, cyclic_orders, gae, load_model, load_training_instances, run_training
 
 SMOKE = ROOT / "configs" / "smoke.yaml"
 
@@ -277,3 +277,35 @@ def test_select_checkpoint_scores_on_validation_pools_and_writes_the_best(tmp_pa
     assert (tmp_path / "run" / "selected" / "final" / "model.safetensors").exists()
     with pytest.raises(ValueError, match="no checkpoints"):
         select_checkpoint(tmp_path / "run", [], pools=6)
+
+
+def test_position_balanced_pools_leave_nothing_for_a_position_preference(tmp_path, smoke):
+    """With `pools.balance_positions`, each random pool comes in all its cyclic orders, so a policy that prefers
+    label positions whatever the content earns the same expected reward from every preference: the update can
+    only follow the content."""
+    pools = smoke.pools.model_copy(update={"on_policy": 0.0, "balance_positions": True})
+    cfg = smoke.model_copy(update={"batch_size": 10, "pools": pools})
+    model, tok = load_model(cfg)
+    trainer = Trainer(cfg, load_training_instances(cfg), model, tok, tmp_path, progress=False)
+    batch = trainer.rollout(0)
+    steps, tables = batch["steps"], batch["reward_table"]
+    assert len(steps) >= cfg.batch_size
+    i = groups = 0
+    while i < len(steps):
+        k = len(steps[i].pool)
+        group = steps[i: i + k]
+        assert [s.pool for s in group] == cyclic_orders(steps[i].pool)
+        assert len({s.inst for s in group}) == 1
+        prefs = torch.randn(k, requires_grad=True)  # a preference for label positions, blind to content
+        sum((torch.softmax(prefs, 0) * tables[i + j][:k]).sum() for j in range(k)).backward()
+        assert prefs.grad.abs().max() < 1e-6
+        one = torch.randn(k, requires_grad=True)  # one order alone does reward some position preference
+        (torch.softmax(one, 0) * tables[i][:k]).sum().backward()
+        assert one.grad.abs().max() > 1e-4
+        i, groups = i + k, groups + 1
+    assert groups >= 2
+    # reasoning mode samples its pools the same way
+    cfg = cfg.model_copy(update={"mode": "reasoning", "batch_size": 3, "max_new_tokens": 4})
+    trainer = Trainer(cfg, load_training_instances(cfg), model, tok, tmp_path / "r", progress=False)
+    pools = [e["pool"] for e in trainer._reasoning_rollout(0)]
+    assert pools[: len(pools[0])] == cyclic_orders(pools[0]) and len(pools) >= 3

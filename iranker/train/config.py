@@ -35,6 +35,10 @@ class PoolConfig(_Section):
                                                             "signal sits in small pools")
     on_policy: float = Field(default=0.0, ge=0, le=1, description="share of episodes rolled out by the policy "
                                                                  "itself (multi-step, GAE) instead of random pools")
+    balance_positions: bool = Field(
+        default=False, description="show each random pool in all of its cyclic orders (k episodes for a pool of "
+                                   "k): every candidate takes every label position once, so a preference for a "
+                                   "position earns nothing within the group and the update follows the content")
 
 
 class PPOConfig(_Section):

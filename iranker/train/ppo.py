@@ -211,38 +211,40 @@ class Trainer:
                     continue
                 grades_all = [inst.grade(c.id) for c in inst.candidates]
                 on_policy = episodes < n_on_policy and len(pool) > 2
-                episodes += 1
-                ep_steps, ep_r, ep_v = [], [], []
-                while True:
-                    st = Step(k, list(pool), [grades_all[i] for i in pool])
-                    logp, v = self._forward(self.model, [st], True)
-                    if keep_graph:
-                        live_logps.append(logp[0])
-                        live_values.append(v[0])
-                    logp, v = logp.detach(), v.detach()
-                    probs = logp[0].exp()
-                    a = int(torch.multinomial(probs, 1, generator=gen))
-                    table = reward_row(st.grades)
-                    r, ex = float(table[a]), float((probs * table).sum())
-                    tables.append(table)
-                    old_logps.append(logp[0])
-                    ep_steps.append(st)
-                    actions.append(a)
-                    ep_r.append(r)
-                    expected.append(ex)
-                    ep_v.append(float(v[0]))
-                    pool = pool[:a] + pool[a + 1:]
-                    if not on_policy or len(pool) < 2 or len({grades_all[i] for i in pool}) < 2:
-                        break
-                steps += ep_steps
-                rewards += ep_r
-                if len(ep_steps) == 1 and cfg.ppo.baseline == "expected":
-                    adv.append(ep_r[0] - expected[-1])
-                    returns.append(ep_r[0])
-                else:
-                    a_t, r_t = gae(ep_r, ep_v, cfg.ppo.gamma, cfg.ppo.lam)
-                    adv += a_t
-                    returns += r_t
+                group = cyclic_orders(pool) if cfg.pools.balance_positions and not on_policy else [pool]
+                episodes += len(group)  # a position-balanced pool: one episode per cyclic order
+                for pool in group:
+                    ep_steps, ep_r, ep_v = [], [], []
+                    while True:
+                        st = Step(k, list(pool), [grades_all[i] for i in pool])
+                        logp, v = self._forward(self.model, [st], True)
+                        if keep_graph:
+                            live_logps.append(logp[0])
+                            live_values.append(v[0])
+                        logp, v = logp.detach(), v.detach()
+                        probs = logp[0].exp()
+                        a = int(torch.multinomial(probs, 1, generator=gen))
+                        table = reward_row(st.grades)
+                        r, ex = float(table[a]), float((probs * table).sum())
+                        tables.append(table)
+                        old_logps.append(logp[0])
+                        ep_steps.append(st)
+                        actions.append(a)
+                        ep_r.append(r)
+                        expected.append(ex)
+                        ep_v.append(float(v[0]))
+                        pool = pool[:a] + pool[a + 1:]
+                        if not on_policy or len(pool) < 2 or len({grades_all[i] for i in pool}) < 2:
+                            break
+                    steps += ep_steps
+                    rewards += ep_r
+                    if len(ep_steps) == 1 and cfg.ppo.baseline == "expected":
+                        adv.append(ep_r[0] - expected[-1])
+                        returns.append(ep_r[0])
+                    else:
+                        a_t, r_t = gae(ep_r, ep_v, cfg.ppo.gamma, cfg.ppo.lam)
+                        adv += a_t
+                        returns += r_t
         return {"steps": steps, "actions": torch.tensor(actions), "rewards": torch.tensor(rewards),
                 "expected": torch.tensor(expected), "advantages": torch.tensor(adv, dtype=torch.float32),
                 "returns": torch.tensor(returns, dtype=torch.float32), "reward_table": torch.stack(tables),
@@ -284,11 +286,12 @@ class Trainer:
             pool = sample_pool(rng, self.instances[k], cfg)
             if pool is None:
                 continue
-            prompt = iterative_prompt(self.contexts[k], pool, reasoning=True)
-            grades = {lab: self.instances[k].grade(self.instances[k].candidates[i].id)
-                      for lab, i in zip(prompt.labels, pool, strict=True)}
-            episodes.append({"inst": k, "pool": pool, "prompt_ids": self.encoder.encode(prompt).ids,
-                             "grades": grades})
+            for order in cyclic_orders(pool) if cfg.pools.balance_positions else [pool]:
+                prompt = iterative_prompt(self.contexts[k], order, reasoning=True)
+                grades = {lab: self.instances[k].grade(self.instances[k].candidates[i].id)
+                          for lab, i in zip(prompt.labels, order, strict=True)}
+                episodes.append({"inst": k, "pool": order, "prompt_ids": self.encoder.encode(prompt).ids,
+                                 "grades": grades})
         ids, mask = _left_pad([e["prompt_ids"] for e in episodes], self.pad_id)
         torch.manual_seed(int(rng.random() * 2**31))
         self.model.eval()
@@ -547,6 +550,15 @@ def lora_config(cfg: TrainConfig, model, **extra):
     return LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
                       target_modules=cfg.lora.target_modules, layers_to_transform=list(range(n_layers - top, n_layers)),
                       layers_pattern="layers", **extra)
+
+
+def cyclic_orders(pool: list[int]) -> list[list[int]]:
+    """The k cyclic orders of a pool of k: each candidate at each label position once.
+
+    >>> cyclic_orders([7, 3, 5])
+    [[7, 3, 5], [3, 5, 7], [5, 7, 3]]
+    """
+    return [pool[s:] + pool[:s] for s in range(len(pool))]
 
 
 def reward_row(grades: list[float]) -> torch.Tensor:
