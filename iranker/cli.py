@@ -280,7 +280,8 @@ def _pipeline_module():
     return module
 
 
-
+def _pipeline_params(pairs: list[str]) -> dict:
+    return _yaml_pairs(pairs, "--param", "NAME=VALUE (a pipeline parameter)")
 
 
 def cmd_pipeline_compile(args) -> None:
@@ -303,7 +304,7 @@ def cmd_pipeline_run(args) -> None:
     pl = _pipeline_module()
     known = inspect.signature(pl.build_pipeline(gpu=None).pipeline_func).parameters
     params = {"profile": args.profile, "registry": args.registry, "dvc": not args.no_dvc,
-              **_yaml_pairs(args.param, "--param", "NAME=VALUE (a pipeline parameter)")}
+              **_pipeline_params(args.param)}
     unknown = [k for k in params if k not in known]
     if unknown:
         _die(f"--param {unknown[0]}: not a pipeline parameter; known: {', '.join(known)}")
@@ -334,7 +335,7 @@ def cmd_pipeline_submit(args) -> None:
     if not package.exists():
         _die(f"--package {package}: no such file; run `iranker pipeline compile` first")
     with contextlib.redirect_stdout(sys.stderr):  # kfp.Client prints links on stdout; stdout carries the JSON
-        result = pl.submit(args.host, experiment=args.experiment, params=_yaml_pairs(args.param, "--param", "NAME=VALUE (a pipeline parameter)"),
+        result = pl.submit(args.host, experiment=args.experiment, params=_pipeline_params(args.param),
                            version=args.version, package=package, namespace=args.namespace,
                            existing_token=os.environ.get("KFP_TOKEN"), cron=args.cron)
     _say(f"{'recurring run created' if args.cron else 'run started'}: {result['url']}")
