@@ -34,7 +34,8 @@ sys.path.insert(0, str(ROOT))
 
 from iranker.evaluate.harness import evaluate, load_eval_data
 from iranker.train import load_config
-from iranker.train.ppo import run_training, select_checkpoint
+from iranker.train.loop import run_training
+from iranker.train.select import select_checkpoint
 
 
 def say(msg: str) -> None:
@@ -160,7 +161,7 @@ def main() -> None:
     say(f"evaluating {len(data.instances)} test instances: trained vs base")
     t1 = time.perf_counter()
     metrics = evaluate(data, args.report, model=str(model_dir), direct=not args.no_direct,
-                       max_words=cfg.max_words, train_run=run)
+                       max_words=cfg.ranking.max_words, train_run=run)
     eval_s = time.perf_counter() - t1
 
     speed = {}

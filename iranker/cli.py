@@ -119,7 +119,8 @@ def cmd_rank(args) -> None:
 
 
 def cmd_demo(args) -> None:
-    from iranker.evaluate import format_table, load_instances, score_by_scenario
+    from iranker.evaluate import format_table, score_by_scenario
+    from iranker.io import load_instances
     from iranker.ranker import RankerConfig, rank_requests
 
     if args.instances:
@@ -232,7 +233,7 @@ def cmd_features_get(args) -> None:
 
 def cmd_train(args) -> None:
     from iranker.train import load_config
-    from iranker.train.ppo import run_training
+    from iranker.train.loop import run_training
 
     cfg = load_config(args.config, _yaml_pairs(args.set, "--set", "KEY=VALUE"))
     final = run_training(cfg, args.out, resume=args.resume, progress=True)

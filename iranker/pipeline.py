@@ -149,7 +149,8 @@ def train_step(profile: str, datasets: list[str], data_versions: list[str], over
     a re-run reuses a finished run and resumes a killed one from its last checkpoint. Copies the final model to
     `out` (a transformers folder)."""
     from iranker.train import load_config
-    from iranker.train.ppo import base_model_path, run_training
+    from iranker.train.loop import run_training
+    from iranker.train.modeling import base_model_path
 
     cfg = load_config(profile_path(profile), {**(overrides or {}), "data": list(datasets)})
     settings = cfg.model_dump(exclude={"data"})

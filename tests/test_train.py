@@ -13,7 +13,9 @@ from conftest import ROOT
 
 from iranker.rewards import exclusion_score
 from iranker.train import load_config
-from iranker.train.ppo import Trainer, cyclic_orders, gae, load_model, load_training_instances, run_training
+from iranker.train.loop import Trainer, run_training
+from iranker.train.modeling import load_model
+from iranker.train.pools import cyclic_orders, gae, load_training_instances
 
 SMOKE = ROOT / "configs" / "smoke.yaml"
 
@@ -50,13 +52,12 @@ def test_gae_matches_the_recursion():
 
 
 def _expected_reward(trainer, probe):
-
     with torch.no_grad():
-        logp, _ = trainer._forward(trainer.model, probe, False)
+        logp, _ = trainer.algo.score(trainer.model, probe, False)
     total = 0.0
     for row, st in zip(logp.exp(), probe):
-        labels = {chr(65 + j): g for j, g in enumerate(st.grades)}
-        total += sum(float(row[j]) * exclusion_score(chr(65 + j), labels) for j in range(len(st.pool)))
+        labels = {chr(65 + j): st.grades[j] for j in st.pool}
+        total += sum(float(row[j]) * exclusion_score(chr(65 + j), labels) for j in st.pool)
     return total / len(probe)
 
 
@@ -159,7 +160,7 @@ def test_reasoning_update_raises_the_probability_of_a_rewarded_response(tmp_path
     instances = load_training_instances(cfg)
     model, tok = load_model(cfg)
     trainer = Trainer(cfg, instances, model, tok, tmp_path, progress=False)
-    episodes = trainer._reasoning_rollout(0)
+    episodes = trainer.algo.rollout(0)
     rewarded = episodes[0]
 
     def fixed(update):  # the same sampled responses every update; only the first one earns a reward
@@ -167,13 +168,13 @@ def test_reasoning_update_raises_the_probability_of_a_rewarded_response(tmp_path
             e["reward"] = e["exclusion"] = 1.0 if k == 0 else -1.0
         return [dict(e) for e in episodes]
 
-    trainer._reasoning_rollout = fixed
+    trainer.algo.rollout = fixed
     with torch.no_grad():
-        before = trainer._token_forward(trainer.model, rewarded["prompt_ids"], rewarded["response_ids"], False)[0]
+        before = trainer.algo.token_forward(trainer.model, rewarded["prompt_ids"], rewarded["response_ids"], False)[0]
     for _ in range(5):
-        trainer._reasoning_update(0)
+        trainer.update(0)
     with torch.no_grad():
-        after = trainer._token_forward(trainer.model, rewarded["prompt_ids"], rewarded["response_ids"], False)[0]
+        after = trainer.algo.token_forward(trainer.model, rewarded["prompt_ids"], rewarded["response_ids"], False)[0]
     assert after.sum() > before.sum() + 0.1, (before.sum(), after.sum())
 
 
@@ -248,21 +249,22 @@ def test_probe_logs_the_exact_expected_reward_on_held_out_pools(tmp_path, smoke)
     probe_instances = load_training_instances(cfg, split="validation")
     model, tok = load_model(cfg)
     trainer = Trainer(cfg, instances, model, tok, tmp_path / "x", progress=False, probe_instances=probe_instances)
-    assert len(trainer.probe_steps) == 5 and all(st.inst >= len(instances) for st in trainer.probe_steps)
-    assert trainer.probe()["all"] == pytest.approx(_expected_reward(trainer, trainer.probe_steps))
+    probe_steps = trainer.algo.probe_steps
+    assert len(probe_steps) == 5 and all(st.inst >= len(instances) for st in probe_steps)
+    assert trainer.probe()["all"] == pytest.approx(_expected_reward(trainer, probe_steps))
     # beside it, the uniform choice on the same pools: each pool's mean exclusion score
-    rand = sum(sum(exclusion_score(chr(65 + j), {chr(65 + i): g for i, g in enumerate(st.grades)})
-                   for j in range(len(st.grades))) / len(st.grades) for st in trainer.probe_steps) / 5
+    rand = sum(sum(exclusion_score(chr(65 + j), {chr(65 + i): st.grades[i] for i in st.pool})
+                   for j in st.pool) / len(st.pool) for st in probe_steps) / 5
     assert trainer.probe_random()["all"] == pytest.approx(rand) and 0 < rand < 1
     assert all(p["random"] == pytest.approx(rand) for p in probes)
     # position bias: how often the most likely choice is label [A], beside the uniform choice's 1/k
     assert all(0 <= p["first_label"] <= 1 for p in probes)
     assert trainer.probe_random()["first_label"] == pytest.approx(
-        sum(1 / len(st.pool) for st in trainer.probe_steps) / 5)
+        sum(1 / len(st.pool) for st in probe_steps) / 5)
 
 
 def test_select_checkpoint_scores_on_validation_pools_and_writes_the_best(tmp_path, smoke):
-    from iranker.train.ppo import select_checkpoint
+    from iranker.train.select import select_checkpoint
 
     run_training(smoke.model_copy(update={"keep_checkpoints": 3}), tmp_path / "run", progress=False)
     states = sorted((tmp_path / "run" / "checkpoints").glob("step-*/state.pt"))
@@ -292,20 +294,23 @@ def test_position_balanced_pools_leave_nothing_for_a_position_preference(tmp_pat
     assert len(steps) >= cfg.batch_size
     i = groups = 0
     while i < len(steps):
-        k = len(steps[i].pool)
+        slots = steps[i].pool
+        k = len(slots)
         group = steps[i: i + k]
-        assert [s.pool for s in group] == cyclic_orders(steps[i].pool)
-        assert len({s.inst for s in group}) == 1
+        # the serving layout: the pool's members rotate over the label positions the pool occupies
+        assert all(s.pool == slots for s in group) and len({s.inst for s in group}) == 1
+        members = [steps[i].listing[p] for p in slots]
+        assert [[s.listing[p] for p in slots] for s in group] == cyclic_orders(members)
         prefs = torch.randn(k, requires_grad=True)  # a preference for label positions, blind to content
-        sum((torch.softmax(prefs, 0) * tables[i + j][:k]).sum() for j in range(k)).backward()
+        sum((torch.softmax(prefs, 0) * tables[i + j][slots]).sum() for j in range(k)).backward()
         assert prefs.grad.abs().max() < 1e-6
         one = torch.randn(k, requires_grad=True)  # one order alone does reward some position preference
-        (torch.softmax(one, 0) * tables[i][:k]).sum().backward()
+        (torch.softmax(one, 0) * tables[i][slots]).sum().backward()
         assert one.grad.abs().max() > 1e-4
         i, groups = i + k, groups + 1
     assert groups >= 2
     # reasoning mode samples its pools the same way
     cfg = cfg.model_copy(update={"mode": "reasoning", "batch_size": 3, "max_new_tokens": 4})
     trainer = Trainer(cfg, load_training_instances(cfg), model, tok, tmp_path / "r", progress=False)
-    pools = [e["pool"] for e in trainer._reasoning_rollout(0)]
+    pools = [e["pool"] for e in trainer.algo.rollout(0)]
     assert pools[: len(pools[0])] == cyclic_orders(pools[0]) and len(pools) >= 3

@@ -83,7 +83,7 @@ class _InstancesParams:
 
 
 def _read_instances(path: Path, params: _InstancesParams):
-    from iranker.evaluate import load_instances
+    from iranker.io import load_instances
 
     if not path.is_file():
         raise DataError(f"{path}: no such file (expected an instances JSONL file)")
@@ -273,6 +273,6 @@ def read_manifest(folder: str | Path) -> dict[str, Any]:
 
 
 def load_dataset_instances(folder: str | Path) -> list[RankingInstance]:
-    from iranker.evaluate import load_instances
+    from iranker.io import load_instances
 
     return load_instances(Path(folder) / "instances.jsonl")

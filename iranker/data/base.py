@@ -10,7 +10,6 @@ from __future__ import annotations
 import csv
 import dataclasses
 import hashlib
-import random
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -161,11 +160,6 @@ def assign_split(group: str, seed: int, fractions: Sequence[tuple[str, float]]) 
         if h < acc:
             return name
     return fractions[-1][0]
-
-
-def seeded_rng(seed: int, *key: object) -> random.Random:
-    """An independent generator per (seed, key): instances do not depend on the order they are built in."""
-    return random.Random(hashlib.sha256(repr((seed, *key)).encode()).digest())
 
 
 def md5_file(path: Path) -> str:

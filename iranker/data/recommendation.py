@@ -21,7 +21,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from iranker.data.base import DataError, assign_split, parse_split, read_delimited, seeded_rng, to_float
+from iranker.data.base import DataError, assign_split, parse_split, read_delimited, to_float
+from iranker.io import seeded_rng
 from iranker.schema import RankingInstance
 
 

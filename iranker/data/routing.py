@@ -22,7 +22,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from iranker.data.base import DataError, assign_split, parse_split, read_csv_rows, seeded_rng, to_float
+from iranker.data.base import DataError, assign_split, parse_split, read_csv_rows, to_float
+from iranker.io import seeded_rng
 from iranker.schema import MAX_QUERY_CHARS, RankingInstance
 
 PREFERENCE_WEIGHTS = {"performance": (1.0, 0.0), "balance": (0.5, 0.5), "cost": (0.2, 0.8)}

@@ -3,31 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 
 from iranker.metrics import instance_metrics, random_instance_metrics
 from iranker.schema import RankingInstance, RankResponse
-
-
-def load_instances(path: str | Path) -> list[RankingInstance]:
-    """Read an instances JSONL file; a bad line raises ValueError naming the file, the line and the field."""
-    from pydantic import ValidationError
-
-    from iranker.schema import describe_error
-
-    out = []
-    path = Path(path)
-    with path.open(encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                out.append(RankingInstance.model_validate_json(line))
-            except ValidationError as e:
-                raise ValueError(f"{path}:{n}: {describe_error(e)}") from None
-    if not out:
-        raise ValueError(f"{path}: no instances (empty file)")
-    return out
 
 
 def _mean(rows: Sequence[dict[str, float]]) -> dict[str, float]:

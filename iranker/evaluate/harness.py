@@ -17,8 +17,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from iranker.evaluate import _min_grade, load_instances
+from iranker.evaluate import _min_grade
 from iranker.evaluate.baselines import BASELINES
+from iranker.io import load_instances
 from iranker.metrics import bootstrap_interval, instance_metrics, paired_comparison, random_instance_metrics
 from iranker.schema import RankingInstance
 

@@ -1,4 +1,4 @@
-"""Training: PPO (ours) on elimination steps, with the rewards of `iranker.rewards`. See `iranker.train.ppo`."""
+"""Training: PPO (ours) on elimination steps, with the rewards of `iranker.rewards`. See `iranker.train.loop`."""
 
 from iranker.train.config import TrainConfig, load_config
 

@@ -12,6 +12,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from iranker.schema import describe_error
+from iranker.settings import RankingSettings
 
 
 class _Section(BaseModel):
@@ -48,7 +49,10 @@ class PPOConfig(_Section):
     vf_coef: float = 0.5
     gamma: float = 1.0
     lam: float = 0.95
-    epochs: int = Field(default=2, ge=1, description="optimisation passes over each batch of rollouts")
+    epochs: int = Field(default=2, ge=1, description="optimisation passes over each batch of rollouts (algo ppo)")
+    minibatches: int = Field(default=2, ge=1, description="minibatches per epoch (algo ppo): one optimizer step "
+                                                          "each, so the policy moves away from the rollout's and "
+                                                          "the ratio and the clip engage")
     baseline: Literal["expected", "critic"] = Field(
         default="expected", description="advantage = r - E_pi[r] (exact in fast mode) or r - V (the critic)")
 
@@ -76,7 +80,16 @@ class TrainConfig(_Section):
     batch_size: int = Field(default=8, ge=1, description="elimination steps per update")
     lr_actor: float = 1e-5
     lr_critic: float = 2e-5
-    max_words: int = 40
+    ranking: RankingSettings = Field(default_factory=RankingSettings,
+                                     description="the ranking settings training shows the model, saved with it; "
+                                                 "evaluation and serving rank under the same ones")
+    device: Literal["auto", "cpu", "cuda"] = Field(default="auto", description="auto: CUDA when present, else CPU")
+    dtype: Literal["auto", "float32", "bfloat16"] = Field(
+        default="auto", description="compute dtype: auto is bfloat16 on CUDA and float32 on CPU; bfloat16 keeps "
+                                    "float32 master weights for trained parameters (autocast), a frozen base in "
+                                    "bfloat16")
+    gradient_checkpointing: bool = Field(default=False, description="recompute activations in the backward pass "
+                                                                   "(memory for time; the 3B profile on one GPU)")
     max_new_tokens: int = 256
     temperature: float = 1.0
     seed: int = 0
@@ -93,6 +106,8 @@ class TrainConfig(_Section):
     def _consistent(self) -> TrainConfig:
         if self.pools.min_size > self.pools.max_size:
             raise ValueError("pools.min_size must not exceed pools.max_size")
+        if self.pools.max_size > self.ranking.window:
+            raise ValueError(f"pools.max_size must not exceed ranking.window ({self.ranking.window})")
         if self.mode == "reasoning" and self.algo == "expected":
             raise ValueError("algo: 'expected' needs the explicit action distribution of fast mode")
         return self

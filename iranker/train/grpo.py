@@ -23,7 +23,8 @@ def run_grpo(cfg, out: str | Path, progress: bool = True) -> Path:
     from trl import GRPOConfig, GRPOTrainer
 
     from iranker.rewards import exclusion_reward_func, fast_exclusion_reward_func, format_reward_func
-    from iranker.train.ppo import base_model_path, load_model, load_training_instances, lora_config
+    from iranker.train.modeling import base_model_path, load_model, lora_config
+    from iranker.train.pools import load_training_instances
     from iranker.train.steps import elimination_rows, render_prompt
 
     out = Path(out)

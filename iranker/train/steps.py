@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 
-from iranker.data.base import seeded_rng
+from iranker.io import seeded_rng
 from iranker.prompts import build_context, iterative_prompt
 from iranker.schema import RankingInstance
 
@@ -29,7 +29,7 @@ def elimination_rows(instances: Sequence[RankingInstance], cfg, n: int, reasonin
     Rows: {"prompt" (a `Prompt`), "pool_grades" (JSON text), "scenario", "dataset", "instance_id", "split",
     "pool_size"}.
     """
-    from iranker.train.ppo import sample_pool
+    from iranker.train.pools import sample_pool
 
     rng = seeded_rng(cfg.seed, salt)
     by_scenario: dict[str, list[RankingInstance]] = {}
@@ -46,7 +46,7 @@ def elimination_rows(instances: Sequence[RankingInstance], cfg, n: int, reasonin
         if pool is None:
             continue
         if inst.id not in contexts:
-            contexts[inst.id] = build_context(inst.to_request(), max_words=cfg.max_words)
+            contexts[inst.id] = build_context(inst.to_request(), max_words=cfg.ranking.max_words)
         prompt = iterative_prompt(contexts[inst.id], pool, reasoning=reasoning)
         grades = {lab: inst.grade(inst.candidates[i].id) for lab, i in zip(prompt.labels, pool, strict=True)}
         rows.append({"prompt": prompt, "pool_grades": json.dumps(grades), "scenario": inst.scenario,

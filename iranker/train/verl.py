@@ -41,9 +41,9 @@ def export_verl(cfg, out: str | Path, per_instance: int = 4, reasoning: bool = T
     """Write the verl dataset and overrides for a training config; returns counts and paths."""
     import pandas as pd
 
-    from iranker.evaluate import load_instances
+    from iranker.io import load_instances
     from iranker.models import resolve_model
-    from iranker.train.ppo import load_training_instances
+    from iranker.train.pools import load_training_instances
     from iranker.train.steps import elimination_rows
 
     out = Path(out)

@@ -1,0 +1,297 @@
+"""The fast-mode trainer: one elimination is one label out of the pool, its distribution explicit.
+
+Per update: `batch_size` episodes from the training split, shown in the serving layout (`iranker.train.pools`):
+random sub-pools (one decision each, or with `pools.balance_positions` one per cyclic order) and, for a share
+`pools.on_policy`, pools the policy keeps eliminating from itself (several decisions, GAE with the critic). For
+every decision: pi(label | pool) over the pool's labels, the critic V (a linear head on the detached last hidden
+state of the cue), the frozen reference pi_ref.
+
+- `algo: expected` follows the gradient of the exact expected exclusion reward E_pi[r] = sum_a pi(a) r(a) (zero
+  variance; one pass, its graph kept from the rollout).
+- `algo: ppo` samples one label per decision; advantage r(a) - E_pi[r] (`ppo.baseline: expected`, an exact control
+  variate) or r(a) - V / GAE (`critic`); then `ppo.epochs` passes of `ppo.minibatches` minibatches each, every one a
+  fresh forward pass and an optimizer step, with the clipped surrogate on the ratio pi/pi_old - which leaves 1 after
+  the first minibatch, so the clip engages (its share is logged as `clip_frac`).
+
+Both add kl_coef * KL(pi || pi_ref) - entropy_coef * H(pi) + vf_coef * (V - R)^2, KL and entropy exact over the
+pool's labels. Decisions are scored by `Policy.score_cues`: the decisions that share a listed prompt (the steps of
+an on-policy episode, a pool's relisted copies aside) run as the cues of one sequence.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from iranker.io import seeded_rng
+from iranker.prompts import MAX_POOL, build_context, iterative_prompt
+from iranker.schema import RankingInstance
+from iranker.train.pools import Step, gae, layout_steps, reward_row, sample_pool
+
+
+class FastTrainer:
+    def __init__(self, cfg, policy, instances: list[RankingInstance],
+                 probe_instances: list[RankingInstance] | None = None, rank: int = 0, world: int = 1):
+        self.cfg, self.policy, self.instances = cfg, policy, instances
+        self.rank, self.world = rank, world
+        self.contexts = [build_context(i.to_request(), max_words=cfg.ranking.max_words) for i in instances]
+        self.by_scenario: dict[str, list[int]] = {}
+        for k, inst in enumerate(instances):
+            self.by_scenario.setdefault(inst.scenario, []).append(k)
+        self._encoded: dict[tuple, object] = {}
+        self.probe_steps = self._probe_steps(probe_instances or [])
+
+    # ----------------------------------------------------------------------------------------------- scoring
+
+    def _encode(self, st: Step):
+        key = (st.inst, tuple(st.listing))
+        if key not in self._encoded:
+            if len(self._encoded) > 4096:
+                self._encoded.clear()
+            self._encoded[key] = self.policy.encoder.encode(iterative_prompt(self.contexts[st.inst], st.listing))
+        return self._encoded[key]
+
+    def score(self, model, steps: list[Step], with_value: bool):
+        """(log pi over the labels [B, 26], -inf outside each pool; critic values [B] or None), in step order.
+        Steps that share a listing are scored as the cues of one sequence."""
+        groups: dict[tuple, list[int]] = {}
+        for b, st in enumerate(steps):
+            groups.setdefault((st.inst, tuple(st.listing)), []).append(b)
+        logits = [None] * len(steps)
+        hidden = [None] * len(steps)
+        with self.policy.autocast():
+            for rows in groups.values():
+                enc = self._encode(steps[rows[0]])
+                lg, h = self.policy.score_cues(model, enc, [steps[b].pool for b in rows], with_hidden=with_value)
+                for r, b in enumerate(rows):
+                    logits[b] = lg[r]
+                    hidden[b] = h[r] if with_value else None
+        logits = torch.stack(logits)
+        dev = logits.device
+        in_pool = torch.zeros(len(steps), MAX_POOL, dtype=torch.bool, device=dev)
+        for b, st in enumerate(steps):
+            in_pool[b, st.pool] = True
+        logp = torch.log_softmax(logits.masked_fill(~in_pool, float("-inf")), dim=-1)
+        values = None
+        if with_value:
+            values = self.policy.value_head(torch.stack(hidden).detach().float()).squeeze(-1)
+        return logp, values
+
+    # -------------------------------------------------------------------------------------------------- probe
+
+    def _probe_steps(self, probe: list[RankingInstance]) -> list[Step]:
+        """Fixed sub-pools of held-out instances (scenario-balanced, seeded); their contexts follow the training
+        instances' in `self.contexts`."""
+        cfg = self.cfg
+        if not cfg.probe.pools or not probe:
+            return []
+        offset = len(self.contexts)
+        self.contexts += [build_context(i.to_request(), max_words=cfg.ranking.max_words) for i in probe]
+        self.probe_scenarios = {offset + k: i.scenario for k, i in enumerate(probe)}
+        groups: dict[str, list[int]] = {}
+        for k, inst in enumerate(probe):
+            groups.setdefault(inst.scenario, []).append(k)
+        rng = seeded_rng(cfg.seed, "probe")
+        steps: list[Step] = []
+        for _ in range(50 * cfg.probe.pools):
+            if len(steps) >= cfg.probe.pools:
+                break
+            k = rng.choice(groups[rng.choice(sorted(groups))])
+            pool = sample_pool(rng, probe[k], cfg)
+            if pool is not None:
+                steps += layout_steps(offset + k, probe[k], pool, cfg.ranking.layout, cfg.ranking.window, False)
+        return steps
+
+    def _probe_means(self, score) -> dict[str, float]:
+        sums: dict[str, list[float]] = {}
+        firsts = []
+        for st in self.probe_steps:
+            value, first = score(st)
+            firsts.append(first)
+            for key in ("all", self.probe_scenarios[st.inst]):
+                sums.setdefault(key, []).append(value)
+        return {**{k: sum(v) / len(v) for k, v in sums.items()}, "first_label": sum(firsts) / len(firsts)}
+
+    def probe_random(self) -> dict[str, float]:
+        """`probe` for a uniformly random choice on the same pools: its baseline."""
+        return self._probe_means(lambda st: (float(reward_row(st.grades, st.pool).sum()) / len(st.pool),
+                                             1 / len(st.pool)))
+
+    @torch.no_grad()
+    def probe(self, model=None) -> dict[str, float]:
+        """Exact expected exclusion reward of the policy on the probe pools, overall and per scenario;
+        `first_label`: the share of pools whose most likely choice is the pool's first label (a position bias;
+        uniform: the mean of 1/pool size)."""
+        model = model or self.policy.model
+        model.eval()
+        logp, _ = self.score(model, self.probe_steps, False)
+        scored = {id(st): row for st, row in zip(self.probe_steps, logp.cpu(), strict=True)}
+
+        def one(st: Step) -> tuple[float, float]:
+            row = scored[id(st)]
+            return float((row.exp() * reward_row(st.grades, st.pool)).sum()), float(int(row.argmax()) == st.pool[0])
+
+        return self._probe_means(one)
+
+    # ----------------------------------------------------------------------------------------------- rollouts
+
+    def rollout(self, update: int, keep_graph: bool = False) -> dict:
+        """This process's episodes of this update (seeded by it), with actions, rewards, old log-probs, values,
+        advantages. Episode e of the update belongs to process e % world.
+
+        With `keep_graph` the policy's log-probs and values keep their autograd graph ("live_logp",
+        "live_values") for a one-pass update (algo expected)."""
+        cfg, policy = self.cfg, self.policy
+        rng = seeded_rng(cfg.seed, "update", update)
+        steps, actions, rewards, expected, adv, returns = [], [], [], [], [], []
+        tables, old_logps, live_logps, live_values = [], [], [], []
+        n_on_policy = round(cfg.batch_size * cfg.pools.on_policy)
+        policy.model.eval()
+        episodes = 0
+        with torch.set_grad_enabled(keep_graph):
+            while episodes < cfg.batch_size:
+                if cfg.mix == "balanced":
+                    k = rng.choice(self.by_scenario[rng.choice(sorted(self.by_scenario))])
+                else:
+                    k = rng.randrange(len(self.instances))
+                inst = self.instances[k]
+                pool = sample_pool(rng, inst, cfg)
+                if pool is None:
+                    continue
+                on_policy = episodes < n_on_policy and len(pool) > 2
+                group = layout_steps(k, inst, pool, cfg.ranking.layout, cfg.ranking.window,
+                                     cfg.pools.balance_positions and not on_policy)
+                first_episode = episodes
+                episodes += len(group)
+                for g, first in enumerate(group):
+                    if (first_episode + g) % self.world != self.rank:
+                        continue
+                    gen = torch.Generator().manual_seed(seeded_rng(cfg.seed, "actions", update,
+                                                                   first_episode + g).randrange(2**31))
+                    st, ep_steps, ep_r, ep_v = first, [], [], []
+                    while True:
+                        logp, v = self.score(policy.model, [st], True)
+                        if keep_graph:
+                            live_logps.append(logp[0])
+                            live_values.append(v[0])
+                        logp, v = logp.detach().cpu(), v.detach().cpu()
+                        probs = logp[0].exp()
+                        a = int(torch.multinomial(probs, 1, generator=gen))
+                        table = reward_row(st.grades, st.pool)
+                        tables.append(table)
+                        old_logps.append(logp[0])
+                        ep_steps.append(st)
+                        actions.append(a)
+                        ep_r.append(float(table[a]))
+                        expected.append(float((probs * table).sum()))
+                        ep_v.append(float(v[0]))
+                        rest = [j for j in st.pool if j != a]
+                        st = _next_step(st, a, cfg.ranking.layout)
+                        if not on_policy or len(rest) < 2 or len({st.grades[j] for j in st.pool}) < 2:
+                            break
+                    steps += ep_steps
+                    rewards += ep_r
+                    if len(ep_steps) == 1 and cfg.ppo.baseline == "expected":
+                        adv.append(ep_r[0] - expected[-1])
+                        returns.append(ep_r[0])
+                    else:
+                        a_t, r_t = gae(ep_r, ep_v, cfg.ppo.gamma, cfg.ppo.lam)
+                        adv += a_t
+                        returns += r_t
+        dev = policy.device
+        out = {"steps": steps, "actions": torch.tensor(actions, dtype=torch.long, device=dev),
+               "rewards": torch.tensor(rewards), "expected": torch.tensor(expected),
+               "advantages": torch.tensor(adv, dtype=torch.float32, device=dev),
+               "returns": torch.tensor(returns, dtype=torch.float32, device=dev),
+               "reward_table": torch.stack(tables).to(dev) if tables else torch.zeros(0, MAX_POOL, device=dev),
+               "old_logp": torch.stack(old_logps).to(dev) if old_logps else torch.zeros(0, MAX_POOL, device=dev)}
+        if keep_graph and live_logps:
+            out.update(live_logp=torch.stack(live_logps), live_values=torch.stack(live_values))
+        return out
+
+    # ------------------------------------------------------------------------------------------------ the update
+
+    def _ref_logp(self, steps: list[Step]) -> torch.Tensor | None:
+        with torch.no_grad(), self.policy.reference() as ref:
+            return None if ref is None else self.score(ref, steps, False)[0]
+
+    def _loss(self, batch: dict, idx: torch.Tensor | None, logp, values, ref_logp) -> tuple[torch.Tensor, dict]:
+        cfg = self.cfg
+        pick = (lambda t: t) if idx is None else (lambda t: t[idx])
+        p = logp.exp()
+        safe = logp.masked_fill(torch.isinf(logp), 0.0)
+        entropy = -(p * safe).sum(-1)
+        kl = torch.zeros_like(entropy)
+        if ref_logp is not None:
+            kl = (p * (safe - pick(ref_logp).masked_fill(torch.isinf(pick(ref_logp)), 0.0))).sum(-1)
+        stats = {}
+        if cfg.algo == "expected":
+            policy_loss = -(p * pick(batch["reward_table"])).sum(-1).mean()
+        else:
+            a = pick(batch["actions"])
+            ratio = (logp.gather(1, a[:, None]).squeeze(1) - pick(batch["old_logp"]).gather(1, a[:, None]).squeeze(1)
+                     ).exp()
+            adv = pick(batch["advantages"])
+            policy_loss = -torch.min(ratio * adv, ratio.clamp(1 - cfg.ppo.clip, 1 + cfg.ppo.clip) * adv).mean()
+            dev = (ratio.detach() - 1).abs()
+            stats = {"clip_frac": float((dev > cfg.ppo.clip).float().mean()), "ratio_dev": float(dev.max())}
+        value_loss = ((values - pick(batch["returns"])) ** 2).mean()
+        loss = policy_loss + cfg.ppo.kl_coef * kl.mean() - cfg.ppo.entropy_coef * entropy.mean() \
+            + cfg.ppo.vf_coef * value_loss
+        stats.update(loss=loss.item(), policy_loss=policy_loss.item(), value_loss=value_loss.item(),
+                     kl=kl.mean().item(), entropy=entropy.mean().item())
+        return loss, stats
+
+    def update(self, update: int, sync=None) -> dict:
+        cfg, policy = self.cfg, self.policy
+        t0 = time.perf_counter()
+        one_pass = cfg.algo == "expected"
+        batch = self.rollout(update, keep_graph=one_pass)
+        steps = batch["steps"]
+        ref_logp = self._ref_logp(steps) if steps else None
+        policy.model.train()
+        rows: list[dict] = []
+        if one_pass:
+            policy.optimizer.zero_grad()
+            if steps:
+                loss, stats = self._loss(batch, None, batch["live_logp"], batch["live_values"], ref_logp)
+                loss.backward()
+                rows.append(stats)
+            policy.step_optimizer(sync)
+        else:
+            gen = torch.Generator().manual_seed(seeded_rng(cfg.seed, "minibatches", update).randrange(2**31))
+            for _ in range(cfg.ppo.epochs):
+                order = torch.randperm(len(steps), generator=gen)
+                for mb in range(cfg.ppo.minibatches):
+                    idx = order[mb::cfg.ppo.minibatches]
+                    policy.optimizer.zero_grad()
+                    if len(idx):
+                        logp, values = self.score(policy.model, [steps[i] for i in idx.tolist()], True)
+                        loss, stats = self._loss(batch, idx.to(policy.device), logp, values, ref_logp)
+                        loss.backward()
+                        rows.append(stats)
+                    policy.step_optimizer(sync)  # every process steps, even with an empty share: same weights
+        policy.model.eval()
+        dt = time.perf_counter() - t0
+        by_size: dict[str, list[float]] = {}
+        for st, r in zip(steps, batch["rewards"].tolist(), strict=True):
+            by_size.setdefault(str(len(st.pool)), []).append(r)
+        stats = {k: sum(r[k] for r in rows) / len(rows) for k in rows[0]} if rows else {}
+        if "ratio_dev" in stats:
+            stats["ratio_dev"] = max(r["ratio_dev"] for r in rows)
+        n = max(len(steps), 1)
+        return {"step": update + 1, "reward": float(batch["rewards"].sum()) / n,
+                "expected_reward": float(batch["expected"].sum()) / n, **stats,
+                "elimination_steps": len(steps), "steps_per_s": len(steps) / dt, "seconds": dt,
+                "reward_by_pool_size": {k: sum(v) / len(v) for k, v in sorted(by_size.items(),
+                                                                               key=lambda kv: int(kv[0]))}}
+
+
+def _next_step(st: Step, eliminated: int, layout: str) -> Step:
+    """The step after eliminating label position `eliminated`: the cached layout keeps the listing and hides the
+    candidate; relist lists the rest again, relabelled."""
+    rest = [j for j in st.pool if j != eliminated]
+    if layout == "relist":
+        return Step(st.inst, [st.listing[j] for j in rest], list(range(len(rest))), [st.grades[j] for j in rest])
+    return Step(st.inst, st.listing, rest, st.grades)

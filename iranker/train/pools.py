@@ -1,0 +1,128 @@
+"""Training data as elimination decisions: instances, pools in the serving layout, reward rows, GAE.
+
+A decision (`Step`) is one elimination from a pool, shown as serving shows it. In the cached layout (the default)
+the prompt lists the instance's candidates once (`listing`, at most the serving window), labels A.. in listing
+order, and the pool is the subset still visible (`pool`, positions in the listing); the eliminated ones are masked
+out of what the step's cue sees. In the relist layout the listing is the pool itself, relabelled A...
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from iranker.io import load_instances, seeded_rng
+from iranker.prompts import MAX_POOL
+from iranker.rewards import exclusion_score
+from iranker.schema import RankingInstance
+
+
+@dataclass
+class Step:
+    inst: int            # index into the trainer's contexts (training instances, then probe instances)
+    listing: list[int]   # candidate indices in prompt order: label j is listing[j]
+    pool: list[int]      # positions in `listing` still in the pool, ascending
+    grades: list[float]  # grade of every listing position
+
+    @property
+    def pool_grades(self) -> list[float]:
+        return [self.grades[j] for j in self.pool]
+
+
+def sample_pool(rng, inst: RankingInstance, cfg) -> list[int] | None:
+    """Random sub-pool (candidate indices) whose grades differ (a pool of equals teaches nothing); None if the
+    instance has none. Pool sizes are weighted k**-small_bias; candidates come from the first `window`."""
+    n = min(len(inst.candidates), cfg.ranking.window)
+    grades = [inst.grade(c.id) for c in inst.candidates[:n]]
+    if len(set(grades)) < 2:
+        return None
+    hi = min(cfg.pools.max_size, n)
+    lo = min(cfg.pools.min_size, hi)
+    sizes = list(range(lo, hi + 1))
+    weights = [k ** -cfg.pools.small_bias for k in sizes]
+    for _ in range(50):
+        k = rng.choices(sizes, weights=weights)[0]
+        pool = rng.sample(range(n), k)
+        if len({grades[i] for i in pool}) > 1:
+            return pool
+    return None
+
+
+def layout_steps(inst_index: int, inst: RankingInstance, pool: list[int], layout: str, window: int,
+                 balance: bool) -> list[Step]:
+    """The step(s) showing a sampled pool (candidate indices) as the layout shows it.
+
+    With `balance`, one step per cyclic order of the pool's members over the label positions the pool occupies:
+    every member takes every one of those positions once, so a preference for a position earns nothing.
+    """
+    grades_all = [inst.grade(c.id) for c in inst.candidates]
+    members = sorted(pool)  # in the request's order (e.g. the first stage's), as serving lists them
+    orders = cyclic_orders(members) if balance else [members]
+    steps = []
+    for order in orders:
+        if layout == "relist":
+            listing, positions = list(order), list(range(len(order)))
+        else:
+            listing = list(range(min(len(inst.candidates), window)))
+            for slot, cand in zip(members, order, strict=True):  # a rotation moves members among their own slots
+                listing[slot] = cand
+            positions = members
+        steps.append(Step(inst_index, listing, positions, [grades_all[i] for i in listing]))
+    return steps
+
+
+def cyclic_orders(pool: list[int]) -> list[list[int]]:
+    """The k cyclic orders of a pool of k: each candidate at each label position once.
+
+    >>> cyclic_orders([7, 3, 5])
+    [[7, 3, 5], [3, 5, 7], [5, 7, 3]]
+    """
+    return [pool[s:] + pool[:s] for s in range(len(pool))]
+
+
+def reward_row(grades: list[float], pool: list[int] | None = None) -> torch.Tensor:
+    """The exclusion reward of eliminating each label (listing position) of a pool; 0 outside the pool.
+
+    >>> reward_row([0, 3, 1], pool=[0, 2])[:3].tolist()
+    [1.0, 0.0, 0.0]
+    """
+    pool = list(range(len(grades))) if pool is None else pool
+    labels = {chr(65 + j): grades[j] for j in pool}
+    row = torch.zeros(MAX_POOL)
+    for j in pool:
+        row[j] = exclusion_score(chr(65 + j), labels)
+    return row
+
+
+def gae(rewards: list[float], values: list[float], gamma: float, lam: float) -> tuple[list[float], list[float]]:
+    """Generalised advantage estimates and returns of one episode (the value after the last step is 0)."""
+    adv = [0.0] * len(rewards)
+    running = 0.0
+    for t in reversed(range(len(rewards))):
+        next_v = values[t + 1] if t + 1 < len(values) else 0.0
+        delta = rewards[t] + gamma * next_v - values[t]
+        running = delta + gamma * lam * running
+        adv[t] = running
+    return adv, [a + v for a, v in zip(adv, values, strict=True)]
+
+
+def load_training_instances(cfg, split: str = "train") -> list[RankingInstance]:
+    """The instances of `split` in the profile's data whose grades differ, seeded-shuffled, capped."""
+    out: list[RankingInstance] = []
+    for d in cfg.data:
+        if d == "samples":
+            from iranker.data import sample_instances
+
+            out += sample_instances()
+            continue
+        p = Path(d)
+        out += load_instances(p / "instances.jsonl" if p.is_dir() else p)
+    chosen = [i for i in out if i.split == split and len({i.grade(c.id) for c in i.candidates}) > 1]
+    if not chosen:
+        if split != "train":
+            return []
+        raise ValueError(f"data: no training instances (split 'train' with differing grades) in {', '.join(cfg.data)}")
+    seeded_rng(cfg.seed, "instances").shuffle(chosen)
+    return chosen[: cfg.max_instances] if cfg.max_instances else chosen
