@@ -1,0 +1,147 @@
+"""Training core: trains exactly what serving runs (log-probs equal the serving backend's), PPO whose ratio leaves 1,
+devices, reasoning responses scored up to their stop, ranking settings saved with the model."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from conftest import ROOT
+
+from iranker.train import load_config
+from iranker.train.loop import Trainer, run_training
+from iranker.train.modeling import load_model
+from iranker.train.pools import Step, load_training_instances
+
+SMOKE = ROOT / "configs" / "smoke.yaml"
+
+
+@pytest.fixture
+def smoke(tiny_model_dir):
+    return load_config(SMOKE, {"tokenizer": str(tiny_model_dir)})
+
+
+def _trainer(cfg, tmp_path):
+    model, tok = load_model(cfg)
+    return Trainer(cfg, load_training_instances(cfg), model, tok, tmp_path, progress=False)
+
+
+@pytest.mark.parametrize("layout", ["cached", "relist"])
+def test_trainer_log_probs_equal_the_serving_backends(tmp_path, smoke, layout):
+    """For the same instance and pool, the trainer's log-probs are the serving backend's, in the layout that
+    serves: the cached layout's cues see the listing minus the eliminated candidates; relist re-lists the pool."""
+    from iranker.backends.transformers import TransformersBackend
+    from iranker.prompts import iterative_prompt
+
+    cfg = smoke.model_copy(update={"ranking": smoke.ranking.model_copy(update={"layout": layout})})
+    trainer = _trainer(cfg, tmp_path)
+    backend = TransformersBackend(model_obj=trainer.model, tokenizer=trainer.policy.tokenizer, name="same")
+    k = next(i for i, inst in enumerate(trainer.instances) if len(inst.candidates) >= 6)
+    ctx = trainer.algo.contexts[k]
+    n = min(len(ctx.texts), cfg.ranking.window)
+    pools = [list(range(n)), [0, 2, 3], [1, n - 1], [j for j in range(n) if j % 2 == 0]]
+    checked = 0
+    for pool in pools:
+        if layout == "cached":
+            step = Step(k, list(range(n)), pool, [0.0] * n)
+            session = backend.open_pools([iterative_prompt(ctx, list(range(n)))], speculate=0)
+            [[(_, choice)]] = session.decide([pool])
+            labels = [chr(65 + j) for j in pool]
+        else:
+            step = Step(k, pool, list(range(len(pool))), [0.0] * len(pool))
+            [choice] = backend.choose([iterative_prompt(ctx, pool)])
+            labels = [chr(65 + j) for j in range(len(pool))]
+        with torch.no_grad():
+            logp, _ = trainer.algo.score(trainer.model, [step], False)
+        ours = [float(logp[0, ord(lab) - 65]) for lab in labels]
+        theirs = [choice.logprobs[lab] for lab in labels]
+        assert ours == pytest.approx(theirs, abs=1e-4)
+        assert torch.isinf(logp[0]).sum() == 26 - len(labels)  # nothing outside the pool
+        checked += 1
+    assert checked == len(pools)
+
+
+def test_decisions_sharing_a_listing_score_as_one_sequence(tmp_path, smoke):
+    """Several cues in one sequence (each seeing its own pool) give each decision's log-probs alone."""
+    trainer = _trainer(smoke, tmp_path)
+    k = next(i for i, inst in enumerate(trainer.instances) if len(inst.candidates) >= 5)
+    n = min(len(trainer.instances[k].candidates), 20)
+    steps = [Step(k, list(range(n)), pool, [0.0] * n) for pool in (list(range(n)), [0, 1, 4], [2, 3], [1, 2, 3, 4])]
+    with torch.no_grad():
+        together, _ = trainer.algo.score(trainer.model, steps, False)
+        alone = torch.cat([trainer.algo.score(trainer.model, [s], False)[0] for s in steps])
+    finite = ~torch.isinf(alone)
+    assert torch.equal(finite, ~torch.isinf(together))
+    assert torch.allclose(together[finite], alone[finite], atol=1e-4)
+
+
+def test_ppo_runs_epochs_of_minibatches_and_the_clip_engages(tmp_path, smoke):
+    cfg = smoke.model_copy(update={"algo": "ppo", "steps": 4, "batch_size": 8, "lr_actor": 1e-2,
+                                   "ppo": smoke.ppo.model_copy(update={"epochs": 2, "minibatches": 2})})
+    run_training(cfg, tmp_path / "run", progress=False)
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert all("clip_frac" in r and 0 <= r["clip_frac"] <= 1 for r in rows)
+    assert all(r["ratio_dev"] > 0 for r in rows)  # the ratio leaves 1 after the first minibatch
+    assert any(r["clip_frac"] > 0 for r in rows)
+
+
+def test_cuda_asked_for_without_a_gpu_fails_before_anything_is_written(tmp_path, smoke):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    with pytest.raises(ValueError, match="device: 'cuda' was asked for, but torch sees no CUDA GPU"):
+        run_training(smoke.model_copy(update={"device": "cuda"}), tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()
+
+
+def test_bf16_training_keeps_float32_master_weights_and_learns(tmp_path, smoke):
+    cfg = smoke.model_copy(update={"dtype": "bfloat16", "algo": "expected", "lr_actor": 3e-3,
+                                   "pools": smoke.pools.model_copy(update={"on_policy": 0.0})})
+    trainer = _trainer(cfg, tmp_path)
+    assert all(p.dtype == torch.float32 for p in trainer.policy.trainable_parameters())
+    probe = trainer.rollout(0)["steps"]
+
+    def expected():
+        with torch.no_grad():
+            logp, _ = trainer.algo.score(trainer.model, probe, False)
+        from iranker.train.pools import reward_row
+
+        return float(sum((row.exp() * reward_row(s.grades, s.pool)).sum() for row, s in zip(logp, probe)))
+
+    before = expected()
+    for _ in range(8):
+        trainer.update(0)
+    assert expected() > before
+
+
+def test_reasoning_scores_up_to_the_stop_at_the_sampling_temperature(tmp_path, smoke):
+    from iranker.train.reasoning import stop_length
+
+    cfg = smoke.model_copy(update={"mode": "reasoning", "temperature": 0.5, "batch_size": 2, "max_new_tokens": 4})
+    trainer = _trainer(cfg, tmp_path)
+    tok = trainer.policy.tokenizer
+    ids = tok.encode("<think>x</think><answer>[A]</answer> and more text", add_special_tokens=False)
+    n = stop_length(tok, ids)
+    assert tok.decode(ids[:n]).endswith("</answer>") and n < len(ids)
+    assert stop_length(tok, ids[:3] + [tok.eos_token_id] + ids[3:]) == 4
+    prompt = tok.encode("the user chose", add_special_tokens=False)
+    with torch.no_grad():
+        logp, _, _ = trainer.algo.token_forward(trainer.model, prompt, ids[:n], False)
+        logits = trainer.model(input_ids=torch.tensor([prompt + ids[:n]])).logits[0, len(prompt) - 1:-1].float()
+    want = torch.log_softmax(logits / 0.5, -1).gather(1, torch.tensor(ids[:n])[:, None]).squeeze(1)
+    assert torch.allclose(logp, want, atol=1e-5)
+
+
+def test_the_final_model_carries_its_ranking_settings(tmp_path, smoke):
+    from iranker.settings import read_settings, settings_for
+
+    cfg = smoke.model_copy(update={"steps": 2, "ranking": smoke.ranking.model_copy(update={"max_words": 60})})
+    final = run_training(cfg, tmp_path / "run", progress=False)
+    saved = read_settings(final)
+    assert saved.max_words == 60 and saved.layout == "cached" and saved.window == 20
+    assert saved.template and saved.label_scheme == getattr(_trainer(cfg, tmp_path / "t").policy.encoder,
+                                                            "label_scheme", None)
+    warned = []
+    assert settings_for(final, {"max_words": None}, warned.append).max_words == 60 and not warned
+    assert settings_for(final, {"max_words": 120}, warned.append).max_words == 120
+    assert len(warned) == 1 and "max_words=120 differs from the 60 the model was trained with" in warned[0]
