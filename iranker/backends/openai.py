@@ -8,6 +8,9 @@ Prompts are rendered with the model's chat template when a tokenizer is given (`
 the embedded alias), else as plain "System/User/Assistant" text.
 
 Fast mode asks for one token with its top log-probabilities and picks the most likely label still in the pool.
+With a tokenizer, the rendered prompt ends where the label token starts and a returned token counts as a label only
+if it is that tokenizer's label token (`[A` in the merged label scheme, `A` after `[` in the split one; see
+`iranker.backends.tokens`); without one, `A`, `[A` and `[A]` all count.
 When none of the pool's labels is among the returned top tokens, the choice fails with a reason and the ranker
 counts it. With `allowed_token_ids=True` (vLLM's extension; needs the tokenizer) the server itself restricts the
 token to the pool's labels.
@@ -49,6 +52,12 @@ class OpenAIBackend:
     def render(self, prompt: Prompt) -> str:
         return self.encoder.render(prompt) if self.encoder else render_plain(prompt)
 
+    def label_of(self, token: str) -> str | None:
+        """The label a returned token (its text) stands for, or None."""
+        if self.encoder is not None:
+            return self.encoder.label_of(token)
+        return token.strip().removeprefix("[").removesuffix("]") or None
+
     def completion_request(self, prompt: Prompt, max_tokens: int, temperature: float, fast: bool) -> dict:
         body = {"model": self.model, "prompt": self.render(prompt), "max_tokens": max_tokens,
                 "temperature": temperature}
@@ -82,11 +91,11 @@ class OpenAIBackend:
             top = ((choice.get("logprobs") or {}).get("top_logprobs") or [{}])[0] or {}
             scores: dict[str, float] = {}
             for token, lp in top.items():
-                lab = token.strip().lstrip("[").rstrip("]")
+                lab = self.label_of(token)
                 if lab in prompt.labels and (lab not in scores or lp > scores[lab]):
                     scores[lab] = lp
             if not scores:
-                text = choice.get("text", "").strip().lstrip("[").rstrip("]")
+                text = self.label_of(choice.get("text", ""))
                 if text in prompt.labels:
                     return Choice(text, {}, None, n_prompt, 1)
                 return Choice(None, {}, f"no pool label among the top {self.top_logprobs} tokens "

@@ -3,22 +3,53 @@
 Each part (head, every candidate line, tail) is tokenised on its own and the ids concatenated, so the token span
 of every candidate is known exactly and each candidate's tokens can be capped. Training, evaluation and serving
 all encode prompts here, so they see the same ids.
+
+Fast mode reads the logits of ONE label token right after the answer prefix `[`. How a tokenizer writes `[A` at
+that position differs between families, so the label scheme is decided per tokenizer by probing it in the exact
+context where the label is read (the end of the chat template's assistant header), never assumed:
+
+- "split": `[` is a token of its own and each letter is one token after it (SmolLM2, Llama-3 style). The encoded
+  tail ends with the `[` token; the label tokens are `A`..`Z`.
+- "merged": the tokenizer writes `[A` as ONE token where it starts a line or a turn (Qwen2.5). The `[` is then
+  part of the label token: the encoded (and rendered) tail ends with the assistant header, and the label tokens
+  are `[A`..`[Z` as the tokenizer writes them there.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from iranker.prompts import LABELS, Prompt
+from iranker.prompts import ANSWER_PREFIX, LABELS, TEMPLATES, Prompt, RankContext, iterative_prompt
 
 _SENTINEL = "\u2063IRANKER_USER\u2063"
+
+
+@dataclass(frozen=True)
+class LabelScheme:
+    """How fast mode's answer prefix and label are split into tokens.
+
+    `answer_prefix` is the text that stands in the encoded/rendered prompt in place of the prompt's `[` (the tail
+    ends with it, right before the label token); `label_format` is the label token's text (`{}` -> the letter).
+    """
+
+    name: str
+    answer_prefix: str
+    label_format: str
+
+    def label_text(self, label: str) -> str:
+        return self.label_format.format(label)
+
+
+SPLIT = LabelScheme("split", answer_prefix=ANSWER_PREFIX, label_format="{}")
+MERGED = LabelScheme("merged", answer_prefix="", label_format=ANSWER_PREFIX + "{}")
+SCHEMES: dict[str, LabelScheme] = {s.name: s for s in (SPLIT, MERGED)}  # tried in this order
 
 
 @dataclass(frozen=True)
 class EncodedPrompt:
     head: list[int]  # chat header + system + the context block
     items: list[list[int]]  # one list per candidate line
-    tail: list[int]  # question + end of the user turn + assistant header + answer prefix
+    tail: list[int]  # question + end of the user turn + assistant header (+ `[` in the split scheme)
 
     @property
     def ids(self) -> list[int]:
@@ -28,28 +59,91 @@ class EncodedPrompt:
         return len(self.head) + sum(len(i) for i in self.items) + len(self.tail)
 
 
+def _tokenizer_name(tokenizer) -> str:
+    return getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__
+
+
 class PromptEncoder:
-    def __init__(self, tokenizer, max_item_tokens: int = 192):
+    """Encodes prompts for one tokenizer.
+
+    `label_scheme` ("split" | "merged", or a `LabelScheme`) forces a scheme (e.g. the one a trained model's
+    settings recorded); it is still probed and refused if this tokenizer does not write labels that way.
+    Attributes: `scheme` (the `LabelScheme`), `label_scheme` (its name), `answer_prefix` (the text the fast-mode
+    tail ends with), `label_ids` (label -> token id) and `label_texts` (label -> the label token's text).
+    """
+
+    def __init__(self, tokenizer, max_item_tokens: int = 192, label_scheme: str | LabelScheme | None = None):
         self.tokenizer = tokenizer
         self.max_item_tokens = max_item_tokens
         self._chat: dict[str, tuple[str, str]] = {}
         self._newline = self._encode("\n")
-        self.label_ids = self._label_token_ids()
+        self.scheme, self.label_ids = self._choose_scheme(label_scheme)
+        self.label_texts = {lab: self.tokenizer.decode([i]) for lab, i in self.label_ids.items()}
+        self._by_text = {t.strip(): lab for lab, t in self.label_texts.items()}
+
+    @property
+    def label_scheme(self) -> str:
+        return self.scheme.name
+
+    @property
+    def answer_prefix(self) -> str:
+        return self.scheme.answer_prefix
 
     def _encode(self, text: str) -> list[int]:
         return self.tokenizer.encode(text, add_special_tokens=False) if text else []
 
-    def _label_token_ids(self) -> dict[str, int]:
-        """The token that follows the answer prefix `[` for each label; each label must be exactly one token."""
-        base = self._encode("[")
-        out = {}
-        for lab in LABELS:
-            ids = self._encode("[" + lab)
-            if ids[: len(base)] != base or len(ids) != len(base) + 1:
-                raise ValueError(f"tokenizer: label {lab!r} after '[' is not one token ({ids}); fast mode needs "
-                                 "single-token labels - use reasoning mode or another model")
-            out[lab] = ids[-1]
-        return out
+    def _probe_tails(self) -> list[str]:
+        """The text of every fast-mode tail before its answer prefix, exactly as `encode` tokenises it."""
+        tails = []
+        for scenario in TEMPLATES:
+            p = iterative_prompt(RankContext(scenario, "", ("x",)), [0])
+            tails.append(p.tail + self.chat_frame(p.system)[1])
+        return list(dict.fromkeys(tails))
+
+    def _try_scheme(self, scheme: LabelScheme, tails: list[str]) -> tuple[dict[str, int] | None, str]:
+        """(label -> token id, "") when every label is exactly one token after every tail + the scheme's
+        prefix, else (None, why not)."""
+        out: dict[str, int] = {}
+        for tail in tails:
+            base = self._encode(tail + scheme.answer_prefix)
+            for lab in LABELS:
+                ids = self._encode(tail + scheme.answer_prefix + scheme.label_text(lab))
+                if ids[: len(base)] != base or len(ids) != len(base) + 1:
+                    n = next((i for i, (a, b) in enumerate(zip(base, ids)) if a != b), min(len(base), len(ids)))
+                    toks = self.tokenizer.convert_ids_to_tokens
+                    alone = f" where {scheme.answer_prefix!r} alone is {toks(base[n:])}" if base[n:] else ""
+                    written = scheme.answer_prefix + scheme.label_text(lab)
+                    return None, (f"label {lab!r}: {written!r} after the assistant header is {toks(ids[n:])}{alone}, "
+                                  "not one token more")
+                if out.setdefault(lab, ids[-1]) != ids[-1]:
+                    return None, f"label {lab!r} is a different token after different tails"
+        if len(set(out.values())) != len(out):
+            return None, "two labels share a token"
+        return out, ""
+
+    def _choose_scheme(self, forced: str | LabelScheme | None) -> tuple[LabelScheme, dict[str, int]]:
+        if isinstance(forced, str):
+            if forced not in SCHEMES:
+                raise ValueError(f"label_scheme: expected one of {sorted(SCHEMES)}, got {forced!r}")
+            forced = SCHEMES[forced]
+        candidates = [forced] if forced is not None else list(SCHEMES.values())
+        tails = self._probe_tails()
+        why = []
+        for scheme in candidates:
+            ids, reason = self._try_scheme(scheme, tails)
+            if ids is not None:
+                return scheme, ids
+            why.append(f"{scheme.name}: {reason}")
+        raise ValueError(f"tokenizer {_tokenizer_name(self.tokenizer)!r}: no label scheme reads every label as one "
+                         f"token after the assistant header ({'; '.join(why)}); fast mode needs single-token "
+                         "labels - use reasoning mode or another model")
+
+    def label_of(self, token_text: str) -> str | None:
+        """The label a generated token's text stands for under this scheme (`[A` merged, `A` split), else None."""
+        return self._by_text.get(token_text.strip())
+
+    def _answer_prefix(self, prompt: Prompt) -> str:
+        return self.scheme.answer_prefix if prompt.answer_prefix == ANSWER_PREFIX else prompt.answer_prefix
 
     def chat_frame(self, system: str) -> tuple[str, str]:
         """(text before the user content, text after it up to the assistant's turn) for this system message."""
@@ -63,6 +157,7 @@ class PromptEncoder:
         return self._chat[system]
 
     def encode(self, prompt: Prompt) -> EncodedPrompt:
+        """Token ids in parts; in fast mode the tail ends right before the label token."""
         before, after = self.chat_frame(prompt.system)
         items = []
         for line in prompt.items:
@@ -71,10 +166,11 @@ class PromptEncoder:
                 ids = ids[: self.max_item_tokens - len(self._newline)] + self._newline
             items.append(ids)
         return EncodedPrompt(self._encode(before + prompt.head), items,
-                             self._encode(prompt.tail + after + prompt.answer_prefix))
+                             self._encode(prompt.tail + after + self._answer_prefix(prompt)))
 
     def render(self, prompt: Prompt) -> str:
         """The full prompt as text (for completion endpoints): what `encode` tokenises, without its per-candidate
-        token cap (candidate texts are already capped in words by `sanitize`)."""
+        token cap (candidate texts are already capped in words by `sanitize`). In fast mode the text ends where
+        the label token starts (after `[` in the split scheme, after the assistant header in the merged one)."""
         before, after = self.chat_frame(prompt.system)
-        return before + prompt.user + after + prompt.answer_prefix
+        return before + prompt.user + after + self._answer_prefix(prompt)

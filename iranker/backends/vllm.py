@@ -2,7 +2,9 @@
 
 Prompts are encoded by `PromptEncoder` exactly as in the transformers backend and passed as token ids; vLLM's
 prefix caching shares the header of the re-listed pools between steps. Fast mode restricts the one generated token
-to the pool's labels with `allowed_token_ids`, so every decision is valid.
+to the pool's labels with `allowed_token_ids`, so every decision is valid. The label tokens and where the prompt
+ends are the encoder's label scheme (`encoder.label_scheme`): after `[` with letter tokens ("split"), or after the
+assistant header with `[A`-style tokens ("merged", Qwen2.5).
 
 Install on a GPU machine with `pip install 'iranker[vllm]'`. Not run on CPU machines: the request building below
 (`fast_params`, `token_prompt`) is what the tests check there.
