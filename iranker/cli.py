@@ -42,21 +42,38 @@ def _add_backend_args(p: argparse.ArgumentParser) -> None:
                    help="openai backend: API root, e.g. http://host/openai/v1 (env IRANKER_OPENAI_BASE_URL)")
     p.add_argument("--tokenizer", default=None,
                    help="openai backend: tokenizer whose chat template renders the prompts (folder, id or alias)")
-    p.add_argument("--layout", default="cached", choices=["cached", "relist"],
+    p.add_argument("--layout", default=None, choices=["cached", "relist"],
                    help="fast mode: list the candidates once and mask eliminated ones (cached), or re-list the "
-                        "pool at every step (relist)")
+                        "pool at every step (relist); default: the layout the model was trained in, else cached")
+    _add_device_args(p)
     p.add_argument("--reasoning", action="store_true", help="think + answer at every step (overrides requests)")
     p.add_argument("--batch-size", type=int, default=16, help="requests ranked together (default 16)")
 
 
-def _backend(args):
-    from iranker.backends import load_backend
+def _add_device_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                   help="transformers backend: where the model runs (default auto: CUDA when present, else CPU)")
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"],
+                   help="transformers backend: auto is bfloat16 on CUDA, float32 on the CPU")
 
-    kwargs = {}
+
+def _backend_options(args) -> dict:
     if args.backend == "openai":
-        kwargs = {"base_url": args.base_url, "tokenizer": args.tokenizer,
-                  "api_key": os.environ.get("IRANKER_OPENAI_API_KEY")}
-    return load_backend(args.backend, args.model, **kwargs)
+        return {"base_url": args.base_url, "tokenizer": args.tokenizer,
+                "api_key": os.environ.get("IRANKER_OPENAI_API_KEY")}
+    if args.backend == "transformers":
+        return {"device": args.device, "dtype": args.dtype}
+    return {}
+
+
+def _open_model(args, explicit: dict | None = None):
+    """(backend, RankerConfig) for --model under the ranking settings saved with it; explicit flags win."""
+    from dataclasses import replace
+
+    from iranker.ranker import open_model
+
+    backend, config = open_model(args.model, args.backend, explicit, **_backend_options(args))
+    return backend, replace(config, batch_size=args.batch_size)
 
 
 def _die(msg: str, code: int = 2) -> NoReturn:
@@ -106,13 +123,12 @@ def _read_requests(path: str):
 
 
 def cmd_rank(args) -> None:
-    from iranker.ranker import RankerConfig, rank_requests
+    from iranker.ranker import rank_requests
 
     reqs, many = _read_requests(args.request)
     if args.reasoning:
         reqs = [r.model_copy(update={"options": r.options.model_copy(update={"reasoning": True})}) for r in reqs]
-    backend = _backend(args)
-    config = RankerConfig(layout=args.layout, batch_size=args.batch_size)
+    backend, config = _open_model(args, {"layout": args.layout})
     responses = rank_requests(backend, reqs, config, progress=len(reqs) > 1)
     out = [r.model_dump(exclude_none=True) for r in responses]
     print(json.dumps(out if many else out[0], indent=1))
@@ -121,7 +137,7 @@ def cmd_rank(args) -> None:
 def cmd_demo(args) -> None:
     from iranker.evaluate import format_table, score_by_scenario
     from iranker.io import load_instances
-    from iranker.ranker import RankerConfig, rank_requests
+    from iranker.ranker import rank_requests
 
     if args.instances:
         instances, what = load_instances(args.instances), args.instances
@@ -132,9 +148,9 @@ def cmd_demo(args) -> None:
         what = f"{SAMPLES_DIR}, read by the recbole, llmrank, trec-dl and routerbench adapters"
     print(f"[iranker] ranking {len(instances)} built-in instances ({what}) with the {args.backend} backend",
           file=sys.stderr)
-    backend = _backend(args)
-    responses = rank_requests(backend, [i.to_request(reasoning=args.reasoning) for i in instances],
-                              RankerConfig(layout=args.layout, batch_size=args.batch_size), progress=True)
+    backend, config = _open_model(args, {"layout": args.layout})
+    responses = rank_requests(backend, [i.to_request(reasoning=args.reasoning) for i in instances], config,
+                              progress=True)
     scores = score_by_scenario(instances, responses)
     print(f"\nmodel: {backend.name}  method: iterative ({'reasoning' if args.reasoning else 'fast'})",
           file=sys.stderr)
@@ -261,7 +277,7 @@ def cmd_evaluate(args) -> None:
                        baselines=baselines if args.baselines is not None else
                        ["first-stage", "bm25", "minilm", "popularity", "best-average", "nearest-neighbour"],
                        max_words=args.max_words, batch_size=args.batch_size, train_run=args.train_run,
-                       seed=args.seed)
+                       seed=args.seed, device=args.device, dtype=args.dtype)
     print(summary_table(metrics), file=sys.stderr)
     _say(f"report: {Path(args.out) / 'report.md'}")
     print(json.dumps({"out": args.out, "metrics": str(Path(args.out) / "metrics.json"),
@@ -383,6 +399,8 @@ def cmd_serve(args) -> None:
                    "api_key": os.environ.get("IRANKER_OPENAI_API_KEY")}
     _say(f"serving {model} ({why}) with the {args.backend} backend on port {args.http_port}; Feast: {repo or 'off'}; "
          f"auth: {'bearer token' if token else 'off'}")
+    if args.backend == "transformers":
+        options = {"device": args.device, "dtype": args.dtype}
     serve(IRankerModel(args.name, model, args.backend, options, repo, config, {"layout": args.layout}),
           http_port=args.http_port)
 
@@ -475,7 +493,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="comma-separated simple baselines (default all: first-stage,bm25,minilm,popularity,"
                     "best-average,nearest-neighbour; '' for none)")
     ev.add_argument("--no-direct", action="store_true", help="skip the base model's direct (one-call) ranking")
-    ev.add_argument("--max-words", type=int, default=120, help="words shown per candidate (default 120)")
+    ev.add_argument("--max-words", type=int, default=None,
+                    help="words shown per candidate (default: what each model was trained with, else 120)")
+    _add_device_args(ev)
     ev.add_argument("--batch-size", type=int, default=16, help="requests ranked together")
     ev.add_argument("--train-run", default=None, help="a training run folder: adds its reward curves")
     ev.add_argument("--seed", type=int, default=0)
@@ -527,7 +547,9 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--base-url", default=os.environ.get("IRANKER_OPENAI_BASE_URL"),
                     help="openai backend: the predictor's API root (env IRANKER_OPENAI_BASE_URL)")
     sv.add_argument("--tokenizer", default=None, help="openai backend: tokenizer for the chat template")
-    sv.add_argument("--layout", default="cached", choices=["cached", "relist"])
+    sv.add_argument("--layout", default=None, choices=["cached", "relist"],
+                    help="default: the layout the model was trained in, else cached")
+    _add_device_args(sv)
     sv.add_argument("--feature-repo", default=None, help="Feast repository for user histories (default "
                     "feature_repo/ or $IRANKER_FEATURE_REPO)")
     sv.add_argument("--no-features", action="store_true", help="no Feast lookups (requests must carry histories)")

@@ -178,9 +178,10 @@ def train_step(profile: str, datasets: list[str], data_versions: list[str], over
 # ----------------------------------------------------------------------------------------------------- evaluate
 
 def evaluate_step(datasets: list[str], model: str, base_model: str, registry: str, out: str, limit: int = 0,
-                  baselines: list[str] | None = None, max_words: int = 120) -> dict[str, Any]:
+                  baselines: list[str] | None = None, max_words: int = 0) -> dict[str, Any]:
     """Evaluate the candidate on the test splits against the reference - the production model of the registry, or
-    the base model before the first promotion - and the simple baselines, on the same instances."""
+    the base model before the first promotion - and the simple baselines, on the same instances. Each model ranks
+    under the ranking settings saved with it; `max_words` > 0 overrides them (with a warning)."""
     from iranker.evaluate.baselines import BASELINES
     from iranker.evaluate.harness import evaluate, load_eval_data
 
@@ -194,7 +195,7 @@ def evaluate_step(datasets: list[str], model: str, base_model: str, registry: st
     _say(f"evaluating the candidate against the {reference_name} model ({reference})")
     data = load_eval_data(datasets, split="test", limit=limit)
     metrics = evaluate(data, out, model=model, base=reference, direct=False,
-                       baselines=list(BASELINES) if baselines is None else baselines, max_words=max_words,
+                       baselines=list(BASELINES) if baselines is None else baselines, max_words=max_words or None,
                        train_run=model if (Path(model) / "metrics.jsonl").exists() else None)
     shutil.rmtree(Path(out) / ".registry-cache", ignore_errors=True)
     reference_info = {"reference": reference_name, "reference_model": reference,
@@ -213,6 +214,7 @@ def promote_step(model: str, evaluation: str, registry: str, manifests_dir: str,
     render the KServe manifest change; on rejection change nothing but the decision log. Writes the decision as
     Markdown to `report`."""
     from iranker.registry import GateConfig, decision_markdown, gate, now, render_manifest
+    from iranker.settings import read_settings
 
     ev = Path(evaluation)
     metrics = json.loads((ev / "metrics.json").read_text())
@@ -225,6 +227,15 @@ def promote_step(model: str, evaluation: str, registry: str, manifests_dir: str,
                            f"against {ref['reference']}; re-run the evaluation")
     decision = gate(metrics, per_instance, GateConfig(tolerance=tolerance, min_gain=min_gain),
                     reference=ref["reference"])
+    saved = read_settings(model)
+    used = (metrics.get("ranking_settings") or {}).get("trained")
+    if saved is not None and used is not None:
+        differ = {k: (used[k], getattr(saved, k)) for k in used if used[k] != getattr(saved, k)}
+        if differ:  # judged in a setting other than the one it was trained in, and would be served in
+            decision["promote"] = False
+            decision["reasons"].append("evaluated under other ranking settings than the model's own: " + ", ".join(
+                f"{k} {a!r} (trained with {b!r})" for k, (a, b) in differ.items()))
+    card = {**card, "ranking": saved.model_dump() if saved else None}
     decision["decided_at"] = now()
     result: dict[str, Any] = {"promoted": decision["promote"], "reference": ref["reference"],
                               "reasons": decision["reasons"], "registry": reg.url}

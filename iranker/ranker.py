@@ -276,3 +276,31 @@ def rank_requests(backend: Backend, requests: Sequence[RankRequest], config: Ran
         for i, resp in zip(idx, ranker.rank_many([requests[i] for i in idx], progress=progress)):
             out[i] = resp
     return out  # type: ignore[return-value]
+
+
+def open_model(model: str | None = None, backend: str = "transformers", explicit: dict | None = None,
+               warn=None, **backend_options) -> tuple[Backend, RankerConfig]:
+    """The backend and the ranker configuration to rank `model` with - the one way `rank`, `evaluate`, the
+    pipeline's evaluate step and `serve` open a model.
+
+    The ranking settings are those saved with a trained model folder (`iranker.settings`), else the defaults;
+    `explicit` values (layout, max_words, window, stride, max_item_tokens; None = not given) take precedence, each
+    one that differs from the saved value with a warning. For the openai backend the settings come from the
+    `tokenizer` folder (the trained model's own folder, whose chat template renders the prompts).
+    """
+    from iranker.backends import load_backend
+    from iranker.settings import settings_for
+
+    source = backend_options.get("tokenizer") if backend == "openai" else model
+    settings = settings_for(source if isinstance(source, str) else None, explicit, warn)
+    if backend == "transformers":
+        backend_options.setdefault("max_item_tokens", settings.max_item_tokens)
+    loaded = load_backend(backend, model, **backend_options)
+    scheme = getattr(getattr(loaded, "encoder", None), "label_scheme", None)
+    if settings.label_scheme and scheme and scheme != settings.label_scheme:
+        raise ValueError(f"label_scheme: the model was trained reading labels as {settings.label_scheme!r}, but "
+                         f"its tokenizer now reads them as {scheme!r}; rank it with the tokenizer it was trained "
+                         "with")
+    config = RankerConfig(layout=settings.layout, window=settings.window, stride=settings.stride,
+                          max_words=settings.max_words)
+    return loaded, config

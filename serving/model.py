@@ -161,10 +161,12 @@ class IRankerModel(kserve.Model):
         self.batcher: Batcher | None = None
 
     def load(self) -> bool:
-        from iranker.backends import load_backend
-        from iranker.ranker import RankerConfig, rank_requests
+        from dataclasses import replace
 
-        self.backend = load_backend(self.backend_kind, self.model_name, **self.backend_options)
+        from iranker.ranker import open_model, rank_requests
+
+        self.backend, ranker_config = open_model(self.model_name, self.backend_kind, dict(self.ranker_options),
+                                                 **self.backend_options)
         if self.feature_repo is not None:
             from iranker.features import UserFeatures
 
@@ -175,7 +177,7 @@ class IRankerModel(kserve.Model):
                 logger.warning("iranker: Feast lookups off: %s is not usable (%s); run `iranker features apply` "
                                "and `materialize`", self.feature_repo, str(e).splitlines()[0] if str(e) else e)
                 self.features = None
-        config = RankerConfig(batch_size=self.config.max_batch, **self.ranker_options)
+        config = replace(ranker_config, batch_size=self.config.max_batch)
         backend = self.backend
         self.batcher = Batcher(lambda reqs: rank_requests(backend, reqs, config), self.config)
         self.ready = True

@@ -418,7 +418,7 @@ def test_train_step_resumes_a_killed_run_and_reuses_a_finished_one(tmp_path):
     from iranker.data import ingest
     from iranker.pipeline import profile_path, train_step
     from iranker.train import load_config
-    from iranker.train.ppo import run_training
+    from iranker.train.loop import run_training
 
     data = tmp_path / "routing"
     ingest("routerbench", ROOT / "samples" / "routerbench", data, dvc=False)

@@ -38,16 +38,17 @@ class TransformersBackend:
     """`model`: the embedded alias, a folder or a hub id; or pass `model_obj` + `tokenizer` already loaded."""
 
     def __init__(self, model: str | None = None, *, model_obj=None, tokenizer=None, device: str | None = None,
-                 dtype: torch.dtype | None = None, max_item_tokens: int = 192, max_batch_tokens: int = 24_000,
+                 dtype: str | torch.dtype | None = None, max_item_tokens: int = 192, max_batch_tokens: int = 24_000,
                  max_step_tokens: int | None = None, name: str | None = None):
         if model_obj is None:
             from transformers import AutoModelForCausalLM, AutoTokenizer
 
+            from iranker.devices import resolve_device, resolve_dtype
             from iranker.models import display_name, resolve_model
 
             path = resolve_model(model)
-            device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-            dtype = dtype or (torch.bfloat16 if device == "cuda" else torch.float32)
+            device = resolve_device(device)
+            dtype = resolve_dtype(dtype, device)
             tokenizer = AutoTokenizer.from_pretrained(path)
             model_obj = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device)
             name = name or display_name(path)

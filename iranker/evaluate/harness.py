@@ -128,25 +128,29 @@ def _folder_qrels(folder: Path, rows: list[RankingInstance]) -> dict[str, dict[s
     return out
 
 
-def rank_with(system: ModelSystem, instances: Sequence[RankingInstance], max_words: int, batch_size: int,
-              progress: bool = True):
-    """Responses of a model system (None for instances its method cannot rank, e.g. direct on > 26 candidates)."""
-    from iranker.backends import load_backend
+def rank_with(system: ModelSystem, instances: Sequence[RankingInstance], max_words: int | None, batch_size: int,
+              progress: bool = True, device: str = "auto", dtype: str = "auto"):
+    """Responses of a model system (None for instances its method cannot rank, e.g. direct on > 26 candidates),
+    ranked under the settings saved with its model (`max_words`, when given, overrides them with a warning)."""
+    from dataclasses import replace
+
     from iranker.prompts import MAX_POOL
-    from iranker.ranker import RankerConfig, rank_requests
+    from iranker.ranker import open_model, rank_requests
 
     todo = [k for k, i in enumerate(instances) if system.method == "iterative" or len(i.candidates) <= MAX_POOL]
     out = [None] * len(instances)
     if not todo:
-        return out, ""
-    backend = load_backend("transformers", system.model)
+        return out, "", None
+    backend, config = open_model(system.model, "transformers", {"max_words": max_words}, device=device, dtype=dtype)
     reqs = [instances[k].to_request(method=system.method) for k in todo]
-    _say(f"{system.name}: ranking {len(reqs)} instances ({system.method}) with {backend.name}")
-    responses = rank_requests(backend, reqs, RankerConfig(max_words=max_words, batch_size=batch_size),
-                              progress=progress)
+    _say(f"{system.name}: ranking {len(reqs)} instances ({system.method}) with {backend.name} ({config.layout} "
+         f"layout, {config.max_words} words per candidate)")
+    responses = rank_requests(backend, reqs, replace(config, batch_size=batch_size), progress=progress)
     for k, r in zip(todo, responses, strict=True):
         out[k] = r
-    return out, backend.name
+    settings = {"layout": config.layout, "max_words": config.max_words, "window": config.window,
+                "stride": config.stride}
+    return out, backend.name, settings
 
 
 def _summary(rows: list[dict[str, float]], seed: int) -> tuple[dict[str, float], dict[str, list[float]]]:
@@ -156,9 +160,9 @@ def _summary(rows: list[dict[str, float]], seed: int) -> tuple[dict[str, float],
 
 
 def evaluate(data: EvalData, out: str | Path, model: str | None = None, base: str | None = None,
-             direct: bool = True, baselines: Sequence[str] = tuple(BASELINES), max_words: int = 120,
+             direct: bool = True, baselines: Sequence[str] = tuple(BASELINES), max_words: int | None = None,
              batch_size: int = 16, train_run: str | Path | None = None, seed: int = 0,
-             progress: bool = True) -> dict:
+             progress: bool = True, device: str = "auto", dtype: str = "auto") -> dict:
     """Evaluate and write metrics.json, per_instance.jsonl, report.md and plots into `out`; returns metrics."""
     from iranker.models import EMBEDDED_ALIAS
 
@@ -179,9 +183,10 @@ def evaluate(data: EvalData, out: str | Path, model: str | None = None, base: st
     systems.append(ModelSystem("base (iterative)", base))
     if direct:
         systems.append(ModelSystem("base (direct)", base, "direct"))
-    responses, model_names = {}, {}
+    responses, model_names, settings = {}, {}, {}
     for s in systems:
-        responses[s.name], model_names[s.name] = rank_with(s, instances, max_words, batch_size, progress)
+        responses[s.name], model_names[s.name], settings[s.name] = rank_with(s, instances, max_words, batch_size,
+                                                                             progress, device, dtype)
     main = systems[0].name
 
     rankings: dict[str, list] = {s.name: [r.ranking if r else None for r in responses[s.name]] for s in systems}
@@ -238,7 +243,8 @@ def evaluate(data: EvalData, out: str | Path, model: str | None = None, base: st
                                      "system": name, **{key: m[key] for key in REPORTED}})
     metrics = {"model": model_names.get(main, main), "system": main, "base": model_names.get("base (iterative)"),
                "method": "iterative", "sources": data.sources, "n_instances": len(instances),
-               "max_words": max_words, "seconds": round(time.perf_counter() - t0, 1), "results": results}
+               "max_words": (settings[main] or {}).get("max_words", max_words), "ranking_settings": settings,
+               "seconds": round(time.perf_counter() - t0, 1), "results": results}
     from iranker.evaluate.report import write_report
 
     tmp = out / ".metrics.json.tmp"

@@ -190,7 +190,7 @@ def run_training(cfg: TrainConfig, out: str | Path, resume: bool = False, progre
         from iranker.train.grpo import run_grpo
 
         return run_grpo(cfg, out, progress=progress)
-    from iranker.train.modeling import resolve_device
+    from iranker.devices import resolve_device
 
     out = Path(out)
     resolve_device(cfg.device)  # a missing GPU fails here, before anything is loaded or written

@@ -16,25 +16,10 @@ from pathlib import Path
 import torch
 
 from iranker.backends.tokens import EncodedPrompt, PromptEncoder
+from iranker.devices import resolve_device, resolve_dtype
 from iranker.prompts import LABELS
 
 # ------------------------------------------------------------------------------------------ device and dtype
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device: 'cuda' was asked for, but torch sees no CUDA GPU (torch "
-                         f"{torch.__version__}, built {'with' if torch.version.cuda else 'without'} CUDA); "
-                         "use device=cpu or auto")
-    return torch.device(name)
-
-
-def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
-    if name == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    return {"float32": torch.float32, "bfloat16": torch.bfloat16}[name]
 
 
 def autocast(device: torch.device, dtype: torch.dtype):
