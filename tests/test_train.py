@@ -128,7 +128,7 @@ def test_a_killed_run_resumes_to_the_same_model(tmp_path, tiny_model_dir):
     assert steps == list(range(1, 31))
 
 
-@pytest.mark.parametrize("profile", ["smoke", "cpu", "gpu-3b"])
+@pytest.mark.parametrize("profile", ["smoke", "demo", "cpu", "gpu-3b"])
 def test_every_profile_is_a_valid_config(profile):
     import yaml
 
@@ -136,6 +136,8 @@ def test_every_profile_is_a_valid_config(profile):
 
     cfg = TrainConfig.model_validate(yaml.safe_load((ROOT / "configs" / f"{profile}.yaml").read_text()))
     assert cfg.steps >= 1 and cfg.data
+    if cfg.algo == "ppo":  # PPO that is PPO: several optimizer steps over each rollout
+        assert cfg.ppo.epochs >= 2 and cfg.ppo.epochs * cfg.ppo.minibatches >= 2
 
 
 def test_reasoning_mode_ppo_runs_token_level_updates(tmp_path, smoke):
