@@ -293,7 +293,7 @@ def open_model(model: str | None = None, backend: str = "transformers", explicit
 
     source = backend_options.get("tokenizer") if backend == "openai" else model
     settings = settings_for(source if isinstance(source, str) else None, explicit, warn)
-    if backend == "transformers":
+    if backend in ("transformers", "vllm"):
         backend_options.setdefault("max_item_tokens", settings.max_item_tokens)
     loaded = load_backend(backend, model, **backend_options)
     scheme = getattr(getattr(loaded, "encoder", None), "label_scheme", None)

@@ -20,7 +20,7 @@ from iranker.prompts import Prompt
 
 
 class VLLMBackend:
-    def __init__(self, model: str | None = None, *, tokenizer=None, **engine_kwargs):
+    def __init__(self, model: str | None = None, *, tokenizer=None, max_item_tokens: int = 192, **engine_kwargs):
         try:
             import vllm
         except ImportError as e:
@@ -31,7 +31,7 @@ class VLLMBackend:
         engine_kwargs.setdefault("enable_prefix_caching", True)
         self._vllm = vllm
         self.llm = vllm.LLM(model=path, **engine_kwargs)
-        self.encoder = PromptEncoder(tokenizer or self.llm.get_tokenizer())
+        self.encoder = PromptEncoder(tokenizer or self.llm.get_tokenizer(), max_item_tokens)
         self.name = display_name(path)
 
     @staticmethod
