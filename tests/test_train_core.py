@@ -145,3 +145,25 @@ def test_the_final_model_carries_its_ranking_settings(tmp_path, smoke):
     assert settings_for(final, {"max_words": None}, warned.append).max_words == 60 and not warned
     assert settings_for(final, {"max_words": 120}, warned.append).max_words == 120
     assert len(warned) == 1 and "max_words=120 differs from the 60 the model was trained with" in warned[0]
+
+
+@pytest.mark.slow
+def test_embedded_model_trainer_log_probs_equal_the_serving_backends(tmp_path, smoke):
+    """The same check on the embedded SmolLM2 (sdpa attention, 30 layers), on a built-in passage instance."""
+    from iranker.backends.transformers import TransformersBackend
+    from iranker.prompts import iterative_prompt
+
+    cfg = smoke.model_copy(update={"model": "smollm2-135m", "tokenizer": None, "lora": smoke.lora,
+                                   "ppo": smoke.ppo.model_copy(update={"kl_coef": 0.0})})
+    trainer = _trainer(cfg, tmp_path)
+    backend = TransformersBackend(model_obj=trainer.model, tokenizer=trainer.policy.tokenizer, name="same")
+    k = max(range(len(trainer.instances)), key=lambda i: len(trainer.instances[i].candidates))
+    ctx = trainer.algo.contexts[k]
+    n = min(len(ctx.texts), 20)
+    for pool in (list(range(n)), [0, n // 2, n - 1], [1, 2]):
+        session = backend.open_pools([iterative_prompt(ctx, list(range(n)))], speculate=0)
+        [[(_, choice)]] = session.decide([pool])
+        with torch.no_grad():
+            logp, _ = trainer.algo.score(trainer.model, [Step(k, list(range(n)), pool, [0.0] * n)], False)
+        assert [float(logp[0, j]) for j in pool] == pytest.approx([choice.logprobs[chr(65 + j)] for j in pool],
+                                                                   abs=1e-4)
