@@ -22,10 +22,11 @@ def run_grpo(cfg, out: str | Path, progress: bool = True) -> Path:
     from datasets import Dataset
     from trl import GRPOConfig, GRPOTrainer
 
+    from iranker.backends.tokens import PromptEncoder
     from iranker.rewards import exclusion_reward_func, fast_exclusion_reward_func, format_reward_func
     from iranker.train.modeling import base_model_path, load_model, lora_config
     from iranker.train.pools import load_training_instances
-    from iranker.train.steps import elimination_rows, render_prompt
+    from iranker.train.steps import elimination_rows
 
     out = Path(out)
     instances = load_training_instances(cfg)
@@ -38,7 +39,8 @@ def run_grpo(cfg, out: str | Path, progress: bool = True) -> Path:
     generations = max(2, cfg.grpo_generations)
     n_prompts = cfg.steps * max(1, cfg.batch_size // generations)
     rows = elimination_rows(instances, cfg, n_prompts, reasoning=reasoning, salt="grpo")
-    dataset = Dataset.from_list([{"prompt": render_prompt(tokenizer, r["prompt"]), "pool_grades": r["pool_grades"]}
+    encoder = PromptEncoder(tokenizer, cfg.ranking.max_item_tokens)  # renders as the ranker does, label scheme too
+    dataset = Dataset.from_list([{"prompt": encoder.render(r["prompt"]), "pool_grades": r["pool_grades"]}
                                  for r in rows])
     peft_config = None
     if cfg.lora.r:

@@ -15,12 +15,6 @@ from iranker.prompts import build_context, iterative_prompt
 from iranker.schema import RankingInstance
 
 
-def render_prompt(tokenizer, prompt) -> str:
-    """The prompt text a model is fed (chat template + answer prefix), as the transformers backend feeds it."""
-    text = tokenizer.apply_chat_template(prompt.messages(), tokenize=False, add_generation_prompt=True)
-    return text + prompt.answer_prefix
-
-
 def elimination_rows(instances: Sequence[RankingInstance], cfg, n: int, reasoning: bool = True,
                      salt: str = "rows") -> list[dict]:
     """`n` elimination steps: random sub-pools (with differing grades) of instances drawn as the PPO trainer
