@@ -21,20 +21,23 @@ an on-policy episode, a pool's relisted copies aside) run as the cues of one seq
 from __future__ import annotations
 
 import time
+from functools import partial
 
 import torch
 
 from iranker.io import seeded_rng
 from iranker.prompts import MAX_POOL, build_context, iterative_prompt
 from iranker.schema import RankingInstance
+from iranker.train.distributed import Processes
 from iranker.train.pools import Step, gae, layout_steps, reward_row, sample_pool
 
 
 class FastTrainer:
     def __init__(self, cfg, policy, instances: list[RankingInstance],
-                 probe_instances: list[RankingInstance] | None = None, rank: int = 0, world: int = 1):
+                 probe_instances: list[RankingInstance] | None = None, procs: Processes | None = None):
         self.cfg, self.policy, self.instances = cfg, policy, instances
-        self.rank, self.world = rank, world
+        self.procs = procs or Processes()
+        self.rank, self.world = self.procs.rank, self.procs.world
         self.contexts = [build_context(i.to_request(), max_words=cfg.ranking.max_words) for i in instances]
         self.by_scenario: dict[str, list[int]] = {}
         for k, inst in enumerate(instances):
@@ -243,8 +246,10 @@ class FastTrainer:
                      kl=kl.mean().item(), entropy=entropy.mean().item())
         return loss, stats
 
-    def update(self, update: int, sync=None) -> dict:
-        cfg, policy = self.cfg, self.policy
+    def update(self, update: int) -> dict:
+        """Roll out this process's episodes and step the optimizer; with several processes every step's gradient
+        is the mean over the decisions of all of them (`Processes.sync_grads`, weighted by each one's count)."""
+        cfg, policy, sync = self.cfg, self.policy, self.procs.sync_grads
         t0 = time.perf_counter()
         one_pass = cfg.algo == "expected"
         batch = self.rollout(update, keep_graph=one_pass)
@@ -258,7 +263,7 @@ class FastTrainer:
                 loss, stats = self._loss(batch, None, batch["live_logp"], batch["live_values"], ref_logp)
                 loss.backward()
                 rows.append(stats)
-            policy.step_optimizer(sync)
+            policy.step_optimizer(partial(sync, weight=len(steps)))
         else:
             gen = torch.Generator().manual_seed(seeded_rng(cfg.seed, "minibatches", update).randrange(2**31))
             for _ in range(cfg.ppo.epochs):
@@ -271,7 +276,8 @@ class FastTrainer:
                         loss, stats = self._loss(batch, idx.to(policy.device), logp, values, ref_logp)
                         loss.backward()
                         rows.append(stats)
-                    policy.step_optimizer(sync)  # every process steps, even with an empty share: same weights
+                    # every process steps, even with an empty share: same weights
+                    policy.step_optimizer(partial(sync, weight=len(idx)))
         policy.model.eval()
         dt = time.perf_counter() - t0
         by_size: dict[str, list[float]] = {}
@@ -285,7 +291,8 @@ class FastTrainer:
                 "expected_reward": float(batch["expected"].sum()) / n, **stats,
                 "elimination_steps": len(steps), "steps_per_s": len(steps) / dt, "seconds": dt,
                 "reward_by_pool_size": {k: sum(v) / len(v) for k, v in sorted(by_size.items(),
-                                                                               key=lambda kv: int(kv[0]))}}
+                                                                               key=lambda kv: int(kv[0]))},
+                "steps_by_pool_size": {k: len(v) for k, v in sorted(by_size.items(), key=lambda kv: int(kv[0]))}}
 
 
 def _next_step(st: Step, eliminated: int, layout: str) -> Step:

@@ -21,7 +21,7 @@ import torch
 from iranker.schema import RankingInstance
 from iranker.settings import write_settings
 from iranker.train.config import TrainConfig
-from iranker.train.distributed import Processes, init_processes
+from iranker.train.distributed import Processes, init_processes, weights_checksum
 from iranker.train.modeling import Policy, load_model
 from iranker.train.pools import load_training_instances
 
@@ -39,10 +39,14 @@ class Trainer:
         self.progress = progress and self.procs.main
         self.policy = Policy(cfg, model, tokenizer)
         if cfg.mode == "reasoning":
-            self.algo = ReasoningTrainer(cfg, self.policy, instances, self.procs.rank, self.procs.world)
+            self.algo = ReasoningTrainer(cfg, self.policy, instances, self.procs)
         else:
-            self.algo = FastTrainer(cfg, self.policy, instances, probe_instances, self.procs.rank, self.procs.world)
+            self.algo = FastTrainer(cfg, self.policy, instances, probe_instances, self.procs)
         self.step = 0
+        if self.procs.world > 1:  # every process starts from process 0's weights, as DDP does
+            ref = list(self.policy.ref.parameters()) if self.policy.ref is not None else []
+            self.procs.broadcast([*self.policy.model.parameters(), *self.policy.model.buffers(),
+                                  *self.policy.value_head.parameters(), *ref])
 
     @property
     def model(self):
@@ -52,7 +56,16 @@ class Trainer:
         return self.algo.rollout(update, keep_graph=keep_graph)
 
     def update(self, update: int) -> dict:
-        return self.procs.combine(self.algo.update(update, sync=self.procs.sync_grads))
+        """One update on every process; the log row of the whole update, with each process's weights fingerprint
+        (`weights_checksums`; the run stops if the processes ever hold different weights)."""
+        row = self.algo.update(update)
+        return self.procs.combine(row, (self.weights_checksum(), weights_checksum(
+            {f"value_head.{k}": v for k, v in self.policy.value_head.state_dict().items()})))
+
+    def weights_checksum(self) -> int:
+        """`weights_checksum` of the trained weights of the model (with full fine-tuning: every weight that
+        `final/model.safetensors` holds; with LoRA: the adapters)."""
+        return weights_checksum({k: p for k, p in self.policy.model.named_parameters() if p.requires_grad})
 
     def probe(self) -> dict[str, float]:
         return self.algo.probe()
@@ -196,6 +209,14 @@ def run_training(cfg: TrainConfig, out: str | Path, resume: bool = False, progre
     resolve_device(cfg.device)  # a missing GPU fails here, before anything is loaded or written
     instances = load_training_instances(cfg)
     procs = init_processes(cfg.device)
+    try:
+        return _train(cfg, out, resume, progress, stop_after, instances, procs)
+    finally:
+        procs.close()
+
+
+def _train(cfg: TrainConfig, out: Path, resume: bool, progress: bool, stop_after: int | None,
+           instances: list[RankingInstance], procs: Processes) -> Path:
     model, tokenizer = load_model(cfg)
     if out.exists() and any(out.iterdir()) and not resume:
         raise FileExistsError(f"--out {out}: not empty; pass --resume to continue the run there, or another folder")
@@ -206,14 +227,14 @@ def run_training(cfg: TrainConfig, out: str | Path, resume: bool = False, progre
     probe = load_training_instances(cfg, split="validation") if cfg.probe.pools else None
     trainer = Trainer(cfg, instances, model, tokenizer, out, progress=progress, probe_instances=probe,
                       processes=procs)
-    if resume and trainer.load_checkpoint():
-        trainer.say(f"resumed from step {trainer.step}")
-        if procs.main:
+    resumed = resume and trainer.load_checkpoint()  # every process loads the same checkpoint
+    if procs.main:
+        if resumed:
+            trainer.say(f"resumed from step {trainer.step}")
             for log in (out / "metrics.jsonl", out / "probe.jsonl"):
                 if log.exists():  # drop log lines written after the checkpoint
                     rows = [r for r in log.read_text().splitlines() if json.loads(r)["step"] <= trainer.step]
                     log.write_text("".join(r + "\n" for r in rows))
-    if procs.main:
         (out / "config.json").write_text(json.dumps(cfg.model_dump(), indent=1))
         trainer.say(f"training on {len(instances)} instances ({cfg.algo}, {cfg.mode} mode, {cfg.steps} updates of "
                     f"{cfg.batch_size} episodes, {trainer.policy.device.type} "

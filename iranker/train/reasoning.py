@@ -12,12 +12,14 @@ bonus. Reasoning prompts re-list the pool relabelled at every step, as reasoning
 from __future__ import annotations
 
 import time
+from functools import partial
 
 import torch
 
 from iranker.io import seeded_rng
 from iranker.prompts import build_context, iterative_prompt
 from iranker.rewards import INVALID_ANSWER, exclusion_reward, format_reward
+from iranker.train.distributed import Processes
 from iranker.train.pools import cyclic_orders, gae, sample_pool
 
 STOP = "</answer>"
@@ -38,9 +40,10 @@ def stop_length(tokenizer, response_ids: list[int]) -> int:
 
 
 class ReasoningTrainer:
-    def __init__(self, cfg, policy, instances, rank: int = 0, world: int = 1):
+    def __init__(self, cfg, policy, instances, procs: Processes | None = None):
         self.cfg, self.policy, self.instances = cfg, policy, instances
-        self.rank, self.world = rank, world
+        self.procs = procs or Processes()
+        self.rank, self.world = self.procs.rank, self.procs.world
         self.contexts = [build_context(i.to_request(), max_words=cfg.ranking.max_words) for i in instances]
         self.by_scenario: dict[str, list[int]] = {}
         for k, inst in enumerate(instances):
@@ -104,7 +107,10 @@ class ReasoningTrainer:
             e["reward"] = e["exclusion"] + format_reward(text)
         return episodes
 
-    def update(self, update: int, sync=None) -> dict:
+    def update(self, update: int) -> dict:
+        """Roll out this process's episodes and run the PPO epochs. With several processes the advantages are
+        normalised by the mean and deviation over all processes' tokens, and every step's gradient is the per-token
+        mean over all of them (`Processes.sync_grads`, weighted by each one's tokens)."""
         cfg, policy = self.cfg, self.policy
         t0 = time.perf_counter()
         episodes = self.rollout(update)
@@ -119,9 +125,8 @@ class ReasoningTrainer:
                 adv, ret = gae([0.0] * (t - 1) + [e["reward"]], values.tolist(), cfg.ppo.gamma, cfg.ppo.lam)
                 e["adv"] = torch.tensor(adv, device=policy.device)
                 e["ret"] = torch.tensor(ret, device=policy.device)
-        all_adv = torch.cat([e["adv"] for e in episodes]) if episodes else torch.zeros(0)
-        mean = all_adv.mean() if all_adv.numel() else torch.tensor(0.0)
-        std = all_adv.std().clamp_min(1e-6) if all_adv.numel() > 1 else torch.tensor(1.0)
+        all_adv = torch.cat([e["adv"] for e in episodes]) if episodes else torch.zeros(0, device=policy.device)
+        mean, std = self.procs.mean_std(all_adv)  # over every process's tokens
         policy.model.train()
         gen = torch.Generator().manual_seed(seeded_rng(cfg.seed, "minibatches", update).randrange(2**31))
         rows = []
@@ -147,7 +152,7 @@ class ReasoningTrainer:
                                    ("kl", kl.sum()), ("entropy", entropy.sum()),
                                    ("clip_frac", ((ratio - 1).abs() > cfg.ppo.clip).float().sum())):
                         sums[key] += float(v) / n_tokens
-                policy.step_optimizer(sync)
+                policy.step_optimizer(partial(self.procs.sync_grads, weight=n_tokens))
                 if chosen:
                     rows.append(sums)
         policy.model.eval()
@@ -165,4 +170,5 @@ class ReasoningTrainer:
                 "completion_tokens": int(all_adv.numel()), "elimination_steps": len(episodes),
                 "steps_per_s": len(episodes) / dt, "seconds": dt,
                 "reward_by_pool_size": {k: sum(v) / len(v) for k, v in sorted(by_size.items(),
-                                                                               key=lambda kv: int(kv[0]))}}
+                                                                               key=lambda kv: int(kv[0]))},
+                "steps_by_pool_size": {k: len(v) for k, v in sorted(by_size.items(), key=lambda kv: int(kv[0]))}}
