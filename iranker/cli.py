@@ -253,7 +253,8 @@ def cmd_train(args) -> None:
 
     cfg = load_config(args.config, _yaml_pairs(args.set, "--set", "KEY=VALUE"))
     final = run_training(cfg, args.out, resume=args.resume, progress=True)
-    print(json.dumps({"out": args.out, "model": str(final)}))
+    if os.environ.get("RANK", "0") == "0":  # under a launcher, one line from process 0
+        print(json.dumps({"out": args.out, "model": str(final)}))
 
 
 def cmd_export_verl(args) -> None:
