@@ -167,3 +167,44 @@ def test_embedded_model_trainer_log_probs_equal_the_serving_backends(tmp_path, s
             logp, _ = trainer.algo.score(trainer.model, [Step(k, list(range(n)), pool, [0.0] * n)], False)
         assert [float(logp[0, j]) for j in pool] == pytest.approx([choice.logprobs[chr(65 + j)] for j in pool],
                                                                    abs=1e-4)
+
+
+@pytest.mark.parametrize("algo", ["expected", "ppo"])
+def test_whole_episodes_are_sampled_as_serving_ranks_and_scored_in_one_pass(tmp_path, smoke, algo):
+    """`pools.episodes`: whole instances ranked by the policy on the serving cache; every decision of an episode
+    shares its listing, the pool shrinking by the sampled elimination; the one-pass scores of an episode's
+    decisions equal scoring each decision on its own; updates on the same episodes raise their expected reward."""
+    pools = smoke.pools.model_copy(update={"episodes": 1.0, "on_policy": 0.0})
+    cfg = smoke.model_copy(update={"algo": algo, "batch_size": 3, "pools": pools, "lr_actor": 3e-3})
+    trainer = _trainer(cfg, tmp_path)
+    batch = trainer.rollout(0)
+    steps, episode = batch["steps"], batch["episode"]
+    assert len(set(episode)) == 3 and len(steps) > 3
+    for e in set(episode):
+        mine = [b for b, x in enumerate(episode) if x == e]
+        first = steps[mine[0]]
+        inst = trainer.instances[first.inst]
+        assert first.pool == list(range(min(len(inst.candidates), 20)))  # the whole instance, as serving lists it
+        for b, c in zip(mine, mine[1:]):
+            assert steps[c].listing == steps[b].listing
+            assert steps[c].pool == [j for j in steps[b].pool if j != int(batch["actions"][b])]
+    with torch.no_grad():
+        together, _ = trainer.algo.score(trainer.model, steps, False)
+        alone = torch.cat([trainer.algo.score(trainer.model, [s], False)[0] for s in steps])
+    finite = ~torch.isinf(alone)
+    assert torch.allclose(together[finite], alone[finite], atol=1e-4)
+    assert torch.allclose(batch["old_logp"][finite], alone[finite], atol=1e-4)
+
+    def expected():
+        with torch.no_grad():
+            logp, _ = trainer.algo.score(trainer.model, steps, False)
+        return float((logp.exp() * batch["reward_table"]).sum(-1).mean())
+
+    if algo == "ppo":  # one update over episodes: minibatches of whole episodes, the ratio leaves 1
+        row = trainer.update(0)
+        assert row["elimination_steps"] == len(steps) and row["ratio_dev"] > 0
+        return
+    before = expected()
+    for _ in range(6):
+        trainer.update(0)  # the same seeded episodes every time
+    assert expected() > before

@@ -35,7 +35,12 @@ class PoolConfig(_Section):
     small_bias: float = Field(default=1.0, ge=0, description="weight of a pool of size k is k**-small_bias: the "
                                                             "signal sits in small pools")
     on_policy: float = Field(default=0.0, ge=0, le=1, description="share of episodes rolled out by the policy "
-                                                                 "itself (multi-step, GAE) instead of random pools")
+                                                                 "itself from a random sub-pool (multi-step, GAE)")
+    episodes: float = Field(default=0.0, ge=0, le=1, description="share of episodes that are whole instances "
+                                                                "(up to the serving window) ranked by the policy "
+                                                                "as serving ranks it: eliminations sampled on the "
+                                                                "key/value cache, then all n-1 decisions scored in "
+                                                                "one pass")
     balance_positions: bool = Field(
         default=False, description="show each random pool in all of its cyclic orders (k episodes for a pool of "
                                    "k): every candidate takes every label position once, so a preference for a "
@@ -106,6 +111,8 @@ class TrainConfig(_Section):
     def _consistent(self) -> TrainConfig:
         if self.pools.min_size > self.pools.max_size:
             raise ValueError("pools.min_size must not exceed pools.max_size")
+        if self.pools.episodes + self.pools.on_policy > 1:
+            raise ValueError("pools.episodes + pools.on_policy must not exceed 1 (shares of one batch)")
         if self.pools.max_size > self.ranking.window:
             raise ValueError(f"pools.max_size must not exceed ranking.window ({self.ranking.window})")
         if self.mode == "reasoning" and self.algo == "expected":

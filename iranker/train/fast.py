@@ -29,6 +29,7 @@ from iranker.io import seeded_rng
 from iranker.prompts import MAX_POOL, build_context, iterative_prompt
 from iranker.schema import RankingInstance
 from iranker.train.distributed import Processes
+from iranker.train.episodes import sample_on_cache
 from iranker.train.pools import Step, gae, layout_steps, reward_row, sample_pool
 
 
@@ -139,79 +140,133 @@ class FastTrainer:
 
     # ----------------------------------------------------------------------------------------------- rollouts
 
-    def rollout(self, update: int, keep_graph: bool = False) -> dict:
-        """This process's episodes of this update (seeded by it), with actions, rewards, old log-probs, values,
-        advantages. Episode e of the update belongs to process e % world.
-
-        With `keep_graph` the policy's log-probs and values keep their autograd graph ("live_logp",
-        "live_values") for a one-pass update (algo expected)."""
-        cfg, policy = self.cfg, self.policy
+    def _draw(self, update: int) -> list[tuple[int, str, Step]]:
+        """This process's episodes of the update (seeded by it): (episode index, kind, first step), kind one of
+        "whole" (a whole instance, the serving pool), "on_policy" (a sub-pool the policy keeps eliminating from)
+        or "pool" (one decision on a random sub-pool). Episode e of the update belongs to process e % world."""
+        cfg = self.cfg
         rng = seeded_rng(cfg.seed, "update", update)
-        steps, actions, rewards, expected, adv, returns = [], [], [], [], [], []
-        tables, old_logps, live_logps, live_values = [], [], [], []
+        n_whole = round(cfg.batch_size * cfg.pools.episodes)
         n_on_policy = round(cfg.batch_size * cfg.pools.on_policy)
-        policy.model.eval()
+        drawn: list[tuple[int, str, Step]] = []
         episodes = 0
-        with torch.set_grad_enabled(keep_graph):
-            while episodes < cfg.batch_size:
-                if cfg.mix == "balanced":
-                    k = rng.choice(self.by_scenario[rng.choice(sorted(self.by_scenario))])
-                else:
-                    k = rng.randrange(len(self.instances))
-                inst = self.instances[k]
+        while episodes < cfg.batch_size:
+            if cfg.mix == "balanced":
+                k = rng.choice(self.by_scenario[rng.choice(sorted(self.by_scenario))])
+            else:
+                k = rng.randrange(len(self.instances))
+            inst = self.instances[k]
+            if episodes < n_whole:
+                n = min(len(inst.candidates), cfg.ranking.window)
+                if len({inst.grade(c.id) for c in inst.candidates[:n]}) < 2:
+                    continue
+                [first] = layout_steps(k, inst, list(range(n)), cfg.ranking.layout, cfg.ranking.window, False)
+                if cfg.pools.balance_positions:  # one cyclic rotation of the listing, drawn per episode
+                    r = rng.randrange(n)
+                    first = Step(k, first.listing[r:] + first.listing[:r], first.pool,
+                                 first.grades[r:] + first.grades[:r])
+                group, kind = [first], "whole"
+            else:
                 pool = sample_pool(rng, inst, cfg)
                 if pool is None:
                     continue
-                on_policy = episodes < n_on_policy and len(pool) > 2
+                on_policy = episodes < n_whole + n_on_policy and len(pool) > 2
                 group = layout_steps(k, inst, pool, cfg.ranking.layout, cfg.ranking.window,
                                      cfg.pools.balance_positions and not on_policy)
-                first_episode = episodes
-                episodes += len(group)
-                for g, first in enumerate(group):
-                    if (first_episode + g) % self.world != self.rank:
-                        continue
-                    gen = torch.Generator().manual_seed(seeded_rng(cfg.seed, "actions", update,
-                                                                   first_episode + g).randrange(2**31))
-                    st, ep_steps, ep_r, ep_v = first, [], [], []
-                    while True:
-                        logp, v = self.score(policy.model, [st], True)
-                        if keep_graph:
-                            live_logps.append(logp[0])
-                            live_values.append(v[0])
-                        logp, v = logp.detach().cpu(), v.detach().cpu()
-                        probs = logp[0].exp()
-                        a = int(torch.multinomial(probs, 1, generator=gen))
-                        table = reward_row(st.grades, st.pool)
-                        tables.append(table)
-                        old_logps.append(logp[0])
-                        ep_steps.append(st)
-                        actions.append(a)
-                        ep_r.append(float(table[a]))
-                        expected.append(float((probs * table).sum()))
-                        ep_v.append(float(v[0]))
-                        rest = [j for j in st.pool if j != a]
-                        st = _next_step(st, a, cfg.ranking.layout)
-                        if not on_policy or len(rest) < 2 or len({st.grades[j] for j in st.pool}) < 2:
-                            break
-                    steps += ep_steps
-                    rewards += ep_r
-                    if len(ep_steps) == 1 and cfg.ppo.baseline == "expected":
-                        adv.append(ep_r[0] - expected[-1])
-                        returns.append(ep_r[0])
-                    else:
-                        a_t, r_t = gae(ep_r, ep_v, cfg.ppo.gamma, cfg.ppo.lam)
-                        adv += a_t
-                        returns += r_t
-        dev = policy.device
-        out = {"steps": steps, "actions": torch.tensor(actions, dtype=torch.long, device=dev),
-               "rewards": torch.tensor(rewards), "expected": torch.tensor(expected),
-               "advantages": torch.tensor(adv, dtype=torch.float32, device=dev),
-               "returns": torch.tensor(returns, dtype=torch.float32, device=dev),
-               "reward_table": torch.stack(tables).to(dev) if tables else torch.zeros(0, MAX_POOL, device=dev),
-               "old_logp": torch.stack(old_logps).to(dev) if old_logps else torch.zeros(0, MAX_POOL, device=dev)}
-        if keep_graph and live_logps:
-            out.update(live_logp=torch.stack(live_logps), live_values=torch.stack(live_values))
+                kind = "on_policy" if on_policy else "pool"
+            for g, first in enumerate(group):
+                if (episodes + g) % self.world == self.rank:
+                    drawn.append((episodes + g, kind, first))
+            episodes += len(group)
+        return drawn
+
+    def _sample_sequential(self, update: int, drawn: list[tuple[int, str, Step]]) -> dict[int, list[tuple[Step, int]]]:
+        """Roll out the multi-decision episodes, sampling each elimination from the policy (no gradients): on the
+        serving backend's key/value cache in the cached layout, one relisted prompt per step in relist."""
+        cfg, policy = self.cfg, self.policy
+        seq = [(e, first) for e, kind, first in drawn if kind != "pool"]
+        if not seq:
+            return {}
+        gens = [torch.Generator().manual_seed(seeded_rng(cfg.seed, "actions", update, e).randrange(2**31))
+                for e, _ in seq]
+
+        def keep_going(st: Step) -> bool:
+            return len({st.grades[j] for j in st.pool}) > 1
+
+        policy.model.eval()
+        if cfg.ranking.layout == "cached":
+            traces = sample_on_cache(policy, self.contexts, [first for _, first in seq], gens, keep_going)
+            return {e: trace for (e, _), trace in zip(seq, traces, strict=True)}
+        out = {}
+        with torch.no_grad():
+            for (e, st), gen in zip(seq, gens, strict=True):
+                trace = []
+                while True:
+                    probs = self.score(policy.model, [st], False)[0][0].exp().cpu()
+                    a = int(torch.multinomial(probs, 1, generator=gen))
+                    trace.append((st, a))
+                    st = _next_step(st, a, cfg.ranking.layout)
+                    if len(st.pool) < 2 or not keep_going(st):
+                        break
+                out[e] = trace
         return out
+
+    def rollout(self, update: int, score: bool = True) -> dict:
+        """This process's decisions of this update: "steps", "episode" (index per step), "reward_table",
+        "actions" (-1 where not yet drawn) and, with `score`, everything PPO needs: the policy's log-probs
+        ("old_logp") and values from one pass without gradients, the missing actions drawn from them, rewards,
+        expected rewards, advantages and returns (`finish`)."""
+        drawn = self._draw(update)
+        traces = self._sample_sequential(update, drawn)
+        steps, episode, actions = [], [], []
+        for e, kind, first in drawn:
+            for st, a in (traces[e] if kind != "pool" else [(first, -1)]):
+                steps.append(st)
+                episode.append(e)
+                actions.append(a)
+        dev = self.policy.device
+        tables = [reward_row(st.grades, st.pool) for st in steps]
+        batch = {"steps": steps, "episode": episode, "actions": torch.tensor(actions, dtype=torch.long),
+                 "reward_table": torch.stack(tables).to(dev) if tables else torch.zeros(0, MAX_POOL, device=dev),
+                 "update": update}
+        if score and steps:
+            with torch.no_grad():
+                logp, values = self.score(self.policy.model, steps, True)
+            self.finish(batch, logp, values)
+        return batch
+
+    def finish(self, batch: dict, logp: torch.Tensor, values: torch.Tensor) -> None:
+        """Fill in a rollout from the policy's log-probs and values of its steps (detached): actions not drawn yet
+        (seeded), rewards, expected rewards, advantages (r - E_pi[r] for one-decision episodes with the expected
+        baseline, else GAE with the critic) and returns."""
+        cfg = self.cfg
+        logp, values = logp.detach(), values.detach().float().cpu()
+        probs = logp.exp().cpu()
+        table = batch["reward_table"].cpu()
+        gen = torch.Generator().manual_seed(seeded_rng(cfg.seed, "pool-actions", batch["update"]).randrange(2**31))
+        actions = batch["actions"].clone()
+        for b in range(len(actions)):
+            if actions[b] < 0:
+                actions[b] = int(torch.multinomial(probs[b], 1, generator=gen))
+        rewards = table.gather(1, actions[:, None]).squeeze(1)
+        expected = (probs * table).sum(-1)
+        adv, returns = [0.0] * len(actions), [0.0] * len(actions)
+        by_episode: dict[int, list[int]] = {}
+        for b, e in enumerate(batch["episode"]):
+            by_episode.setdefault(e, []).append(b)
+        for rows in by_episode.values():
+            if len(rows) == 1 and cfg.ppo.baseline == "expected":
+                b = rows[0]
+                adv[b], returns[b] = float(rewards[b] - expected[b]), float(rewards[b])
+                continue
+            a_t, r_t = gae([float(rewards[b]) for b in rows], [float(values[b]) for b in rows], cfg.ppo.gamma,
+                           cfg.ppo.lam)
+            for b, a_, r_ in zip(rows, a_t, r_t, strict=True):
+                adv[b], returns[b] = a_, r_
+        dev = self.policy.device
+        batch.update(actions=actions.to(dev), rewards=rewards, expected=expected, old_logp=logp.to(dev),
+                     advantages=torch.tensor(adv, dtype=torch.float32, device=dev),
+                     returns=torch.tensor(returns, dtype=torch.float32, device=dev))
 
     # ------------------------------------------------------------------------------------------------ the update
 
@@ -248,36 +303,51 @@ class FastTrainer:
 
     def update(self, update: int) -> dict:
         """Roll out this process's episodes and step the optimizer; with several processes every step's gradient
-        is the mean over the decisions of all of them (`Processes.sync_grads`, weighted by each one's count)."""
+        is the mean over the decisions of all of them (`Processes.sync_grads`, weighted by each one's count).
+
+        `algo: expected`: ONE forward and backward pass over all decisions (those sharing a listing - an
+        episode's - as the cues of one sequence). `algo: ppo`: a scoring pass without gradients, then
+        `ppo.epochs` x `ppo.minibatches` passes, minibatches made of whole episodes."""
         cfg, policy, sync = self.cfg, self.policy, self.procs.sync_grads
         t0 = time.perf_counter()
         one_pass = cfg.algo == "expected"
-        batch = self.rollout(update, keep_graph=one_pass)
+        batch = self.rollout(update, score=not one_pass)
         steps = batch["steps"]
-        ref_logp = self._ref_logp(steps) if steps else None
+        ref_logp = self._ref_logp(steps) if steps and cfg.ppo.kl_coef > 0 else None
         policy.model.train()
         rows: list[dict] = []
         if one_pass:
             policy.optimizer.zero_grad()
             if steps:
-                loss, stats = self._loss(batch, None, batch["live_logp"], batch["live_values"], ref_logp)
+                logp, values = self.score(policy.model, steps, True)
+                self.finish(batch, logp, values)
+                loss, stats = self._loss(batch, None, logp, values, ref_logp)
                 loss.backward()
                 rows.append(stats)
+            else:
+                batch.update(rewards=torch.zeros(0), expected=torch.zeros(0))
             policy.step_optimizer(partial(sync, weight=len(steps)))
         else:
+            if not steps:
+                batch.update(rewards=torch.zeros(0), expected=torch.zeros(0))
             gen = torch.Generator().manual_seed(seeded_rng(cfg.seed, "minibatches", update).randrange(2**31))
+            episodes = sorted(set(batch["episode"]))
+            of_episode: dict[int, list[int]] = {}
+            for b, e in enumerate(batch["episode"]):
+                of_episode.setdefault(e, []).append(b)
             for _ in range(cfg.ppo.epochs):
-                order = torch.randperm(len(steps), generator=gen)
+                order = torch.randperm(len(episodes), generator=gen).tolist()
                 for mb in range(cfg.ppo.minibatches):
-                    idx = order[mb::cfg.ppo.minibatches]
+                    chosen = [b for i in order[mb::cfg.ppo.minibatches] for b in of_episode[episodes[i]]]
+                    idx = torch.tensor(chosen, dtype=torch.long)
                     policy.optimizer.zero_grad()
-                    if len(idx):
-                        logp, values = self.score(policy.model, [steps[i] for i in idx.tolist()], True)
+                    if chosen:
+                        logp, values = self.score(policy.model, [steps[i] for i in chosen], True)
                         loss, stats = self._loss(batch, idx.to(policy.device), logp, values, ref_logp)
                         loss.backward()
                         rows.append(stats)
                     # every process steps, even with an empty share: same weights
-                    policy.step_optimizer(partial(sync, weight=len(idx)))
+                    policy.step_optimizer(partial(sync, weight=len(chosen)))
         policy.model.eval()
         dt = time.perf_counter() - t0
         by_size: dict[str, list[float]] = {}

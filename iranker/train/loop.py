@@ -52,8 +52,8 @@ class Trainer:
     def model(self):
         return self.policy.model
 
-    def rollout(self, update: int, keep_graph: bool = False) -> dict:
-        return self.algo.rollout(update, keep_graph=keep_graph)
+    def rollout(self, update: int) -> dict | list:
+        return self.algo.rollout(update)
 
     def update(self, update: int) -> dict:
         """One update on every process; the log row of the whole update, with each process's weights fingerprint
