@@ -3,6 +3,7 @@ devices, reasoning responses scored up to their stop, ranking settings saved wit
 
 from __future__ import annotations
 
+import itertools
 import json
 
 import pytest
@@ -185,7 +186,7 @@ def test_whole_episodes_are_sampled_as_serving_ranks_and_scored_in_one_pass(tmp_
         first = steps[mine[0]]
         inst = trainer.instances[first.inst]
         assert first.pool == list(range(min(len(inst.candidates), 20)))  # the whole instance, as serving lists it
-        for b, c in zip(mine, mine[1:]):
+        for b, c in itertools.pairwise(mine):
             assert steps[c].listing == steps[b].listing
             assert steps[c].pool == [j for j in steps[b].pool if j != int(batch["actions"][b])]
     with torch.no_grad():
