@@ -226,47 +226,56 @@ class FastTrainer:
                 actions.append(a)
         dev = self.policy.device
         tables = [reward_row(st.grades, st.pool) for st in steps]
-        batch = {"steps": steps, "episode": episode, "actions": torch.tensor(actions, dtype=torch.long),
+        n = len(steps)
+        batch = {"steps": steps, "episode": episode, "actions": torch.tensor(actions, dtype=torch.long, device=dev),
                  "reward_table": torch.stack(tables).to(dev) if tables else torch.zeros(0, MAX_POOL, device=dev),
-                 "update": update}
-        if score and steps:
+                 "update": update, "rewards": torch.zeros(n), "expected": torch.zeros(n),
+                 "old_logp": torch.zeros(n, MAX_POOL, device=dev), "advantages": torch.zeros(n, device=dev),
+                 "returns": torch.zeros(n, device=dev)}
+        if score:
             with torch.no_grad():
-                logp, values = self.score(self.policy.model, steps, True)
-            self.finish(batch, logp, values)
+                for rows in self.episodes_of(batch):
+                    logp, values = self.score(self.policy.model, [steps[b] for b in rows], True)
+                    self.finish(batch, rows, logp, values)
         return batch
 
-    def finish(self, batch: dict, logp: torch.Tensor, values: torch.Tensor) -> None:
-        """Fill in a rollout from the policy's log-probs and values of its steps (detached): actions not drawn yet
-        (seeded), rewards, expected rewards, advantages (r - E_pi[r] for one-decision episodes with the expected
-        baseline, else GAE with the critic) and returns."""
+    @staticmethod
+    def episodes_of(batch: dict) -> list[list[int]]:
+        """The step indices of each episode, in order: the unit of a forward pass (an episode's decisions share
+        its listing) and of a PPO minibatch."""
+        out: dict[int, list[int]] = {}
+        for b, e in enumerate(batch["episode"]):
+            out.setdefault(e, []).append(b)
+        return list(out.values())
+
+    def finish(self, batch: dict, rows: list[int], logp: torch.Tensor, values: torch.Tensor) -> None:
+        """Fill in one episode's rows of a rollout from the policy's log-probs and values of its steps: the actions
+        not drawn yet (seeded by episode), rewards, expected rewards, advantages (r - E_pi[r] for a one-decision
+        episode with the expected baseline, else GAE with the critic) and returns."""
         cfg = self.cfg
         logp, values = logp.detach(), values.detach().float().cpu()
         probs = logp.exp().cpu()
-        table = batch["reward_table"].cpu()
-        gen = torch.Generator().manual_seed(seeded_rng(cfg.seed, "pool-actions", batch["update"]).randrange(2**31))
-        actions = batch["actions"].clone()
-        for b in range(len(actions)):
-            if actions[b] < 0:
-                actions[b] = int(torch.multinomial(probs[b], 1, generator=gen))
+        table = batch["reward_table"][rows].cpu()
+        actions = batch["actions"][rows].cpu()
+        e = batch["episode"][rows[0]]
+        gen = torch.Generator().manual_seed(seeded_rng(cfg.seed, "pool-actions", batch["update"], e).randrange(2**31))
+        for r in range(len(rows)):
+            if actions[r] < 0:
+                actions[r] = int(torch.multinomial(probs[r], 1, generator=gen))
         rewards = table.gather(1, actions[:, None]).squeeze(1)
         expected = (probs * table).sum(-1)
-        adv, returns = [0.0] * len(actions), [0.0] * len(actions)
-        by_episode: dict[int, list[int]] = {}
-        for b, e in enumerate(batch["episode"]):
-            by_episode.setdefault(e, []).append(b)
-        for rows in by_episode.values():
-            if len(rows) == 1 and cfg.ppo.baseline == "expected":
-                b = rows[0]
-                adv[b], returns[b] = float(rewards[b] - expected[b]), float(rewards[b])
-                continue
-            a_t, r_t = gae([float(rewards[b]) for b in rows], [float(values[b]) for b in rows], cfg.ppo.gamma,
-                           cfg.ppo.lam)
-            for b, a_, r_ in zip(rows, a_t, r_t, strict=True):
-                adv[b], returns[b] = a_, r_
+        if len(rows) == 1 and cfg.ppo.baseline == "expected":
+            adv, returns = [float(rewards[0] - expected[0])], [float(rewards[0])]
+        else:
+            adv, returns = gae(rewards.tolist(), values.tolist(), cfg.ppo.gamma, cfg.ppo.lam)
+        idx = torch.tensor(rows, dtype=torch.long)
         dev = self.policy.device
-        batch.update(actions=actions.to(dev), rewards=rewards, expected=expected, old_logp=logp.to(dev),
-                     advantages=torch.tensor(adv, dtype=torch.float32, device=dev),
-                     returns=torch.tensor(returns, dtype=torch.float32, device=dev))
+        batch["actions"][idx.to(dev)] = actions.to(dev)
+        batch["rewards"][idx] = rewards
+        batch["expected"][idx] = expected
+        batch["old_logp"][idx.to(dev)] = logp.to(dev)
+        batch["advantages"][idx.to(dev)] = torch.tensor(adv, dtype=torch.float32, device=dev)
+        batch["returns"][idx.to(dev)] = torch.tensor(returns, dtype=torch.float32, device=dev)
 
     # ------------------------------------------------------------------------------------------------ the update
 
@@ -316,29 +325,22 @@ class FastTrainer:
         ref_logp = self._ref_logp(steps) if steps and cfg.ppo.kl_coef > 0 else None
         policy.model.train()
         rows: list[dict] = []
-        if one_pass:
+        if one_pass:  # one forward and backward pass per episode, gradients accumulated: memory of one episode
             policy.optimizer.zero_grad()
-            if steps:
-                logp, values = self.score(policy.model, steps, True)
-                self.finish(batch, logp, values)
-                loss, stats = self._loss(batch, None, logp, values, ref_logp)
-                loss.backward()
-                rows.append(stats)
-            else:
-                batch.update(rewards=torch.zeros(0), expected=torch.zeros(0))
+            for ep in self.episodes_of(batch):
+                logp, values = self.score(policy.model, [steps[b] for b in ep], True)
+                self.finish(batch, ep, logp, values)
+                loss, stats = self._loss(batch, torch.tensor(ep, device=policy.device), logp, values, ref_logp)
+                (loss * len(ep) / len(steps)).backward()
+                rows += [stats] * len(ep)  # the update's statistics are means over its decisions
             policy.step_optimizer(partial(sync, weight=len(steps)))
         else:
-            if not steps:
-                batch.update(rewards=torch.zeros(0), expected=torch.zeros(0))
             gen = torch.Generator().manual_seed(seeded_rng(cfg.seed, "minibatches", update).randrange(2**31))
-            episodes = sorted(set(batch["episode"]))
-            of_episode: dict[int, list[int]] = {}
-            for b, e in enumerate(batch["episode"]):
-                of_episode.setdefault(e, []).append(b)
+            episodes = self.episodes_of(batch)
             for _ in range(cfg.ppo.epochs):
                 order = torch.randperm(len(episodes), generator=gen).tolist()
                 for mb in range(cfg.ppo.minibatches):
-                    chosen = [b for i in order[mb::cfg.ppo.minibatches] for b in of_episode[episodes[i]]]
+                    chosen = [b for i in order[mb::cfg.ppo.minibatches] for b in episodes[i]]
                     idx = torch.tensor(chosen, dtype=torch.long)
                     policy.optimizer.zero_grad()
                     if chosen:
