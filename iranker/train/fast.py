@@ -30,7 +30,7 @@ from iranker.prompts import MAX_POOL, build_context, iterative_prompt
 from iranker.schema import RankingInstance
 from iranker.train.distributed import Processes
 from iranker.train.episodes import sample_on_cache
-from iranker.train.pools import Step, gae, layout_steps, reward_row, sample_pool
+from iranker.train.pools import Step, TrainingSet, gae, layout_steps, reward_row, sample_pool
 
 
 class FastTrainer:
@@ -39,10 +39,8 @@ class FastTrainer:
         self.cfg, self.policy, self.instances = cfg, policy, instances
         self.procs = procs or Processes()
         self.rank, self.world = self.procs.rank, self.procs.world
-        self.contexts = [build_context(i.to_request(), max_words=cfg.ranking.max_words) for i in instances]
-        self.by_scenario: dict[str, list[int]] = {}
-        for k, inst in enumerate(instances):
-            self.by_scenario.setdefault(inst.scenario, []).append(k)
+        self.data = TrainingSet(instances, cfg.ranking.max_words)
+        self.contexts = list(self.data.contexts)  # probe contexts follow the training ones
         self._encoded: dict[tuple, object] = {}
         self.probe_steps = self._probe_steps(probe_instances or [])
 
@@ -151,10 +149,7 @@ class FastTrainer:
         drawn: list[tuple[int, str, Step]] = []
         episodes = 0
         while episodes < cfg.batch_size:
-            if cfg.mix == "balanced":
-                k = rng.choice(self.by_scenario[rng.choice(sorted(self.by_scenario))])
-            else:
-                k = rng.randrange(len(self.instances))
+            k = self.data.draw(rng, cfg.mix)
             inst = self.instances[k]
             if episodes < n_whole:
                 n = min(len(inst.candidates), cfg.ranking.window)

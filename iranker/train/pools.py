@@ -31,6 +31,25 @@ class Step:
         return [self.grades[j] for j in self.pool]
 
 
+class TrainingSet:
+    """The training instances with their prompt contexts (sanitised once) and their indices by scenario."""
+
+    def __init__(self, instances: list[RankingInstance], max_words: int):
+        from iranker.prompts import build_context
+
+        self.instances = instances
+        self.contexts = [build_context(i.to_request(), max_words=max_words) for i in instances]
+        self.by_scenario: dict[str, list[int]] = {}
+        for k, inst in enumerate(instances):
+            self.by_scenario.setdefault(inst.scenario, []).append(k)
+
+    def draw(self, rng, mix: str) -> int:
+        """An instance index: the scenario first, uniformly (`balanced`), or in proportion to the instances."""
+        if mix == "balanced":
+            return rng.choice(self.by_scenario[rng.choice(sorted(self.by_scenario))])
+        return rng.randrange(len(self.instances))
+
+
 def sample_pool(rng, inst: RankingInstance, cfg) -> list[int] | None:
     """Random sub-pool (candidate indices) whose grades differ (a pool of equals teaches nothing); None if the
     instance has none. Pool sizes are weighted k**-small_bias; candidates come from the first `window`."""

@@ -17,10 +17,10 @@ from functools import partial
 import torch
 
 from iranker.io import seeded_rng
-from iranker.prompts import build_context, iterative_prompt
+from iranker.prompts import iterative_prompt
 from iranker.rewards import INVALID_ANSWER, exclusion_reward, format_reward
 from iranker.train.distributed import Processes
-from iranker.train.pools import cyclic_orders, gae, sample_pool
+from iranker.train.pools import TrainingSet, cyclic_orders, gae, sample_pool
 
 STOP = "</answer>"
 
@@ -44,10 +44,8 @@ class ReasoningTrainer:
         self.cfg, self.policy, self.instances = cfg, policy, instances
         self.procs = procs or Processes()
         self.rank, self.world = self.procs.rank, self.procs.world
-        self.contexts = [build_context(i.to_request(), max_words=cfg.ranking.max_words) for i in instances]
-        self.by_scenario: dict[str, list[int]] = {}
-        for k, inst in enumerate(instances):
-            self.by_scenario.setdefault(inst.scenario, []).append(k)
+        self.data = TrainingSet(instances, cfg.ranking.max_words)
+        self.contexts = list(self.data.contexts)  # probe contexts follow the training ones
         self.probe_steps: list = []
 
     def token_forward(self, model, prompt_ids: list[int], response_ids: list[int], with_value: bool):
@@ -76,8 +74,7 @@ class ReasoningTrainer:
         rng = seeded_rng(cfg.seed, "update", update)
         episodes = []
         while len(episodes) < cfg.batch_size:
-            k = (rng.choice(self.by_scenario[rng.choice(sorted(self.by_scenario))]) if cfg.mix == "balanced"
-                 else rng.randrange(len(self.instances)))
+            k = self.data.draw(rng, cfg.mix)
             pool = sample_pool(rng, self.instances[k], cfg)
             if pool is None:
                 continue
