@@ -318,6 +318,9 @@ def main() -> None:
     ap.add_argument("--train-tokens", type=int, default=600)
     ap.add_argument("--prefill-tokens", type=int, default=2000)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--parts", default="ranking,training,inference",
+                    help="which parts to run (comma-separated; on a CPU without AVX-512 BF16 the bf16 training part "
+                         "takes very long)")
     ap.add_argument("--wait-idle", type=float, default=0,
                     help="wait up to this many seconds for an idle machine before starting (default: do not wait)")
     args = ap.parse_args()
@@ -333,7 +336,13 @@ def main() -> None:
 
     rows = load_requests(shared, args.passages, args.users, args.routing, args.seed)
     say(f"{len(rows)} requests: " + ", ".join(f"{s} {sum(r[0] == s for r in rows)}" for s in METRIC))
-    result["ranking"] = bench_ranking(args.model, rows, args.threads)
+    parts = set(args.parts.split(","))
+    result["parts"] = sorted(parts)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if "ranking" in parts:
+        result["ranking"] = bench_ranking(args.model, rows, args.threads)
+        out.write_text(json.dumps(result, indent=1) + "\n")  # what is measured so far, in case a later part is cut
 
     # (b) and (c) on the float32 model and a bf16 copy of it; the token ids come from a real DL19 prompt.
     backend = TransformersBackend(args.model, dtype=torch.float32, device="cpu")
@@ -346,18 +355,27 @@ def main() -> None:
         ids = ids * (max(args.prefill_tokens, args.train_tokens) // len(ids) + 1)
     model = backend.model
     train_ids = torch.tensor([ids[: args.train_tokens]])
-    result["training"] = bench_training(model, train_ids, args.repeats, args.threads)
+    if "training" in parts:
+        result["training"] = bench_training(model, train_ids, args.repeats, args.threads)
+        out.write_text(json.dumps(result, indent=1) + "\n")
     step = (enc_tail * 13)[:13]  # the prompt's own question + assistant header, 13 tokens
-    result["inference"] = bench_inference(model, torch.tensor([ids[: args.prefill_tokens]]), torch.tensor([step]),
-                                          args.repeats, 10, args.threads)
+    if "inference" in parts:
+        result["inference"] = bench_inference(model, torch.tensor([ids[: args.prefill_tokens]]),
+                                              torch.tensor([step]), args.repeats, 10, args.threads)
 
-    r, t, i = result["ranking"], result["training"], result["inference"]
-    result["bf16_speedup"] = {"ranking (all requests)": r["bf16_speedup"],
-                              **{f"ranking {s}": v["bf16_speedup"] for s, v in r["scenarios"].items()},
-                              "training fwd+bwd, autocast": t["bf16_autocast_speedup"],
-                              "training fwd+bwd, bf16 model": t["bf16_model_speedup"],
-                              f"prefill {i['prefill_tokens']} tokens": i["prefill_bf16_speedup"],
-                              f"cached step {i['step_tokens']} tokens": i["step_bf16_speedup"]}
+    speed = result["bf16_speedup"] = {}
+    if "ranking" in result:
+        r = result["ranking"]
+        speed.update({"ranking (all requests)": r["bf16_speedup"],
+                      **{f"ranking {s}": v["bf16_speedup"] for s, v in r["scenarios"].items()}})
+    if "training" in result:
+        t = result["training"]
+        speed.update({"training fwd+bwd, autocast": t["bf16_autocast_speedup"],
+                      "training fwd+bwd, bf16 model": t["bf16_model_speedup"]})
+    if "inference" in result:
+        i = result["inference"]
+        speed.update({f"prefill {i['prefill_tokens']} tokens": i["prefill_bf16_speedup"],
+                      f"cached step {i['step_tokens']} tokens": i["step_bf16_speedup"]})
     result["note"] = ("speedup = float32 seconds / bf16 seconds (>1: bf16 faster). cpu_share = CPU seconds of this "
                       "process / (wall seconds x threads): below ~0.9 other processes competed for the cores. bf16 "
                       "label logits are rounded to bf16 before the choice, so near-ties between candidates can "
@@ -365,11 +383,10 @@ def main() -> None:
     result["run_seconds"] = time.perf_counter() - t_all
     result["load_average_at_end"] = os.getloadavg()
     result["idle_share_at_end"] = idle_share()
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    result["command"] = "python benchmarks/bench_bf16.py " + " ".join(sys.argv[1:])
     out.write_text(json.dumps(result, indent=1) + "\n")
     print(json.dumps({k: result[k] for k in ("machine", "bf16_speedup")}, indent=1))
-    for s, v in r["scenarios"].items():
+    for s, v in result.get("ranking", {}).get("scenarios", {}).items():
         print(f"{s:15s} identical {v['identical_rankings']:.2f}  tau {v['mean_kendall_tau']:.3f}  top1 "
               f"{v['top1_agreement']:.2f}  {v['metric']} fp32 {v['float32']:.4f} bf16 {v['bfloat16']:.4f} "
               f"({v['bf16_minus_fp32']:+.4f})  {v['seconds']['float32']:.1f}s vs {v['seconds']['bfloat16']:.1f}s")
