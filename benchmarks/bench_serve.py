@@ -6,12 +6,16 @@ users (20 candidates), TREC DL 2019 queries with their BM25 top-20 passages, Rou
 11 models (the built-in sample; the three preferences) - then:
 - sequential: every request sent one at a time (one client);
 - concurrent: the same requests from `--clients` concurrent clients.
+- mixed: `--mixed` requests from `--mixed-clients` clients (default 200 from 16): valid rankings of all three
+  scenarios (KServe v1), rerank calls (/v1/rerank), routed chat completions (/openai/v1/chat/completions, over two
+  loopback stand-in LLMs), and invalid, oversize and over-budget ones. Goal: no 5xx other than 503/504 with
+  Retry-After; every valid request answered 200 or refused 503/504 with Retry-After; every bad one a 4xx.
 It writes JSON: throughput (requests/s), p50/p95 latency, errors and HTTP statuses per phase, the ratio of the two
-throughputs, and the server's own batch-size histogram.
+throughputs, the server's own batch-size histogram, and the mixed phase's statuses per kind of request.
 
 Goal: no errors; throughput at concurrency 8 at least 3x the sequential throughput.
 
-    python benchmarks/bench_serve.py [--requests 200] [--clients 8] [--out benchmarks/results/bench_serve.json]
+    python benchmarks/bench_serve.py [--requests 200] [--clients 8] [--mixed 200] [--phases throughput,mixed]
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -115,6 +120,106 @@ def run_phase(url: str, requests: list[dict], clients: int, timeout: float) -> d
             "statuses": statuses}
 
 
+class StandInLLM:
+    """An OpenAI-compatible chat LLM on loopback that answers at once (the router's upstream in the mixed phase)."""
+
+    def __init__(self, name: str):
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *a):
+                pass
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                data = json.dumps({"id": "c", "object": "chat.completion", "created": 1, "model": body["model"],
+                                   "choices": [{"index": 0, "finish_reason": "stop",
+                                                "message": {"role": "assistant", "content": f"I am {name}"}}]})
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data.encode())
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+
+def mixed_requests(valid: list[dict], n: int, max_body: int) -> list[tuple[str, str, object]]:
+    """(kind, path, body) for the mixed phase: a round robin over valid rankings, rerank and router calls, and bad
+    ones (malformed, invalid, oversize, over budget)."""
+    passages = [r for r in valid if r["scenario"] == "passage"] or valid
+    kinds = []
+    for k in range(n):
+        r = valid[k % len(valid)]
+        slot = k % 10
+        if slot in (0, 1, 2, 3):
+            kinds.append(("valid", V1, {"instances": [r]}))
+        elif slot == 4:
+            p = passages[k % len(passages)]
+            kinds.append(("rerank", "/v1/rerank", {"model": "iranker", "query": p["query"], "top_n": 5,
+                                                    "documents": [c["text"] for c in p["candidates"]]}))
+        elif slot == 5:
+            q = (r.get("query") or "recommend me a film")[:500]
+            kinds.append(("router", "/openai/v1/chat/completions", {
+                "model": "iranker-router", "messages": [{"role": "user", "content": q}],
+                "preference": ["performance", "balance", "cost"][k % 3]}))
+        elif slot == 6:
+            kinds.append(("invalid", V1, {"instances": [{"scenario": "passage", "query": "q", "candidates": []}]}))
+        elif slot == 7:
+            kinds.append(("malformed", V1, b'{"instances": [{'))
+        elif slot == 8:
+            kinds.append(("oversize", V1, b'{"instances": [' + b" " * (max_body + 10) + b"]}"))
+        else:
+            kinds.append(("over_budget", V1, {"instances": [{"scenario": "passage", "query": "q", "candidates": [
+                {"id": f"d{i}", "text": f"passage {i}"} for i in range(100)]}]}))
+    return kinds
+
+
+def run_mixed(url: str, calls: list[tuple[str, str, object]], clients: int, timeout: float) -> dict:
+    results: list[tuple[str, int, bool]] = [("", -1, False)] * len(calls)
+    next_index = iter(range(len(calls)))
+    lock = threading.Lock()
+
+    def client():
+        with httpx.Client(timeout=timeout) as http:
+            while True:
+                with lock:
+                    k = next(next_index, None)
+                if k is None:
+                    return
+                kind, path, body = calls[k]
+                data = body if isinstance(body, bytes) else json.dumps(body).encode()
+                try:
+                    r = http.post(url + path, content=data, headers={"Content-Type": "application/json"})
+                    results[k] = (kind, r.status_code, "retry-after" in r.headers)
+                except httpx.HTTPError:
+                    results[k] = (kind, 0, False)
+
+    t0 = time.perf_counter()
+    threads = [threading.Thread(target=client) for _ in range(clients)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    by_kind: dict[str, dict[str, int]] = {}
+    for kind, status, _ in results:
+        by_kind.setdefault(kind, {})
+        by_kind[kind][str(status)] = by_kind[kind].get(str(status), 0) + 1
+    good = ("valid", "rerank", "router")
+    bad_5xx = [(k, s) for k, s, retry in results if (s >= 500 or s <= 0) and not (s in (503, 504) and retry)]
+    unanswered = [(k, s) for k, s, retry in results if k in good and not (s == 200 or (s in (503, 504) and retry))]
+    wrongly_accepted = [(k, s) for k, s, _ in results if k not in good and not 400 <= s < 500]
+    return {"clients": clients, "requests": len(calls), "seconds": round(time.perf_counter() - t0, 2),
+            "statuses": by_kind,
+            "goals": {"no_5xx_except_503_504_with_retry_after": not bad_5xx,
+                      "every_valid_request_answered_or_refused_with_retry_after": not unanswered,
+                      "every_bad_request_a_4xx": not wrongly_accepted}}
+
+
 def batch_histogram(url: str) -> dict[str, float]:
     text = httpx.get(url + "/metrics").text
     out = {}
@@ -132,35 +237,63 @@ def main() -> None:
     ap.add_argument("--clients", type=int, default=8)
     ap.add_argument("--model", default=None, help="model to serve (default: the embedded SmolLM2-135M)")
     ap.add_argument("--max-batch", type=int, default=16)
+    ap.add_argument("--mixed", type=int, default=200, help="requests of the mixed phase")
+    ap.add_argument("--mixed-clients", type=int, default=16)
+    ap.add_argument("--phases", default="throughput,mixed", help="which phases to run (comma-separated)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "bench_serve.json"))
     args = ap.parse_args()
+    phases = set(args.phases.split(","))
 
     requests, sizes = build_requests(Path(args.shared), args.requests)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     url = f"http://127.0.0.1:{port}"
+    llms = [StandInLLM(n) for n in ("small", "large")]
+    routes = Path(tempfile.mkdtemp(prefix="iranker-bench-")) / "routes.yaml"
+    routes.write_text(json.dumps({"router": "iranker-router", "routes": [
+        {"name": "small", "description": "a small fast model for short answers", "cost_per_million_tokens": 0.2,
+         "base_url": llms[0].url},
+        {"name": "large", "description": "a large model for hard questions", "cost_per_million_tokens": 10,
+         "base_url": llms[1].url}]}))
+    max_body = 1_000_000
     server_args = ["--max-batch", str(args.max_batch), "--max-queue", str(max(64, 2 * args.clients)),
-                   "--deadline", "600", *(["--model", args.model] if args.model else [])]
+                   "--deadline", "600", "--routes", str(routes), "--max-passes", "60",
+                   "--max-body-bytes", str(max_body), *(["--model", args.model] if args.model else [])]
     print(f"[bench] starting the server ({' '.join(server_args)}); {len(requests)} requests, candidates {sizes}",
           file=sys.stderr, flush=True)
     proc = start_server(port, server_args)
+    seq = conc = mixed = None
+    before = mid = after = {}
     try:
         run_phase(url, requests[:3], 1, 600)  # warm-up
-        before = batch_histogram(url)
-        print("[bench] sequential phase", file=sys.stderr, flush=True)
-        seq = run_phase(url, requests, 1, 600)
-        print(f"[bench] sequential: {seq['throughput_rps']} req/s; concurrent phase ({args.clients} clients)",
-              file=sys.stderr, flush=True)
-        mid = batch_histogram(url)
-        conc = run_phase(url, requests, args.clients, 600)
-        after = batch_histogram(url)
+        if "throughput" in phases:
+            before = batch_histogram(url)
+            print("[bench] sequential phase", file=sys.stderr, flush=True)
+            seq = run_phase(url, requests, 1, 600)
+            print(f"[bench] sequential: {seq['throughput_rps']} req/s; concurrent phase ({args.clients} clients)",
+                  file=sys.stderr, flush=True)
+            mid = batch_histogram(url)
+            conc = run_phase(url, requests, args.clients, 600)
+            after = batch_histogram(url)
+        if "mixed" in phases:
+            print(f"[bench] mixed phase: {args.mixed} requests from {args.mixed_clients} clients", file=sys.stderr,
+                  flush=True)
+            mixed = run_mixed(url, mixed_requests(requests, args.mixed, max_body), args.mixed_clients, 600)
+            print(f"[bench] mixed: {json.dumps(mixed['statuses'])} {mixed['goals']}", file=sys.stderr, flush=True)
     finally:
         proc.terminate()  # KServe drains in-flight requests on SIGTERM; do not wait for a long queue
         try:
             proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
             proc.kill()
+    if seq is None:
+        result = {"benchmark": "bench_serve", "command": "python benchmarks/bench_serve.py " + " ".join(sys.argv[1:]),
+                  "machine": {"platform": platform.platform(), "cpus": os.cpu_count()}, "mixed": mixed}
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(result, indent=1))
+        print(json.dumps(result["mixed"]))
+        return
     ratio = conc["throughput_rps"] / seq["throughput_rps"] if seq["throughput_rps"] else None
     batches = {k: after.get(k, 0) - mid.get(k, 0) for k in after}
     result = {
@@ -176,6 +309,7 @@ def main() -> None:
                                             / max(1, batches.get("iranker_batch_size_count", 0)), 2),
         "goals": {"no_errors": seq["errors"] == 0 and conc["errors"] == 0,
                   "throughput_ratio_at_least_3": bool(ratio and ratio >= 3)},
+        "mixed": mixed, "command": "python benchmarks/bench_serve.py " + " ".join(sys.argv[1:]),
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=1))

@@ -380,6 +380,7 @@ def cmd_serve(args) -> None:
 
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     from serving.model import IRankerModel, ServeConfig, serve
+    from serving.router import load_routes
 
     model, why = _serving_model(args)
     repo = None
@@ -390,8 +391,18 @@ def cmd_serve(args) -> None:
     token = os.environ.get(args.token_env) if args.token_env else None
     if args.token_env and not token:
         _die(f"--token-env {args.token_env}: the variable is not set")
-    config = ServeConfig(max_queue=args.max_queue, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
-                         deadline_s=args.deadline, token=token)
+    if args.routes:
+        try:
+            load_routes(args.routes)
+        except (OSError, ValueError) as e:
+            _die(f"--routes {e}")
+    try:
+        config = ServeConfig(max_queue=args.max_queue, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
+                             deadline_s=args.deadline, token=token, max_body_bytes=args.max_body_bytes,
+                             methods=("iterative", *dict.fromkeys(args.allow_method)),
+                             allow_reasoning=args.allow_reasoning, max_passes=args.max_passes)
+    except ValueError as e:
+        _die(str(e))
     options = {}
     if args.backend == "openai":
         if not args.base_url:
@@ -402,8 +413,8 @@ def cmd_serve(args) -> None:
          f"auth: {'bearer token' if token else 'off'}")
     if args.backend == "transformers":
         options = {"device": args.device, "dtype": args.dtype}
-    serve(IRankerModel(args.name, model, args.backend, options, repo, config, {"layout": args.layout}),
-          http_port=args.http_port)
+    serve(IRankerModel(args.name, model, args.backend, options, repo, config, {"layout": args.layout},
+                       routes=args.routes), http_port=args.http_port)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -560,6 +571,14 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--deadline", type=float, default=60.0, help="per-request deadline in seconds (504 after it)")
     sv.add_argument("--token-env", default=None, help="name of an environment variable holding a bearer token; "
                     "requests must then send Authorization: Bearer TOKEN (off by default, e.g. behind a gateway)")
+    sv.add_argument("--allow-method", action="append", default=[], choices=["direct"],
+                    help="let clients ask for a method besides the fast iterative one (repeatable)")
+    sv.add_argument("--allow-reasoning", action="store_true", help="let clients ask for reasoning mode")
+    sv.add_argument("--max-passes", type=int, default=None,
+                    help="per-request budget in model passes (elimination decisions; direct: 1); beyond it: 400")
+    sv.add_argument("--max-body-bytes", type=int, default=4_000_000, help="request body limit (default 4 MB; 413)")
+    sv.add_argument("--routes", default=None, help="a routes file (YAML): answer OpenAI chat completions as an LLM "
+                    "router over the LLMs it lists (README: Serving)")
     sv.set_defaults(func=cmd_serve)
 
     feats = sub.add_parser("features", help="Feast user features").add_subparsers(dest="features_command",

@@ -23,7 +23,7 @@ eliminations, numbered across windows.
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
@@ -58,6 +58,10 @@ class RankerConfig:
             raise ValueError(f"batch_size: must be >= 1, got {self.batch_size}")
 
 
+def _always() -> bool:
+    return True
+
+
 @dataclass
 class _Task:
     req: RankRequest
@@ -67,10 +71,17 @@ class _Task:
     eliminated_idx: list[int] = field(default_factory=list)
     usage: Usage = field(default_factory=Usage)
     parse_failures: int = 0
+    alive: Callable[[], bool] = _always  # asked between steps: False = the caller no longer wants the answer
+    dropped: bool = False
 
     @property
     def active(self) -> bool:
-        return len(self.pool) > 1
+        return len(self.pool) > 1 and not self.dropped
+
+    def poll(self) -> None:
+        """Ask the caller, once per elimination step, whether the answer is still wanted."""
+        if len(self.pool) > 1 and not self.dropped and not self.alive():
+            self.dropped = True
 
     def eliminate(self, pos: int, reasoning: str | None = None) -> None:
         cid = self.pool.pop(pos)
@@ -103,11 +114,6 @@ class _Task:
                             parse_failures=self.parse_failures)
 
 
-def _batches(items: Sequence, size: int) -> Iterable[Sequence]:
-    for i in range(0, len(items), size):
-        yield items[i: i + size]
-
-
 class _Progress:
     def __init__(self, total: int, enabled: bool, what: str):
         self.bar = None
@@ -137,23 +143,29 @@ class _Ranker:
     def rank(self, request: RankRequest) -> RankResponse:
         return self.rank_many([request])[0]
 
-    def rank_many(self, requests: Sequence[RankRequest], progress: bool = False) -> list[RankResponse]:
+    def rank_many(self, requests: Sequence[RankRequest], progress: bool = False,
+                  alive: Sequence[Callable[[], bool]] | None = None) -> list[RankResponse]:
+        """`alive[i]()` is asked between elimination steps; once False, request i is ranked no further (its
+        response then holds the eliminations made so far)."""
         out: list[RankResponse] = []
+        alive = list(alive) if alive is not None else [_always] * len(requests)
         bar = _Progress(len(requests), progress, self.what)
-        for batch in _batches(requests, self.config.batch_size):
-            out.extend(self._rank_batch(batch))
+        for start in range(0, len(requests), self.config.batch_size):
+            batch = requests[start: start + self.config.batch_size]
+            out.extend(self._rank_batch(batch, alive[start: start + len(batch)]))
             bar.update(len(batch))
         bar.close()
         return out
 
-    def _rank_batch(self, batch: Sequence[RankRequest]) -> list[RankResponse]:
+    def _rank_batch(self, batch: Sequence[RankRequest], alive: Sequence[Callable[[], bool]]) -> list[RankResponse]:
         raise NotImplementedError
 
 
 class IterativeRanker(_Ranker):
-    def _rank_batch(self, batch: Sequence[RankRequest]) -> list[RankResponse]:
+    def _rank_batch(self, batch: Sequence[RankRequest], alive: Sequence[Callable[[], bool]]) -> list[RankResponse]:
         cfg = self.config
-        tasks = [_Task(req, build_context(req, cfg.max_words), list(range(len(req.candidates)))) for req in batch]
+        tasks = [_Task(req, build_context(req, cfg.max_words), list(range(len(req.candidates))), alive=ok)
+                 for req, ok in zip(batch, alive, strict=True)]
         self._run([t for t in tasks if len(t.pool) <= cfg.window])
         orders = self._run_windows([t for t in tasks if len(t.pool) > cfg.window])
         return [t.response(self.backend.name, orders.get(id(t))) for t in tasks]
@@ -171,14 +183,15 @@ class IterativeRanker(_Ranker):
         starts = {id(t): len(t.pool) - w for t in tasks}
         pending = list(tasks)
         while pending:
-            windows = [_Task(t.req, t.ctx, orders[id(t)][starts[id(t)]: starts[id(t)] + w]) for t in pending]
+            windows = [_Task(t.req, t.ctx, orders[id(t)][starts[id(t)]: starts[id(t)] + w], alive=t.alive)
+                       for t in pending]
             self._run(windows)
             still = []
             for t, win in zip(pending, windows):
                 s = starts[id(t)]
                 orders[id(t)][s: s + w] = win.ranked()
                 t.absorb(win)
-                if s > 0:
+                if s > 0 and not win.dropped:
                     starts[id(t)] = max(s - stride, 0)
                     still.append(t)
             pending = still
@@ -196,8 +209,14 @@ class IterativeRanker(_Ranker):
         first = [list(t.pool) for t in tasks]  # item position i of prompt b is candidate first[b][i]
         for t, n in zip(tasks, session.prompt_tokens):
             t.usage.prompt_tokens += n
-        while any(t.active for t in tasks):
-            remaining = [[first[b].index(c) for c in t.pool] for b, t in enumerate(tasks)]
+        while True:
+            for t in tasks:
+                t.poll()
+            if not any(t.active for t in tasks):
+                return
+            # a finished or dropped prompt keeps a pool of one: it gets no more decisions
+            remaining = [[first[b].index(c) for c in (t.pool if t.active else t.pool[:1])]
+                         for b, t in enumerate(tasks)]
             for b, (t, decisions) in enumerate(zip(tasks, session.decide(remaining))):
                 for j, (item, ch) in enumerate(decisions):
                     t.count(ch.prompt_tokens, ch.completion_tokens, calls=int(j == 0))  # one pass, many decisions
@@ -206,6 +225,8 @@ class IterativeRanker(_Ranker):
     def _run_relist(self, tasks: list[_Task]) -> None:
         cfg = self.config
         while True:
+            for t in tasks:
+                t.poll()
             active = [t for t in tasks if t.active]
             if not active:
                 return
@@ -239,7 +260,7 @@ class DirectRanker(_Ranker):
 
     what = "ranking (direct)"
 
-    def _rank_batch(self, batch: Sequence[RankRequest]) -> list[RankResponse]:
+    def _rank_batch(self, batch: Sequence[RankRequest], alive: Sequence[Callable[[], bool]]) -> list[RankResponse]:
         cfg = self.config
         prompts = []
         for req in batch:
@@ -263,8 +284,11 @@ class DirectRanker(_Ranker):
 
 
 def rank_requests(backend: Backend, requests: Sequence[RankRequest], config: RankerConfig | None = None,
-                  progress: bool = False) -> list[RankResponse]:
-    """Rank requests as each one's `options` ask (method, reasoning), batching those that ask alike."""
+                  progress: bool = False, alive: Sequence[Callable[[], bool]] | None = None) -> list[RankResponse]:
+    """Rank requests as each one's `options` ask (method, reasoning), batching those that ask alike.
+
+    `alive[i]()` (optional) is asked between elimination steps: once it returns False, request i is ranked no
+    further - the server drops a request whose deadline passed instead of ranking it to the end."""
     config = config or RankerConfig()
     groups: dict[tuple[str, bool], list[int]] = {}
     for i, req in enumerate(requests):
@@ -273,7 +297,8 @@ def rank_requests(backend: Backend, requests: Sequence[RankRequest], config: Ran
     for (method, reasoning), idx in groups.items():
         cfg = replace(config, reasoning=reasoning)
         ranker = IterativeRanker(backend, cfg) if method == "iterative" else DirectRanker(backend, cfg)
-        for i, resp in zip(idx, ranker.rank_many([requests[i] for i in idx], progress=progress)):
+        keep = [alive[i] for i in idx] if alive is not None else None
+        for i, resp in zip(idx, ranker.rank_many([requests[i] for i in idx], progress=progress, alive=keep)):
             out[i] = resp
     return out  # type: ignore[return-value]
 

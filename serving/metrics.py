@@ -13,3 +13,7 @@ PARSE_FAILURES = Counter("iranker_parse_failures", "Elimination decisions whose 
                          "was used)", ["scenario"])
 QUEUE_DEPTH = Gauge("iranker_queue_depth", "Requests waiting to be ranked")
 FEAST_LOOKUPS = Counter("iranker_feast_lookups", "User histories filled in from the Feast online store")
+ROUTES = Counter("iranker_routes", "Chat completions answered, by the LLM that answered and the preference",
+                 ["route", "preference"])
+ROUTE_FALLBACKS = Counter("iranker_route_fallbacks", "LLM attempts that failed (5xx or no answer) before another "
+                          "LLM of the ranking answered")

@@ -17,6 +17,7 @@ context where the label is read (the end of the chat template's assistant header
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from iranker.prompts import ANSWER_PREFIX, LABELS, TEMPLATES, Prompt, RankContext, iterative_prompt
@@ -59,6 +60,24 @@ class EncodedPrompt:
         return len(self.head) + sum(len(i) for i in self.items) + len(self.tail)
 
 
+def special_tokens(tokenizer) -> list[str]:
+    """Every special token string of a tokenizer (its named ones and every added token marked special), longest
+    first."""
+    found = set(getattr(tokenizer, "all_special_tokens", None) or [])
+    for tok in (getattr(tokenizer, "added_tokens_decoder", None) or {}).values():
+        if getattr(tok, "special", False):
+            found.add(str(tok.content if hasattr(tok, "content") else tok))
+    return sorted((t for t in found if t and t.strip()), key=lambda t: (-len(t), t))
+
+
+_DEFUSE = str.maketrans({"<": "\u2039", ">": "\u203a", "[": "(", "]": ")", "{": "(", "}": ")"})
+
+
+def _defuse(token: str) -> str:
+    out = token.translate(_DEFUSE)
+    return out if out != token else token[0] + "\u200b" + token[1:]  # no bracket to change: split it
+
+
 def _tokenizer_name(tokenizer) -> str:
     return getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__
 
@@ -80,6 +99,9 @@ class PromptEncoder:
         self.scheme, self.label_ids = self._choose_scheme(label_scheme)
         self.label_texts = {lab: self.tokenizer.decode([i]) for lab, i in self.label_ids.items()}
         self._by_text = {t.strip(): lab for lab, t in self.label_texts.items()}
+        self.special_tokens = special_tokens(tokenizer)
+        self._special = (re.compile("|".join(re.escape(t) for t in self.special_tokens))
+                         if self.special_tokens else None)
 
     @property
     def label_scheme(self) -> str:
@@ -156,21 +178,29 @@ class PromptEncoder:
             self._chat[system] = (before, after)
         return self._chat[system]
 
+    def neutralize(self, text: str) -> str:
+        """`text` with every special token of this tokenizer defused (`[INST]` -> `(INST)`, `<|im_end|>` ->
+        `‹|im_end|›`), so untrusted text is never read as one. Applied to the user message (query, history,
+        candidates) by `encode` and `render`; the chat template's own frame is left as it is."""
+        if self._special is None:
+            return text
+        return self._special.sub(lambda mt: _defuse(mt.group(0)), text)
+
     def encode(self, prompt: Prompt) -> EncodedPrompt:
         """Token ids in parts; in fast mode the tail ends right before the label token."""
         before, after = self.chat_frame(prompt.system)
         items = []
         for line in prompt.items:
-            ids = self._encode(line)
+            ids = self._encode(self.neutralize(line))
             if len(ids) > self.max_item_tokens:
                 ids = ids[: self.max_item_tokens - len(self._newline)] + self._newline
             items.append(ids)
-        return EncodedPrompt(self._encode(before + prompt.head), items,
-                             self._encode(prompt.tail + after + self._answer_prefix(prompt)))
+        return EncodedPrompt(self._encode(before + self.neutralize(prompt.head)), items,
+                             self._encode(self.neutralize(prompt.tail) + after + self._answer_prefix(prompt)))
 
     def render(self, prompt: Prompt) -> str:
         """The full prompt as text (for completion endpoints): what `encode` tokenises, without its per-candidate
         token cap (candidate texts are already capped in words by `sanitize`). In fast mode the text ends where
         the label token starts (after `[` in the split scheme, after the assistant header in the merged one)."""
         before, after = self.chat_frame(prompt.system)
-        return before + prompt.user + after + self._answer_prefix(prompt)
+        return before + self.neutralize(prompt.user) + after + self._answer_prefix(prompt)

@@ -1,0 +1,142 @@
+"""The ranking queue: concurrent requests are ranked together, and no request can spoil another's answer.
+
+`Batcher` holds a bounded queue in front of one ranking worker. While the worker ranks one batch, new requests
+queue up and form the next one, so the model sees up to `max_batch` requests at a time under load.
+
+- A full queue answers 503 with Retry-After; a request past its deadline answers 504 with Retry-After.
+- The ranking function gets, beside the requests, one `alive()` callable per request: the ranker asks it between
+  elimination steps and stops ranking a request whose client has gone or whose deadline has passed.
+- A batch that fails is ranked again one request at a time, so only the request that caused the failure fails:
+  with a 400 when the request was at fault (a `ValueError` from the ranker), otherwise with the error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import dataclasses
+import logging
+import time
+from collections.abc import Callable, Sequence
+
+from kserve.errors import InvalidInput
+
+from iranker.schema import RankRequest, RankResponse
+from serving import metrics as m
+from serving.policy import DeadlineExceeded, Overloaded, ServeConfig
+
+logger = logging.getLogger("iranker.serving")
+
+RankFn = Callable[[list[RankRequest], list[Callable[[], bool]]], list[RankResponse]]
+
+
+@dataclasses.dataclass
+class _Item:
+    request: RankRequest
+    future: asyncio.Future
+    deadline: float
+
+    def alive(self) -> bool:
+        return not self.future.done() and time.monotonic() < self.deadline
+
+
+class Batcher:
+    def __init__(self, rank: RankFn, config: ServeConfig):
+        self.rank = rank
+        self.config = config
+        self.queue: asyncio.Queue[_Item] | None = None
+        self.executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="iranker-rank")
+        self.worker: asyncio.Task | None = None
+
+    def _start(self) -> None:
+        if self.worker is None or self.worker.done():
+            self.queue = asyncio.Queue()
+            self.worker = asyncio.get_running_loop().create_task(self._work())
+
+    async def submit(self, requests: Sequence[RankRequest], deadline_s: float | None = None) -> list[RankResponse]:
+        self._start()
+        assert self.queue is not None
+        if self.queue.qsize() + len(requests) > self.config.max_queue:
+            raise Overloaded(self.config.retry_after_s)
+        loop = asyncio.get_running_loop()
+        limit = deadline_s or self.config.deadline_s
+        deadline = time.monotonic() + limit
+        items = [_Item(r, loop.create_future(), deadline) for r in requests]
+        for item in items:
+            self.queue.put_nowait(item)
+        m.QUEUE_DEPTH.set(self.queue.qsize())
+        try:
+            return list(await asyncio.wait_for(asyncio.gather(*(i.future for i in items)),
+                                               timeout=max(0.0, deadline - time.monotonic())))
+        except asyncio.TimeoutError:
+            raise DeadlineExceeded(f"deadline of {limit:g} s exceeded", self.config.retry_after_s) from None
+        finally:
+            for i in items:  # a request that failed, timed out or whose client left stops being ranked
+                if not i.future.done():
+                    i.future.cancel()
+
+    async def _collect(self) -> list[_Item]:
+        assert self.queue is not None
+        batch = [await self.queue.get()]
+        wait_until = time.monotonic() + self.config.max_wait_ms / 1000
+        while len(batch) < self.config.max_batch:
+            try:
+                batch.append(self.queue.get_nowait())
+                continue
+            except asyncio.QueueEmpty:
+                pass
+            remaining = wait_until - time.monotonic()
+            if remaining <= 0:
+                break
+            try:
+                batch.append(await asyncio.wait_for(self.queue.get(), remaining))
+            except asyncio.TimeoutError:
+                break
+        return batch
+
+    async def _work(self) -> None:
+        assert self.queue is not None
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = await self._collect()
+            m.QUEUE_DEPTH.set(self.queue.qsize())
+            live = [i for i in batch if i.alive()]
+            if not live:
+                continue
+            m.BATCH_SIZE.observe(len(live))
+            try:
+                self._settle(live, await loop.run_in_executor(self.executor, self._rank, live))
+            except Exception as e:  # noqa: BLE001 - find the request at fault: rank each one alone
+                if len(live) == 1:
+                    self._fail(live[0], e)
+                    continue
+                logger.warning("a batch of %d failed (%s); ranking its requests one at a time", len(live), e)
+                for item in live:
+                    if not item.alive():
+                        continue
+                    try:
+                        self._settle([item], await loop.run_in_executor(self.executor, self._rank, [item]))
+                    except Exception as e1:  # noqa: BLE001
+                        self._fail(item, e1)
+
+    def _rank(self, items: list[_Item]) -> list[RankResponse]:
+        responses = self.rank([i.request for i in items], [i.alive for i in items])
+        if len(responses) != len(items):
+            raise RuntimeError(f"ranking returned {len(responses)} responses for {len(items)} requests")
+        return responses
+
+    @staticmethod
+    def _settle(items: list[_Item], responses: list[RankResponse]) -> None:
+        for i, r in zip(items, responses, strict=True):
+            if not i.future.done():
+                i.future.set_result(r)
+
+    @staticmethod
+    def _fail(item: _Item, e: Exception) -> None:
+        if item.future.done():
+            return
+        if isinstance(e, ValueError):  # the ranker refused this request's content
+            item.future.set_exception(InvalidInput(f"request: {e}"))
+        else:
+            logger.error("ranking failed", exc_info=e)
+            item.future.set_exception(e)

@@ -1,0 +1,96 @@
+"""What the server allows: limits, the operator's policy on methods and modes, the per-request budget, auth.
+
+Every check raises an error that names the field or option and the limit, and none of them touches the model:
+a request refused here never reaches a batch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hmac
+import math
+
+from kserve.errors import InvalidInput
+
+from iranker.prompts import MAX_POOL
+from iranker.schema import MAX_CANDIDATES, RankRequest
+
+METHODS = ("iterative", "direct")
+
+
+@dataclasses.dataclass
+class ServeConfig:
+    max_queue: int = 64          # requests waiting to be ranked; beyond it: 503 + Retry-After
+    max_batch: int = 16          # requests ranked together (their elimination steps share forward passes)
+    max_wait_ms: float = 5.0     # how long the first request of a batch waits for company
+    deadline_s: float = 60.0     # per request, queueing included; beyond it: 504
+    max_instances: int = 32      # requests in one HTTP call
+    max_candidates: int = MAX_CANDIDATES
+    max_body_bytes: int = 4_000_000
+    token: str | None = None     # bearer token; None: no auth (behind a gateway that does it)
+    retry_after_s: int = 1
+    # policy: what clients may ask for (the operator opts in to the slower modes)
+    methods: tuple[str, ...] = ("iterative",)
+    allow_reasoning: bool = False
+    max_passes: int | None = None  # per request: model passes (elimination decisions; direct: one); None = no cap
+    window: int = 20             # the ranker's window and stride (to count the passes a request needs)
+    stride: int = 10
+
+    def __post_init__(self):
+        unknown = [m for m in self.methods if m not in METHODS]
+        if unknown or not self.methods:
+            raise ValueError(f"methods: expected one or more of {', '.join(METHODS)}, got {list(self.methods)}")
+        if self.max_passes is not None and self.max_passes < 1:
+            raise ValueError(f"max_passes: must be >= 1, got {self.max_passes}")
+
+
+class Overloaded(Exception):
+    def __init__(self, retry_after: int):
+        super().__init__(f"server overloaded: the ranking queue is full; retry after {retry_after} s")
+        self.retry_after = retry_after
+
+
+class DeadlineExceeded(Exception):
+    def __init__(self, message: str, retry_after: int = 1):
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class Unauthorized(Exception):
+    pass
+
+
+def authorized(config: ServeConfig, authorization: str | None) -> bool:
+    """The Authorization header carries the server's bearer token (always true when the server has none)."""
+    if not config.token:
+        return True
+    return hmac.compare_digest((authorization or "").encode(), f"Bearer {config.token}".encode())
+
+
+def passes_needed(n: int, method: str, window: int, stride: int) -> int:
+    """Model passes the ranker spends on n candidates: direct one; iterative n-1 decisions within a window, and
+    window-1 per sliding window beyond it."""
+    if method == "direct" or n < 2:
+        return 1 if method == "direct" else 0
+    if n <= window:
+        return n - 1
+    return (math.ceil((n - window) / stride) + 1) * (window - 1)
+
+
+def check_policy(req: RankRequest, config: ServeConfig, at: str) -> None:
+    """Refuse, naming the option and the limit, what the operator did not enable or what exceeds the budget."""
+    method = req.options.method
+    if method not in config.methods:
+        raise InvalidInput(f"{at}.options.method: {method!r} is not enabled on this server (enabled: "
+                           f"{', '.join(config.methods)}; the operator enables it with --allow-method {method})")
+    if req.options.reasoning and not config.allow_reasoning:
+        raise InvalidInput(f"{at}.options.reasoning: reasoning mode is not enabled on this server (the operator "
+                           "enables it with --allow-reasoning)")
+    if method == "direct" and len(req.candidates) > MAX_POOL:
+        raise InvalidInput(f"{at}.candidates: direct ranking takes at most {MAX_POOL} candidates (one label each), "
+                           f"got {len(req.candidates)}; use the iterative method")
+    if config.max_passes is not None:
+        need = passes_needed(len(req.candidates), method, config.window, config.stride)
+        if need > config.max_passes:
+            raise InvalidInput(f"{at}: needs {need} model passes ({len(req.candidates)} candidates, {method}); this "
+                               f"server allows at most {config.max_passes} per request (--max-passes)")

@@ -1,0 +1,203 @@
+"""The wire protocols the server speaks, their request and response types, and how each maps to RankRequests.
+
+    KServe v1   POST /v1/models/NAME:predict   {"instances": [RankRequest, ...]}  ->  {"predictions": [RankResponse]}
+    KServe v2   POST /v2/models/NAME/infer     one BYTES input, each element a RankRequest JSON  ->  one BYTES output
+    Rerank      POST /v1/rerank, /v2/rerank, /openai/v1/rerank   the shape Cohere, Jina, vLLM and LiteLLM share:
+                {model, query, documents: [str | {text}], top_n, return_documents}
+                ->  {id, model, results: [{index, relevance_score, document?}], usage}
+    Chat        POST /openai/v1/chat/completions   OpenAI's chat completions, answered by the LLM the router picks
+
+The rerank `relevance_score` of the document at final rank r (0 = first) among n is (n - r) / n: the survivor of
+the elimination scores 1, the first eliminated 1/n. It is monotone in the model's ranking and says nothing more:
+the elimination method ranks, it does not score.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Sequence
+from typing import Any, Literal
+
+from kserve.errors import InvalidInput
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from iranker.schema import (
+    MAX_CANDIDATES,
+    MAX_QUERY_CHARS,
+    MAX_TEXT_CHARS,
+    PREFERENCES,
+    Candidate,
+    RankRequest,
+    RankResponse,
+    describe_error,
+)
+from serving.policy import ServeConfig
+
+PREFERENCE_HEADER = "x-iranker-preference"
+ROUTE_HEADER = "x-iranker-route"
+
+
+def _json(item: Any, at: str) -> Any:
+    if isinstance(item, (bytes, str)):
+        try:
+            return json.loads(item)
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise InvalidInput(f"{at}: not valid JSON ({e})") from None
+    return item
+
+
+def parse_rank_requests(items: Sequence[Any], where: str, config: ServeConfig) -> list[RankRequest]:
+    """A list of RankRequests (objects or JSON strings) from a v1 or v2 body; errors name the element and field."""
+    if not isinstance(items, (list, tuple)) or not items:
+        raise InvalidInput(f"{where}: expected a non-empty list of RankRequests")
+    if len(items) > config.max_instances:
+        raise InvalidInput(f"{where}: at most {config.max_instances} requests per call, got {len(items)}")
+    out = []
+    for k, item in enumerate(items):
+        at = f"{where}[{k}]"
+        item = _json(item, at)
+        if not isinstance(item, dict):
+            raise InvalidInput(f"{at}: expected a JSON object (a RankRequest), got {type(item).__name__}")
+        candidates = item.get("candidates")
+        if isinstance(candidates, list) and len(candidates) > config.max_candidates:
+            raise InvalidInput(f"{at}.candidates: at most {config.max_candidates} candidates")
+        try:
+            out.append(RankRequest.model_validate(item))
+        except ValidationError as e:
+            raise InvalidInput(f"{at}: {describe_error(e)}") from None
+    return out
+
+
+def v1_requests(payload: Any, config: ServeConfig) -> list[RankRequest]:
+    payload = _json(payload, "body")
+    if not isinstance(payload, dict):
+        raise InvalidInput(f"body: expected a JSON object, got {type(payload).__name__}")
+    if "instances" not in payload:
+        raise InvalidInput("instances: required (v1 body {\"instances\": [RankRequest, ...]})")
+    return parse_rank_requests(payload["instances"], "instances", config)
+
+
+def v2_requests(payload, config: ServeConfig) -> list[RankRequest]:
+    if len(payload.inputs) != 1 or payload.inputs[0].datatype != "BYTES":
+        raise InvalidInput("inputs: expected one BYTES input whose elements are RankRequest JSON")
+    return parse_rank_requests(list(payload.inputs[0].data or []), f"inputs[{payload.inputs[0].name}]", config)
+
+
+def v2_response(name: str, request_id: str | None, responses: Sequence[RankResponse]):
+    from kserve.protocol.infer_type import InferOutput, InferResponse
+
+    dumped = [json.dumps(r.model_dump(exclude_none=True)) for r in responses]
+    out = InferOutput(name="response", shape=[len(dumped)], datatype="BYTES", data=dumped)
+    return InferResponse(model_name=name, infer_outputs=[out], response_id=request_id or f"iranker-{time.time_ns()}")
+
+
+# ------------------------------------------------------------------------------------------------------ rerank
+
+class _Lenient(BaseModel):
+    model_config = ConfigDict(extra="ignore")  # clients send fields of their own (rank_fields, max_tokens_per_doc)
+
+
+class RerankDocument(_Lenient):
+    text: str = Field(max_length=MAX_TEXT_CHARS)
+
+
+class RerankRequest(_Lenient):
+    model: str | None = None
+    query: str = Field(min_length=1, max_length=MAX_QUERY_CHARS)
+    documents: list[str | RerankDocument] = Field(min_length=1, max_length=MAX_CANDIDATES)
+    top_n: int | None = Field(default=None, ge=1)
+    return_documents: bool = False
+
+
+def rerank_request(body: Any, config: ServeConfig) -> RerankRequest:
+    body = _json(body, "body")
+    if not isinstance(body, dict):
+        raise InvalidInput(f"body: expected a JSON object (a rerank request), got {type(body).__name__}")
+    docs = body.get("documents")
+    if isinstance(docs, list) and len(docs) > config.max_candidates:
+        raise InvalidInput(f"documents: at most {config.max_candidates} documents, got {len(docs)}")
+    try:
+        return RerankRequest.model_validate(body)
+    except ValidationError as e:
+        raise InvalidInput(describe_error(e)) from None
+
+
+def rerank_texts(req: RerankRequest) -> list[str]:
+    return [d if isinstance(d, str) else d.text for d in req.documents]
+
+
+def rerank_to_rank(req: RerankRequest) -> RankRequest:
+    """A rerank call is a passage-scenario ranking of its documents; ids are the documents' indices."""
+    cands = [Candidate(id=str(i), text=t) for i, t in enumerate(rerank_texts(req))]
+    try:
+        return RankRequest(scenario="passage", query=req.query, candidates=cands)
+    except ValidationError as e:
+        raise InvalidInput(describe_error(e)) from None
+
+
+def rerank_response(req: RerankRequest, resp: RankResponse, model: str) -> dict:
+    texts = rerank_texts(req)
+    n = len(texts)
+    results = []
+    for rank, cid in enumerate(resp.ranking[: req.top_n or None]):
+        i = int(cid)
+        row: dict[str, Any] = {"index": i, "relevance_score": (n - rank) / n}
+        if req.return_documents:
+            row["document"] = {"text": texts[i]}
+        results.append(row)
+    tokens = resp.usage.prompt_tokens + resp.usage.completion_tokens
+    return {"id": f"rerank-{uuid.uuid4().hex}", "model": model, "results": results,
+            "usage": {"total_tokens": tokens, "prompt_tokens": resp.usage.prompt_tokens},
+            "meta": {"billed_units": {"search_units": 1}}}
+
+
+# -------------------------------------------------------------------------------------------- chat (routing)
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    role: str
+    content: str | list[dict[str, Any]] | None = None
+
+
+class ChatRequest(BaseModel):
+    """The fields the router reads; every other field goes to the chosen LLM unchanged."""
+
+    model_config = ConfigDict(extra="allow")
+    model: str
+    messages: list[ChatMessage] = Field(min_length=1)
+    stream: bool = False
+    preference: Literal["performance", "balance", "cost"] | None = None
+
+
+def chat_request(body: Any) -> ChatRequest:
+    body = _json(body, "body")
+    if not isinstance(body, dict):
+        raise InvalidInput(f"body: expected a JSON object (a chat completion request), got {type(body).__name__}")
+    try:
+        return ChatRequest.model_validate(body)
+    except ValidationError as e:
+        raise InvalidInput(describe_error(e)) from None
+
+
+def last_user_text(req: ChatRequest) -> str:
+    """The text of the conversation's last user message (text parts joined), which the router ranks LLMs for."""
+    for msg in reversed(req.messages):
+        if msg.role != "user":
+            continue
+        if isinstance(msg.content, str):
+            text = msg.content
+        else:
+            text = " ".join(str(p.get("text", "")) for p in msg.content or [] if p.get("type") == "text")
+        if text.strip():
+            return text[-MAX_QUERY_CHARS:]
+    raise InvalidInput("messages: the router needs a user message with text to choose an LLM for")
+
+
+def preference_of(req: ChatRequest, headers: dict[str, str], default: str) -> str:
+    value = req.preference or headers.get(PREFERENCE_HEADER) or default
+    if value not in PREFERENCES:
+        raise InvalidInput(f"preference ({PREFERENCE_HEADER} header or the request's preference field): expected "
+                           f"one of {', '.join(PREFERENCES)}, got {value!r}")
+    return value

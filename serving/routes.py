@@ -1,0 +1,157 @@
+"""HTTP: the routes the server adds to KServe's FastAPI app, the guard in front of every route, and how the
+service's errors become HTTP answers. Each route only looks up its handler on the model and calls it.
+
+    POST /v1/rerank, /v2/rerank, {prefix}/v1/rerank     ->  IRankerModel.rerank
+    POST {prefix}/v1/chat/completions                   ->  IRankerModel.route (with a routes file)
+    GET  {prefix}/v1/models                             ->  the ranker and, with a routes file, the router
+
+`{prefix}` is KServe's OpenAI route prefix (`/openai`, or KSERVE_OPENAI_ROUTE_PREFIX). KServe's own v1/v2 routes
+stay as they are.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+from fastapi import Request  # module level: the routes' annotations are resolved against these globals
+from kserve.errors import InvalidInput
+
+from serving.model import IRankerModel
+from serving.policy import DeadlineExceeded, Overloaded, Unauthorized, authorized
+from serving.protocol import ROUTE_HEADER
+from serving.router import NoRoute
+
+
+def openai_prefix() -> str:
+    prefix = os.environ.get("KSERVE_OPENAI_ROUTE_PREFIX", "/openai").strip("/")
+    return f"/{prefix}" if prefix else ""
+
+
+class Guard:
+    """ASGI middleware in front of every route: the bearer token is checked before a POST body is read (401), and
+    the body is refused with 413 once more than `max_body_bytes` have arrived - counted as read, so a chunked body
+    without a Content-Length is held to the limit too. Health, readiness and metrics (GET) stay open."""
+
+    def __init__(self, app, model: IRankerModel):
+        self.app = app
+        self.model = model
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope.get("method") != "POST":
+            await self.app(scope, receive, send)
+            return
+        from starlette.responses import JSONResponse
+
+        config = self.model.config
+        headers = dict(scope.get("headers") or [])
+        auth = headers.get(b"authorization", b"").decode("latin-1") or None
+        if not authorized(config, auth):
+            from serving import metrics as m
+
+            m.REQUESTS.labels("unknown", "unauthorized").inc()
+            await JSONResponse(status_code=401, headers={"WWW-Authenticate": "Bearer"}, content={
+                "error": "missing or wrong bearer token (header Authorization: Bearer TOKEN)"})(scope, receive, send)
+            return
+        limit = config.max_body_bytes
+        length = headers.get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > limit:
+            await JSONResponse(status_code=413, content={"error": f"body: at most {limit} bytes, got {int(length)}"})(
+                scope, receive, send)
+            return
+        body, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                await JSONResponse(status_code=413, content={
+                    "error": f"body: at most {limit} bytes, got more"})(scope, receive, send)
+                return
+            body.append(chunk)
+            if not message.get("more_body", False):
+                break
+        whole = b"".join(body)
+        sent = False
+
+        async def replay():
+            nonlocal sent
+            if not sent:
+                sent = True
+                return {"type": "http.request", "body": whole, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+
+def install(app, model: IRankerModel) -> None:
+    """Add the rerank and chat routes, the guard and the error mapping to KServe's app."""
+    from fastapi.responses import JSONResponse, Response, StreamingResponse
+
+    async def body_of(request: Request):
+        raw = await request.body()
+        return raw if raw else b""
+
+    async def rerank(request: Request):
+        return JSONResponse(await model.rerank(await body_of(request)))
+
+    async def chat(request: Request):
+        headers = {k.lower(): v for k, v in request.headers.items()}
+        try:
+            upstream, ranking, failed = await model.route(await body_of(request), headers)
+        except (InvalidInput, NoRoute, Overloaded, DeadlineExceeded) as e:  # in the shape OpenAI clients read
+            status, kind = {InvalidInput: (400, "invalid_request_error"), NoRoute: (502, "upstream_error"),
+                            Overloaded: (503, "overloaded"), DeadlineExceeded: (504, "timeout")}[type(e)]
+            retry = getattr(e, "retry_after", None)
+            return JSONResponse(status_code=status, headers={"Retry-After": str(retry)} if retry else None,
+                                content={"error": {"message": str(e), "type": kind, "param": None, "code": status}})
+        extra = {ROUTE_HEADER: upstream.route.name, f"{ROUTE_HEADER}-ranking": ",".join(ranking)}
+        if failed:
+            extra[f"{ROUTE_HEADER}-fallbacks"] = str(len(failed))
+        content_type = upstream.response.headers.get("content-type", "application/json")
+        if upstream.stream:
+            return StreamingResponse(upstream.chunks(), status_code=upstream.status, media_type=content_type,
+                                     headers=extra)
+        return Response(content=upstream.response.content, status_code=upstream.status, media_type=content_type,
+                        headers=extra)
+
+    async def models(_: Request):
+        data = [{"id": model.name, "object": "model", "created": int(time.time()), "owned_by": "iranker"}]
+        if model.router is not None:
+            data.append({"id": model.router.routes.router, "object": "model", "created": int(time.time()),
+                         "owned_by": "iranker"})
+        return JSONResponse({"object": "list", "data": data})
+
+    prefix = openai_prefix()
+    for path in ("/v1/rerank", "/v2/rerank", f"{prefix}/v1/rerank"):
+        app.add_api_route(path, rerank, methods=["POST"], tags=["rerank"])
+    app.add_api_route(f"{prefix}/v1/chat/completions", chat, methods=["POST"], tags=["router"])
+    app.add_api_route(f"{prefix}/v1/models", models, methods=["GET"], tags=["router"])
+    install_handlers(app)
+    app.add_middleware(Guard, model=model)
+
+
+def install_handlers(app) -> None:
+    """503 + Retry-After (queue full), 504 + Retry-After (deadline), 401, 502 (no LLM of the ranking answered)."""
+    from fastapi.responses import JSONResponse
+
+    async def overloaded(_, exc: Overloaded):
+        return JSONResponse(status_code=503, content={"error": str(exc)},
+                            headers={"Retry-After": str(exc.retry_after)})
+
+    async def deadline(_, exc: DeadlineExceeded):
+        return JSONResponse(status_code=504, content={"error": str(exc)},
+                            headers={"Retry-After": str(exc.retry_after)})
+
+    async def unauthorized(_, exc: Unauthorized):
+        return JSONResponse(status_code=401, content={"error": str(exc)}, headers={"WWW-Authenticate": "Bearer"})
+
+    async def no_route(_, exc: NoRoute):
+        return JSONResponse(status_code=502, content={"error": str(exc)})
+
+    app.add_exception_handler(Overloaded, overloaded)
+    app.add_exception_handler(DeadlineExceeded, deadline)
+    app.add_exception_handler(Unauthorized, unauthorized)
+    app.add_exception_handler(NoRoute, no_route)
