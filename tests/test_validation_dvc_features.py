@@ -167,6 +167,27 @@ def test_dvc_round_trip_and_a_failed_ingest_leaves_data_and_remote_alone(tmp_pat
     assert len(list(remote.rglob("*"))) > len(remote_files)
 
 
+def test_two_checkouts_in_different_folders_get_the_same_data_version(tmp_path):
+    """The samples ingested in two checkouts at different places give byte-identical dataset folders and the same
+    data.dvc: the manifest names its source relative to the repository, and nothing machine-specific is hashed."""
+    versions = []
+    for where in ("a/repo", "b/deeper/other-name"):
+        repo = tmp_path / where
+        shutil.copytree(SAMPLES, repo / "samples")
+        _dvc(repo, "init", "--no-scm", "-q")
+        for source, folder in (("trec-dl", "trec-dl"), ("routerbench", "routerbench")):
+            ingest(source, repo / "samples" / folder, repo / "data" / folder, push=False)
+        files = {p.relative_to(repo).as_posix(): p.read_bytes() for p in (repo / "data").rglob("*") if p.is_file()}
+        versions.append((files, (repo / "data.dvc").read_text()))
+    (a_files, a_dvc), (b_files, b_dvc) = versions
+    assert a_files == b_files and a_dvc == b_dvc
+    manifest = json.loads(a_files["data/trec-dl/manifest.json"])
+    assert manifest["path"] == "samples/trec-dl" and str(tmp_path) not in json.dumps(manifest)
+    # a source outside the repository is recorded as the user named it
+    outside = ingest("trec-dl", SAMPLES / "trec-dl", tmp_path / "x" / "p", dvc=False)
+    assert outside.manifest["path"] in ("samples/trec-dl", str(SAMPLES / "trec-dl"))
+
+
 def test_outside_a_dvc_repository_ingest_says_so(tmp_path):
     result = ingest("trec-dl", SAMPLES / "trec-dl", tmp_path / "data" / "p")
     assert result.dvc.startswith("not tracked: no DVC repository")

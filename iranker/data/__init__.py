@@ -219,6 +219,23 @@ def write_dataset(files: dict[str, bytes], out: Path) -> None:
         raise
 
 
+def portable_source(path: str | Path, out: str | Path) -> str:
+    """How a manifest names its source, so that the same data gets the same version on every machine: relative to
+    the repository that holds `out` (its DVC root) when the source lies inside it, else relative to the project
+    (the working copy, or /app in the image), else as the user named it."""
+    from iranker.data.versioning import find_root
+
+    src = Path(path).expanduser().resolve()
+    for root in (find_root(Path(out)), SAMPLES_DIR.parent):
+        if root is None:
+            continue
+        try:
+            return src.relative_to(Path(root).resolve()).as_posix()
+        except ValueError:
+            continue
+    return str(path)
+
+
 def ingest(source: str, path: str | Path, out: str | Path, params: dict[str, str] | None = None,
            dvc: bool = True, push: bool = True, progress: Callable[[str], None] | None = None) -> IngestResult:
     """Build, validate, write atomically, then `dvc add` the data folder and push it (when inside a DVC repo).
@@ -231,6 +248,7 @@ def ingest(source: str, path: str | Path, out: str | Path, params: dict[str, str
     say = progress or (lambda _m: None)
     say(f"reading {source} data from {path}")
     built = build(source, path, params)
+    built.path = portable_source(path, out)
     say(f"built {len(built.instances)} instances; validating with Great Expectations")
     report = validate_built(built)
     if not report.success:
