@@ -7,17 +7,26 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip --disable-pip-version-check
 TORCH  ?= torch==2.13.0
 EXTRAS ?= data,train,eval,serve,pipelines,dev
-STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+LOCK   := constraints.txt
+STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml $(LOCK) | cksum | cut -d' ' -f1)
 export DVC_NO_ANALYTICS=1 GX_ANALYTICS_ENABLED=false HF_HUB_DISABLE_TELEMETRY=1 TOKENIZERS_PARALLELISM=false
 
-.PHONY: install model data test test-fast demo bench bench-train bench-serve serve clean
+.PHONY: install model data test test-fast demo bench bench-train bench-serve serve clean lock
 
-$(STAMP): pyproject.toml
+# Every version installed is pinned by constraints.txt (refresh it on purpose with `make lock`).
+$(STAMP): pyproject.toml $(LOCK)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	# torch first, pinned: the CPU wheel on laptops and CI; a later unpinned torch would pull CUDA packages.
-	$(PIP) install -q $(TORCH)
-	$(PIP) install -q -e ".[$(EXTRAS)]"
+	$(PIP) install -q -c $(LOCK) $(TORCH)
+	$(PIP) install -q -c $(LOCK) -e ".[$(EXTRAS)]"
 	rm -f $(VENV)/.installed-* && touch $@
+
+# Re-resolve the ranges of pyproject.toml in a fresh environment and pin what it installed into constraints.txt.
+lock:
+	rm -rf .venv-lock && $(PYTHON) -m venv .venv-lock
+	.venv-lock/bin/pip install -q $(TORCH) && .venv-lock/bin/pip install -q -e ".[$(EXTRAS)]"
+	{ sed -n '1,3p' $(LOCK); .venv-lock/bin/pip freeze --exclude-editable | grep -v '^-e '; } > $(LOCK).new
+	mv $(LOCK).new $(LOCK) && rm -rf .venv-lock
 
 install: $(STAMP)
 
