@@ -152,9 +152,8 @@ def main() -> None:
     if not shared.exists():
         sys.exit(f"public data not found at {shared} (--shared)")
     folders = ensure_data(shared, Path(args.data_root))
-    cfg = load_config(args.config)
     # train on the folders this benchmark ingested (the profile names the same datasets under data/)
-    cfg = cfg.model_copy(update={"data": [str(folders[k]) for k in ("ml-100k", "routerbench", "dl19")]})
+    cfg = load_config(args.config, {"data": [str(folders[k].resolve()) for k in ("ml-100k", "routerbench", "dl19")]})
     run = Path(args.run)
 
     t0 = time.perf_counter()
