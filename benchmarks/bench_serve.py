@@ -79,10 +79,10 @@ def start_server(port: int, args: list[str]) -> subprocess.Popen:
     raise RuntimeError("the server did not become ready in 300 s")
 
 
-def run_phase(url: str, requests: list[dict], clients: int, timeout: float) -> dict:
-    """Send every request once from `clients` threads; per request: status and latency."""
-    results: list[tuple[int, float]] = [(-1, 0.0)] * len(requests)
-    next_index = iter(range(len(requests)))
+def run_clients(n: int, clients: int, timeout: float, send) -> float:
+    """Call `send(http, k)` once for every k < n from `clients` threads (each with its own httpx client, taking the
+    next index as it frees up); returns the wall seconds."""
+    next_index = iter(range(n))
     lock = threading.Lock()
 
     def client():
@@ -92,12 +92,7 @@ def run_phase(url: str, requests: list[dict], clients: int, timeout: float) -> d
                     k = next(next_index, None)
                 if k is None:
                     return
-                t = time.perf_counter()
-                try:
-                    status = http.post(url + V1, json={"instances": [requests[k]]}).status_code
-                except httpx.HTTPError:
-                    status = 0
-                results[k] = (status, time.perf_counter() - t)
+                send(http, k)
 
     t0 = time.perf_counter()
     threads = [threading.Thread(target=client) for _ in range(clients)]
@@ -105,7 +100,22 @@ def run_phase(url: str, requests: list[dict], clients: int, timeout: float) -> d
         th.start()
     for th in threads:
         th.join()
-    wall = time.perf_counter() - t0
+    return time.perf_counter() - t0
+
+
+def run_phase(url: str, requests: list[dict], clients: int, timeout: float) -> dict:
+    """Send every request once from `clients` threads; per request: status and latency."""
+    results: list[tuple[int, float]] = [(-1, 0.0)] * len(requests)
+
+    def send(http, k):
+        t = time.perf_counter()
+        try:
+            status = http.post(url + V1, json={"instances": [requests[k]]}).status_code
+        except httpx.HTTPError:
+            status = 0
+        results[k] = (status, time.perf_counter() - t)
+
+    wall = run_clients(len(requests), clients, timeout, send)
     lat = sorted(x for s, x in results if s == 200)
     statuses: dict[str, int] = {}
     for s, _ in results:
@@ -181,30 +191,17 @@ def mixed_requests(valid: list[dict], n: int, max_body: int) -> list[tuple[str, 
 
 def run_mixed(url: str, calls: list[tuple[str, str, object]], clients: int, timeout: float) -> dict:
     results: list[tuple[str, int, bool]] = [("", -1, False)] * len(calls)
-    next_index = iter(range(len(calls)))
-    lock = threading.Lock()
 
-    def client():
-        with httpx.Client(timeout=timeout) as http:
-            while True:
-                with lock:
-                    k = next(next_index, None)
-                if k is None:
-                    return
-                kind, path, body = calls[k]
-                data = body if isinstance(body, bytes) else json.dumps(body).encode()
-                try:
-                    r = http.post(url + path, content=data, headers={"Content-Type": "application/json"})
-                    results[k] = (kind, r.status_code, "retry-after" in r.headers)
-                except httpx.HTTPError:
-                    results[k] = (kind, 0, False)
+    def send(http, k):
+        kind, path, body = calls[k]
+        data = body if isinstance(body, bytes) else json.dumps(body).encode()
+        try:
+            r = http.post(url + path, content=data, headers={"Content-Type": "application/json"})
+            results[k] = (kind, r.status_code, "retry-after" in r.headers)
+        except httpx.HTTPError:
+            results[k] = (kind, 0, False)
 
-    t0 = time.perf_counter()
-    threads = [threading.Thread(target=client) for _ in range(clients)]
-    for th in threads:
-        th.start()
-    for th in threads:
-        th.join()
+    wall = run_clients(len(calls), clients, timeout, send)
     by_kind: dict[str, dict[str, int]] = {}
     for kind, status, _ in results:
         by_kind.setdefault(kind, {})
@@ -213,7 +210,7 @@ def run_mixed(url: str, calls: list[tuple[str, str, object]], clients: int, time
     bad_5xx = [(k, s) for k, s, retry in results if (s >= 500 or s <= 0) and not (s in (503, 504) and retry)]
     unanswered = [(k, s) for k, s, retry in results if k in good and not (s == 200 or (s in (503, 504) and retry))]
     wrongly_accepted = [(k, s) for k, s, _ in results if k not in good and not 400 <= s < 500]
-    return {"clients": clients, "requests": len(calls), "seconds": round(time.perf_counter() - t0, 2),
+    return {"clients": clients, "requests": len(calls), "seconds": round(wall, 2),
             "statuses": by_kind,
             "goals": {"no_5xx_except_503_504_with_retry_after": not bad_5xx,
                       "every_valid_request_answered_or_refused_with_retry_after": not unanswered,

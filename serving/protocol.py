@@ -48,6 +48,21 @@ def _json(item: Any, at: str) -> Any:
     return item
 
 
+def _object(raw: Any, at: str, what: str) -> dict:
+    """A JSON object (given parsed, or as JSON text), or a 400 naming where and what was expected."""
+    raw = _json(raw, at)
+    if not isinstance(raw, dict):
+        raise InvalidInput(f"{at}: expected a JSON object ({what}), got {type(raw).__name__}")
+    return raw
+
+
+def _validate(cls, obj: dict, prefix: str = ""):
+    try:
+        return cls.model_validate(obj)
+    except ValidationError as e:
+        raise InvalidInput(prefix + describe_error(e)) from None
+
+
 def parse_rank_requests(items: Sequence[Any], where: str, config: ServeConfig) -> list[RankRequest]:
     """A list of RankRequests (objects or JSON strings) from a v1 or v2 body; errors name the element and field."""
     if not isinstance(items, (list, tuple)) or not items:
@@ -57,16 +72,11 @@ def parse_rank_requests(items: Sequence[Any], where: str, config: ServeConfig) -
     out = []
     for k, item in enumerate(items):
         at = f"{where}[{k}]"
-        item = _json(item, at)
-        if not isinstance(item, dict):
-            raise InvalidInput(f"{at}: expected a JSON object (a RankRequest), got {type(item).__name__}")
+        item = _object(item, at, "a RankRequest")
         candidates = item.get("candidates")
         if isinstance(candidates, list) and len(candidates) > config.max_candidates:
             raise InvalidInput(f"{at}.candidates: at most {config.max_candidates} candidates")
-        try:
-            out.append(RankRequest.model_validate(item))
-        except ValidationError as e:
-            raise InvalidInput(f"{at}: {describe_error(e)}") from None
+        out.append(_validate(RankRequest, item, f"{at}: "))
     return out
 
 
@@ -112,16 +122,11 @@ class RerankRequest(_Lenient):
 
 
 def rerank_request(body: Any, config: ServeConfig) -> RerankRequest:
-    body = _json(body, "body")
-    if not isinstance(body, dict):
-        raise InvalidInput(f"body: expected a JSON object (a rerank request), got {type(body).__name__}")
+    body = _object(body, "body", "a rerank request")
     docs = body.get("documents")
     if isinstance(docs, list) and len(docs) > config.max_candidates:
         raise InvalidInput(f"documents: at most {config.max_candidates} documents, got {len(docs)}")
-    try:
-        return RerankRequest.model_validate(body)
-    except ValidationError as e:
-        raise InvalidInput(describe_error(e)) from None
+    return _validate(RerankRequest, body)
 
 
 def rerank_texts(req: RerankRequest) -> list[str]:
@@ -172,13 +177,7 @@ class ChatRequest(BaseModel):
 
 
 def chat_request(body: Any) -> ChatRequest:
-    body = _json(body, "body")
-    if not isinstance(body, dict):
-        raise InvalidInput(f"body: expected a JSON object (a chat completion request), got {type(body).__name__}")
-    try:
-        return ChatRequest.model_validate(body)
-    except ValidationError as e:
-        raise InvalidInput(describe_error(e)) from None
+    return _validate(ChatRequest, _object(body, "body", "a chat completion request"))
 
 
 def last_user_text(req: ChatRequest) -> str:
