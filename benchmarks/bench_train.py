@@ -30,12 +30,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from bench_train_quality import ensure_data  # noqa: E402
+from bench_train_quality import ensure_data
 
-from iranker.train import load_config  # noqa: E402
-from iranker.train.loop import Trainer  # noqa: E402
-from iranker.train.modeling import load_model  # noqa: E402
-from iranker.train.pools import load_training_instances  # noqa: E402
+from iranker.train import load_config
+from iranker.train.loop import Trainer
+from iranker.train.modeling import load_model
+from iranker.train.pools import load_training_instances
 
 
 def say(msg: str) -> None:

@@ -54,7 +54,8 @@ def _add_device_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
                    help="transformers backend: where the model runs (default auto: CUDA when present, else CPU)")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"],
-                   help="transformers backend: auto is bfloat16 on CUDA, float32 on the CPU")
+                   help="transformers backend: auto is bfloat16 on CUDA, float32 on the CPU; vllm backend: the "
+                        "engine's dtype (auto: vLLM's choice)")
 
 
 def _backend_options(args) -> dict:
@@ -63,7 +64,7 @@ def _backend_options(args) -> dict:
                 "api_key": os.environ.get("IRANKER_OPENAI_API_KEY")}
     if args.backend == "transformers":
         return {"device": args.device, "dtype": args.dtype}
-    return {}
+    return {} if args.dtype == "auto" else {"dtype": args.dtype}  # vllm: the engine's dtype
 
 
 def _open_model(args, explicit: dict | None = None):
@@ -403,16 +404,11 @@ def cmd_serve(args) -> None:
                              allow_reasoning=args.allow_reasoning, max_passes=args.max_passes)
     except ValueError as e:
         _die(str(e))
-    options = {}
-    if args.backend == "openai":
-        if not args.base_url:
-            _die("--base-url: the openai backend needs the predictor's API root, e.g. http://iranker-predictor/openai/v1")
-        options = {"base_url": args.base_url, "tokenizer": args.tokenizer,
-                   "api_key": os.environ.get("IRANKER_OPENAI_API_KEY")}
+    if args.backend == "openai" and not args.base_url:
+        _die("--base-url: the openai backend needs the predictor's API root, e.g. http://iranker-predictor/openai/v1")
+    options = _backend_options(args)
     _say(f"serving {model} ({why}) with the {args.backend} backend on port {args.http_port}; Feast: {repo or 'off'}; "
          f"auth: {'bearer token' if token else 'off'}")
-    if args.backend == "transformers":
-        options = {"device": args.device, "dtype": args.dtype}
     serve(IRankerModel(args.name, model, args.backend, options, repo, config, {"layout": args.layout},
                        routes=args.routes), http_port=args.http_port)
 
@@ -446,14 +442,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     data = sub.add_parser("data", help="ingest, fetch and validate data").add_subparsers(dest="data_command",
                                                                                       required=True)
-    from iranker.data import SOURCES
+    try:
+        from iranker.data import SOURCES
 
+        sources = {k: v.help for k, v in SOURCES.items()}
+    except ImportError:  # without the data extra (e.g. an environment that only ranks or serves)
+        sources = {}
     ing = data.add_parser("ingest", help="public format -> tables, instances and manifest; validated; DVC-tracked",
-                          epilog="sources:\n" + "\n".join(f"  {k:<12} {v.help}" for k, v in SOURCES.items())
+                          epilog="sources:\n" + ("\n".join(f"  {k:<12} {v}" for k, v in sources.items())
+                                                 or "  (install the data extra: pip install 'iranker[data]')")
                           + "\n\nexample: iranker data ingest recbole ~/.cache/iranker/datasets/ml-100k --out "
                           "data/ml-100k --param negative_sampling=popularity",
                           formatter_class=argparse.RawDescriptionHelpFormatter)
-    ing.add_argument("source", choices=list(SOURCES), help="input format")
+    ing.add_argument("source", choices=list(sources) or None, help="input format")
     ing.add_argument("path", help="input file or folder")
     ing.add_argument("--out", required=True, help="dataset folder to (re)place, e.g. data/ml-100k")
     ing.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
