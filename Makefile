@@ -15,7 +15,7 @@ VLLM_LOCK  := constraints-vllm.txt
 VLLM_STAMP := $(VLLM_VENV)/.installed-$(shell cat pyproject.toml $(VLLM_LOCK) | cksum | cut -d' ' -f1)
 export DVC_NO_ANALYTICS=1 GX_ANALYTICS_ENABLED=false HF_HUB_DISABLE_TELEMETRY=1 TOKENIZERS_PARALLELISM=false
 
-.PHONY: install model data test test-fast test-vllm vllm-env demo bench bench-train bench-serve serve clean lock lock-vllm
+.PHONY: install model data test test-fast test-vllm vllm-env demo bench bench-train bench-serve serve clean lock lock-vllm image image-check
 
 # Every version installed is pinned by constraints.txt (refresh it on purpose with `make lock`).
 $(STAMP): pyproject.toml $(LOCK)
@@ -89,6 +89,16 @@ bench-serve: install model
 
 serve: install model
 	$(VENV)/bin/iranker serve
+
+# The CPU image (ghcr.io/iranker/iranker:0.1.0) with podman or docker, whichever is present; where no registry
+# answers, the base image is first made from Debian's packages (docker/base-image.sh, needs root).
+# GPU=1: the GPU image (needs nvidia/cuda from a registry). WITH_MODEL=true: the embedded model baked in.
+image:
+	docker/build.sh $(if $(filter 1,$(GPU)),--gpu) $(if $(filter true,$(WITH_MODEL)),--model)
+
+# Build the image, then run it as a user would, as the manifests declare it and as a pipeline step (also in make test).
+image-check: install
+	$(PY) -m pytest -q -m image tests/test_image.py
 
 clean:
 	rm -rf $(VENV) $(VLLM_VENV) .pytest_cache

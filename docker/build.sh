@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# Build the project's image with podman or docker, whichever is present (`make image`).
+#
+#   docker/build.sh [--gpu] [-t IMAGE] [--model] [-- EXTRA BUILD ARGS...]
+#     (default) docker/Dockerfile      -> ghcr.io/iranker/iranker:0.1.0      (the tag the manifests under k8s/ name)
+#     --gpu     docker/Dockerfile.gpu  -> ghcr.io/iranker/iranker-gpu:0.1.0
+#     --model   WITH_MODEL=true: the embedded model baked in (~520 MB more)
+#
+# - The base image: docker/base-image.sh (present, else pulled, else made from Debian's packages; CPU image only).
+# - Package sources: the host's pip configuration (index-url, extra-index-url, find-links, cert, trusted-host; from
+#   `pip config list` and PIP_* variables) is written to a pip.conf handed to the build as the secret `pip.conf`.
+#   With podman, local folders and files it names (a wheel folder, a file:// index, a CA bundle) are mounted
+#   read-only under /run/host for the build; docker cannot mount them, so they are left out there (with a note).
+#   When a find-links folder holds the torch wheel constraints.txt pins, torch comes from it (TORCH_INDEX_URL=).
+#   IRANKER_PIP_CONF=FILE uses that pip.conf as it is; IRANKER_PIP_CONF=none passes none (the Dockerfile's defaults:
+#   PyPI and the PyTorch CPU index, what a laptop with a plain pip uses).
+# - Builds run on the host's network (--network host): no bridge network is created.
+#
+# Environment: CONTAINER_ENGINE (podman|docker), IMAGE, TORCH_INDEX_URL, IRANKER_PIP_CONF, PYTHON (for pip config).
+set -euo pipefail
+HERE=$(cd "$(dirname "$0")" && pwd)
+ROOT=$(dirname "$HERE")
+cd "$ROOT"
+
+gpu=0; model=false; image=${IMAGE:-}
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --gpu) gpu=1 ;;
+        --model) model=true ;;
+        -t) image=$2; shift ;;
+        --) shift; break ;;
+        *) echo "build: unknown argument $1 (see the header of $0)" >&2; exit 2 ;;
+    esac
+    shift
+done
+extra=("$@")
+
+ENGINE=$("$HERE/engine.sh")
+if [ "$gpu" = 1 ]; then
+    dockerfile=docker/Dockerfile.gpu; image=${image:-ghcr.io/iranker/iranker-gpu:0.1.0}
+else
+    dockerfile=docker/Dockerfile; image=${image:-ghcr.io/iranker/iranker:0.1.0}
+    "$HERE/base-image.sh" "$ENGINE"
+fi
+
+work=$(mktemp -d "${TMPDIR:-/tmp}/iranker-build.XXXXXX")
+trap 'rm -rf "$work"' EXIT
+args=(--network host -f "$dockerfile" -t "$image" --build-arg "GIT_SHA=$(git rev-parse HEAD 2>/dev/null || echo unknown)")
+[ "$gpu" = 1 ] || args+=(--build-arg "WITH_MODEL=$model")
+
+pipconf=${IRANKER_PIP_CONF:-host}
+if [ "$pipconf" = host ]; then
+    # the host's pip settings -> pip.conf for the build (+ the podman mounts of the local paths it names)
+    "${PYTHON:-python3}" "$HERE/pipconf.py" --engine "$ENGINE" --out "$work/pip.conf" \
+        --mounts "$work/mounts" --torch-from "$work/torch-index" --constraints constraints.txt
+    if [ -s "$work/pip.conf" ]; then
+        args+=(--secret "id=pip.conf,src=$work/pip.conf")
+        mapfile -t mounts < "$work/mounts"
+        args+=("${mounts[@]}")
+        if [ -z "${TORCH_INDEX_URL+set}" ] && [ -f "$work/torch-index" ]; then
+            args+=(--build-arg "TORCH_INDEX_URL=$(cat "$work/torch-index")")
+        fi
+    fi
+elif [ "$pipconf" != none ]; then
+    args+=(--secret "id=pip.conf,src=$pipconf")
+fi
+[ -z "${TORCH_INDEX_URL+set}" ] || args+=(--build-arg "TORCH_INDEX_URL=$TORCH_INDEX_URL")
+if [ "$ENGINE" = docker ]; then
+    export DOCKER_BUILDKIT=1   # RUN --mount=type=secret
+fi
+
+echo "build: $ENGINE build ${args[*]} ${extra[*]} ." >&2
+start=$(date +%s)
+"$ENGINE" build "${args[@]}" "${extra[@]}" .
+size=$("$ENGINE" image inspect --format '{{.Size}}' "$image")
+echo "build: $image built in $(( $(date +%s) - start )) s; $(( size / 1000000 )) MB" >&2
