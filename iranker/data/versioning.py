@@ -57,6 +57,44 @@ def track(out: Path, push: bool = True, progress: Callable[[str], None] | None =
         return status + f"; pushed to remote {remote!r}"
 
 
+def pull(path: Path, progress: Callable[[str], None] | None = None) -> str:
+    """`dvc pull` in the DVC repository at or above `path`: the data its .dvc files name, from the default remote.
+
+    A remote that does not hold that data - on a fresh clone the local directory remote (`.dvc-store/`, never
+    committed) holds nothing yet - is a DataError that says so and how to rebuild the data; nothing is changed."""
+    from dvc.exceptions import CheckoutError, DvcException
+    from dvc.repo import Repo
+
+    from iranker.data.base import DataError
+
+    say = progress or (lambda _m: None)
+    root = find_root(path)
+    if root is None:
+        raise DataError(f"{path}: no DVC repository at or above it (run `dvc init` there to version data)")
+    with Repo(str(root)) as repo:
+        remote = repo.config.get("core", {}).get("remote")
+        if not remote:
+            raise DataError(f"{root}/.dvc/config: no default remote (dvc remote add -d NAME URL)")
+        url = repo.config.get("remote", {}).get(remote, {}).get("url", "?")
+        wanted = ", ".join(f"{f.name} (md5 {data_version(f)})" for f in sorted(root.glob("*.dvc")) if f.is_file())
+        say(f"dvc pull <- remote {remote!r} ({url})")
+        try:
+            stats = repo.pull()
+        except (CheckoutError, DvcException) as e:
+            local = "://" not in url
+            where = Path(url) if Path(url).is_absolute() else (root / ".dvc" / url).resolve()
+            empty = local and (not where.exists() or not any(where.iterdir()))
+            why = (f"the remote {remote!r} ({where}) {'holds nothing yet' if empty else 'lacks that data'}"
+                   if local else f"the remote {remote!r} ({url}) lacks that data")
+            raise DataError(
+                f"dvc pull: {why}; the repository names {wanted}. A local directory remote lives on the machine "
+                "that ingested the data and is not part of a clone. Rebuild the data where you are: `make demo` "
+                "writes the version data.dvc names here (its ingest steps produce byte-identical folders), "
+                "`make data` the built-in samples under data/samples/; or add the remote that holds it (dvc remote "
+                f"add -d NAME URL). DVC said: {str(e).strip()[:300]}") from e
+    return f"pulled from remote {remote!r}: {sum(len(v) for v in stats.values() if isinstance(v, list))} changes"
+
+
 def data_version(dvc_file: Path) -> str:
     """The md5 DVC records for the tracked folder: the version evaluations and model cards cite."""
     import yaml
