@@ -30,6 +30,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.image]
 
@@ -69,12 +70,6 @@ def run(*args: str, timeout: float = 600, check: bool = True, **kw) -> subproces
 
 def engine(*args: str, **kw) -> subprocess.CompletedProcess:
     return run(ENGINE, *args, **kw)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def http(method: str, url: str, body: dict | None = None, timeout: float = 120) -> tuple[int, str]:

@@ -6,7 +6,6 @@ import asyncio
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import threading
@@ -14,7 +13,7 @@ import time
 
 import httpx
 import pytest
-from conftest import ROOT
+from conftest import ROOT, free_port
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -30,17 +29,11 @@ V1 = "/v1/models/iranker:predict"
 V2 = "/v2/models/iranker/infer"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class Server:
     """`iranker serve` in a subprocess on a free loopback port; ready when KServe says the model is."""
 
     def __init__(self, *args: str, env: dict | None = None):
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         import tempfile
 

@@ -10,17 +10,13 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
-import sys
-import time
 from dataclasses import replace
 from pathlib import Path
 
 import httpx
 import pytest
-
-from tests.conftest import ROOT
+from conftest import ROOT, free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.vllm]
 
@@ -79,12 +75,6 @@ def reference(requests_file, model_dir) -> list[list[str]]:
     return [r.ranking for r in rank_requests(backend, reqs, replace(config, layout="relist"))]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _stop(proc: subprocess.Popen) -> None:
     proc.terminate()
     try:
@@ -112,7 +102,7 @@ def vllm_server(vllm_python, model_dir, tmp_path_factory):
     """vLLM's OpenAI server (the engine KServe's huggingfaceserver runs) on loopback, serving the embedded model."""
     from iranker.backends.vllm import start_vllm_server
 
-    port = _free_port()
+    port = free_port()
     log = tmp_path_factory.mktemp("vllm-server") / "server.log"
     with log.open("w") as fh:
         proc = start_vllm_server(model_dir, port, python=str(vllm_python), log=fh, dtype="float32",
@@ -140,26 +130,14 @@ def test_openai_backend_against_vllm_server_ranks_as_transformers(vllm_server, r
 def test_serve_through_vllm_server(vllm_server, model_dir, reference, requests_file):
     """`iranker serve --backend openai` in front of the real vLLM server answers the v1 protocol with the
     reference ranking."""
-    port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "iranker.cli", "serve", "--backend", "openai", "--model", "iranker",
-                             "--base-url", vllm_server, "--tokenizer", model_dir, "--http-port", str(port)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT)
-    log = Path(requests_file.parent / "serve.log")
+    from test_serving import Server
+
+    server = Server("--backend", "openai", "--model", "iranker", "--base-url", vllm_server, "--tokenizer", model_dir,
+                    "--no-features")
     try:
-        end = time.monotonic() + 300
-        while time.monotonic() < end:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/v1/models/iranker", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert proc.poll() is None, proc.stdout.read()
-            time.sleep(1)
         req = json.loads(requests_file.read_text())[0]
-        resp = httpx.post(f"http://127.0.0.1:{port}/v1/models/iranker:predict", json={"instances": [req]},
-                          timeout=300)
+        resp = httpx.post(f"{server.url}/v1/models/iranker:predict", json={"instances": [req]}, timeout=300)
         assert resp.status_code == 200, resp.text
         assert resp.json()["predictions"][0]["ranking"] == reference[0]
     finally:
-        _stop(proc)
-        log.write_text(proc.stdout.read() if proc.stdout else "")
+        server.close()

@@ -62,7 +62,7 @@ def pull(path: Path, progress: Callable[[str], None] | None = None) -> str:
 
     A remote that does not hold that data - on a fresh clone the local directory remote (`.dvc-store/`, never
     committed) holds nothing yet - is a DataError that says so and how to rebuild the data; nothing is changed."""
-    from dvc.exceptions import CheckoutError, DvcException
+    from dvc.exceptions import DvcException
     from dvc.repo import Repo
 
     from iranker.data.base import DataError
@@ -80,7 +80,7 @@ def pull(path: Path, progress: Callable[[str], None] | None = None) -> str:
         say(f"dvc pull <- remote {remote!r} ({url})")
         try:
             stats = repo.pull()
-        except (CheckoutError, DvcException) as e:
+        except DvcException as e:  # CheckoutError among them: the remote lacks the data
             local = "://" not in url
             where = Path(url) if Path(url).is_absolute() else (root / ".dvc" / url).resolve()
             empty = local and (not where.exists() or not any(where.iterdir()))
