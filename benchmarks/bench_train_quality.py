@@ -134,6 +134,8 @@ def main() -> None:
     ap.add_argument("--shared", default=str(ROOT.parent / "shared" / "data"))
     ap.add_argument("--data-root", default=str(ROOT / "data"))
     ap.add_argument("--config", default=str(ROOT / "configs" / "cpu.yaml"))
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a setting of the profile, as `iranker train --set` (e.g. --set algo=ppo)")
     ap.add_argument("--run", default=str(ROOT / "runs" / "cpu"), help="training run folder (reused if finished)")
     ap.add_argument("--report", default=str(ROOT / "benchmarks" / "results" / "train_quality_episodes"))
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "bench_train_quality_episodes.json"))
@@ -153,7 +155,11 @@ def main() -> None:
         sys.exit(f"public data not found at {shared} (--shared)")
     folders = ensure_data(shared, Path(args.data_root))
     # train on the folders this benchmark ingested (the profile names the same datasets under data/)
-    cfg = load_config(args.config, {"data": [str(folders[k].resolve()) for k in ("ml-100k", "routerbench", "dl19")]})
+    from iranker.cli import _yaml_pairs
+
+    overrides = _yaml_pairs(args.set, "--set", "KEY=VALUE")
+    cfg = load_config(args.config, {**overrides,
+                                    "data": [str(folders[k].resolve()) for k in ("ml-100k", "routerbench", "dl19")]})
     run = Path(args.run)
 
     t0 = time.perf_counter()
