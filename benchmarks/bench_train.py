@@ -5,6 +5,8 @@ data and ranking settings, in one run.
   is its own forward and backward pass over the listed prompt (`pools.episodes: 0`).
 - episode: whole instances ranked as serving ranks them - eliminations sampled on the key/value cache - and all
   n-1 decisions of an episode scored in one forward and backward pass (`pools.episodes: 1`).
+- episode-recompute: the episode path with the frozen layers below the adapter run again in every pass
+  (`lora.reuse_frozen: false`); episode / episode-recompute is what reusing their output gains.
 - before (reference): the trainer's earlier setting, relisted pools of 2-8 with 40 words per candidate, one pass
   per decision (not the serving layout; listed for context only).
 
@@ -13,7 +15,9 @@ All: the embedded SmolLM2-135M, LoRA r64 on attention and MLP of the top 12 laye
 ../shared/data), the dtype given by --dtype. Decisions/s = decisions of the timed updates / their seconds (the first
 update is a warm-up and not counted). Writes benchmarks/results/bench_train.json.
 
-    python benchmarks/bench_train.py [--updates 3] [--batch 4] [--dtype bfloat16]
+    python benchmarks/bench_train.py [--updates 3] [--batch 4] [--dtype bfloat16] [--paths per-step,episode,...]
+
+Each path's log also splits its time by phase (rollout, reference, forward, backward, optimizer).
 """
 
 from __future__ import annotations
@@ -60,8 +64,14 @@ def measure(name: str, cfg, updates: int) -> dict:
     timed = rows[1:]
     decisions = sum(r["elimination_steps"] for r in timed)
     seconds = sum(r["wall_s"] for r in timed)
+    phases: dict[str, float] = {}
+    for r in timed:
+        for k, v in r["seconds_by_phase"].items():
+            phases[k] = phases.get(k, 0.0) + v
     return {"path": name, "updates_timed": len(timed), "decisions": decisions, "seconds": round(seconds, 2),
             "decisions_per_s": decisions / seconds,
+            "seconds_by_phase": {k: round(v, 2) for k, v in phases.items()},
+            "share_by_phase": {k: round(v / seconds, 3) for k, v in phases.items()},
             "mean_pool_size": sum(int(k) * n for r in timed for k, n in r["steps_by_pool_size"].items()) / decisions,
             "expected_reward": sum(r["expected_reward"] * r["elimination_steps"] for r in timed) / decisions}
 
@@ -73,9 +83,14 @@ def main() -> None:
     ap.add_argument("--updates", type=int, default=3, help="timed updates per path (after one warm-up)")
     ap.add_argument("--batch", type=int, default=4, help="episodes per update of the episode path")
     ap.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16"])
-    ap.add_argument("--skip-before", action="store_true")
+    ap.add_argument("--paths", default="per-step,episode,episode-recompute",
+                    help="comma-separated, of per-step, episode, episode-recompute, before")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "bench_train.json"))
     args = ap.parse_args()
+    paths = [p.strip() for p in args.paths.split(",") if p.strip()]
+    unknown = set(paths) - {"per-step", "episode", "episode-recompute", "before"}
+    if unknown:
+        sys.exit(f"--paths: unknown {sorted(unknown)}; expected per-step, episode, episode-recompute or before")
 
     data = ensure_data(Path(args.shared), Path(args.data_root))
     datasets = [str(data[k]) for k in ("ml-100k", "routerbench", "dl19")]
@@ -83,30 +98,44 @@ def main() -> None:
                                                        "algo": "expected", "probe": {"pools": 0}})
     pools = base.pools.model_copy(update={"min_size": 2, "max_size": 20, "on_policy": 0.0,
                                           "balance_positions": False})
-    # per-step: as many sub-pool decisions per update as the episode path makes, roughly (19 per episode)
-    per_step = base.model_copy(update={"batch_size": args.batch * 10, "pools": pools.model_copy(
-        update={"episodes": 0.0})})
     episode = base.model_copy(update={"batch_size": args.batch, "pools": pools.model_copy(update={"episodes": 1.0})})
-    results = [measure("per-step", per_step, args.updates), measure("episode", episode, args.updates)]
-    if not args.skip_before:
-        before = base.model_copy(update={
+    configs = {
+        # per-step: as many sub-pool decisions per update as the episode path makes, roughly (19 per episode)
+        "per-step": base.model_copy(update={"batch_size": args.batch * 10,
+                                            "pools": pools.model_copy(update={"episodes": 0.0})}),
+        "episode": episode,
+        # the same episodes, the frozen layers below the adapter run again in every pass (lora.reuse_frozen off)
+        "episode-recompute": episode.model_copy(update={"lora": base.lora.model_copy(
+            update={"reuse_frozen": False})}),
+        "before": base.model_copy(update={
             "batch_size": args.batch * 10,
             "ranking": base.ranking.model_copy(update={"layout": "relist", "max_words": 40}),
-            "pools": pools.model_copy(update={"max_size": 8, "episodes": 0.0})})
-        results.append(measure("before (relist, 40 words, pools 2-8)", before, args.updates))
+            "pools": pools.model_copy(update={"max_size": 8, "episodes": 0.0})}),
+    }
+    results = [measure(p, configs[p], args.updates) for p in paths]
     by = {r["path"]: r for r in results}
-    ratio = by["episode"]["decisions_per_s"] / by["per-step"]["decisions_per_s"]
+
+    def ratio(a: str, b: str) -> float | None:
+        return by[a]["decisions_per_s"] / by[b]["decisions_per_s"] if a in by and b in by else None
+
+    over = ratio("episode", "per-step")
     out = {"benchmark": "bench_train", "command": "python benchmarks/bench_train.py " + " ".join(sys.argv[1:]),
            "model": "smollm2-135m", "dtype": args.dtype, "lora": base.lora.model_dump(),
            "machine": {"cpu_count": __import__("os").cpu_count(), "platform": platform.platform(),
                        "torch": __import__("torch").__version__},
-           "results": results, "episode_over_per_step": ratio, "goal": ">= 5x", "goal_met": ratio >= 5}
+           "results": results, "episode_over_per_step": over, "goal": ">= 5x",
+           "goal_met": None if over is None else over >= 5,
+           "frozen_reuse_gain": ratio("episode", "episode-recompute")}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=1) + "\n")
     for r in results:
         say(f"{r['path']}: {r['decisions_per_s']:.2f} decisions/s ({r['decisions']} in {r['seconds']} s, mean pool "
-            f"{r['mean_pool_size']:.1f})")
-    say(f"episode / per-step: {ratio:.1f}x (goal >= 5x) -> {args.out}")
+            f"{r['mean_pool_size']:.1f}); time shares {r['share_by_phase']}")
+    if over is not None:
+        say(f"episode / per-step: {over:.1f}x (goal >= 5x)")
+    if out["frozen_reuse_gain"] is not None:
+        say(f"episode / episode-recompute (frozen layers reused / run again): {out['frozen_reuse_gain']:.2f}x")
+    say(f"-> {args.out}")
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import json
+from functools import partial
 
 import pytest
 import torch
@@ -209,3 +210,37 @@ def test_whole_episodes_are_sampled_as_serving_ranks_and_scored_in_one_pass(tmp_
     for _ in range(6):
         trainer.update(0)  # the same seeded episodes every time
     assert expected() > before
+
+
+@pytest.mark.parametrize("algo", ["expected", "ppo"])
+def test_frozen_layers_run_once_per_update_and_train_the_same(tmp_path, smoke, algo):
+    """`lora.reuse_frozen`: the layers below the adapter run once per scored sequence of an update (the reference,
+    the policy and PPO's passes start from their stored output), and an update trains exactly as without reuse."""
+    lora = smoke.lora.model_copy(update={"r": 8, "alpha": 16, "top_layers": 1})
+    pools = smoke.pools.model_copy(update={"episodes": 0.5, "on_policy": 0.0})
+    cfg = smoke.model_copy(update={"algo": algo, "batch_size": 4, "lora": lora, "pools": pools, "lr_actor": 3e-3,
+                                   "ppo": smoke.ppo.model_copy(update={"kl_coef": 0.05})})
+    runs = {}
+    for reuse in (True, False):
+        c = cfg.model_copy(update={"lora": lora.model_copy(update={"reuse_frozen": reuse})})
+        trainer = _trainer(c, tmp_path / str(reuse))
+        assert trainer.policy.frozen_layers == (1 if reuse else 0)
+        calls = {"bottom": 0, "top": 0}
+        base = trainer.model.get_base_model().model
+        for name, layer in (("bottom", base.layers[0]), ("top", base.layers[1])):
+            layer.register_forward_hook(partial(_count, calls, name))
+        rows = [trainer.update(u) for u in range(2)]
+        weights = {k: p.detach().clone() for k, p in trainer.model.named_parameters() if p.requires_grad}
+        runs[reuse] = rows, weights, dict(calls)
+    (with_rows, with_w, with_calls), (without_rows, without_w, without_calls) = runs[True], runs[False]
+    for a, b in zip(with_rows, without_rows, strict=True):
+        assert a["elimination_steps"] == b["elimination_steps"]
+        for key in ("loss", "expected_reward", "kl"):
+            assert a[key] == pytest.approx(b[key], abs=1e-5)
+    assert max(float((with_w[k] - without_w[k]).abs().max()) for k in with_w) < 1e-5
+    assert with_calls["top"] == without_calls["top"]  # the adapted layer runs in every pass
+    assert with_calls["bottom"] < without_calls["bottom"]  # the frozen one once per sequence (the rollout aside)
+
+
+def _count(calls: dict, name: str, *_) -> None:
+    calls[name] += 1

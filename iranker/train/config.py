@@ -27,6 +27,9 @@ class LoraConfig(_Section):
     top_layers: int = Field(default=0, ge=0, description="adapt only the last N decoder layers (0: all); the "
                                                          "layers below run without gradients, which makes a CPU "
                                                          "update several times cheaper")
+    reuse_frozen: bool = Field(default=True, description="with top_layers: run the frozen layers below the "
+                                                         "adapter once per scored sequence and update, and reuse "
+                                                         "their output in the reference and policy passes")
 
 
 class PoolConfig(_Section):

@@ -20,6 +20,7 @@ an on-policy episode, a pool's relisted copies aside) run as the cues of one seq
 
 from __future__ import annotations
 
+import contextlib
 import time
 from functools import partial
 
@@ -42,6 +43,7 @@ class FastTrainer:
         self.data = TrainingSet(instances, cfg.ranking.max_words)
         self.contexts = list(self.data.contexts)  # probe contexts follow the training ones
         self._encoded: dict[tuple, object] = {}
+        self._frozen: dict | None = None  # the frozen layers' outputs of the current update (Policy.score_cues)
         self.probe_steps = self._probe_steps(probe_instances or [])
 
     # ----------------------------------------------------------------------------------------------- scoring
@@ -65,7 +67,8 @@ class FastTrainer:
         with self.policy.autocast():
             for rows in groups.values():
                 enc = self._encode(steps[rows[0]])
-                lg, h = self.policy.score_cues(model, enc, [steps[b].pool for b in rows], with_hidden=with_value)
+                lg, h = self.policy.score_cues(model, enc, [steps[b].pool for b in rows], with_hidden=with_value,
+                                               frozen=self._frozen)
                 for r, b in enumerate(rows):
                     logits[b] = lg[r]
                     hidden[b] = h[r] if with_value else None
@@ -312,23 +315,36 @@ class FastTrainer:
         `algo: expected`: ONE forward and backward pass over all decisions (those sharing a listing - an
         episode's - as the cues of one sequence). `algo: ppo`: a scoring pass without gradients, then
         `ppo.epochs` x `ppo.minibatches` passes, minibatches made of whole episodes."""
+        self._frozen = {}  # the update's passes share the frozen layers' work (freed when it ends)
+        try:
+            return self._update(update)
+        finally:
+            self._frozen = None
+
+    def _update(self, update: int) -> dict:
         cfg, policy, sync = self.cfg, self.policy, self.procs.sync_grads
         t0 = time.perf_counter()
+        clock = _Clock()
         one_pass = cfg.algo == "expected"
-        batch = self.rollout(update, score=not one_pass)
+        with clock("rollout"):
+            batch = self.rollout(update, score=not one_pass)
         steps = batch["steps"]
-        ref_logp = self._ref_logp(steps) if steps and cfg.ppo.kl_coef > 0 else None
+        with clock("reference"):
+            ref_logp = self._ref_logp(steps) if steps and cfg.ppo.kl_coef > 0 else None
         policy.model.train()
         rows: list[dict] = []
         if one_pass:  # one forward and backward pass per episode, gradients accumulated: memory of one episode
             policy.optimizer.zero_grad()
             for ep in self.episodes_of(batch):
-                logp, values = self.score(policy.model, [steps[b] for b in ep], True)
-                self.finish(batch, ep, logp, values)
-                loss, stats = self._loss(batch, torch.tensor(ep, device=policy.device), logp, values, ref_logp)
-                (loss * len(ep) / len(steps)).backward()
+                with clock("forward"):
+                    logp, values = self.score(policy.model, [steps[b] for b in ep], True)
+                    self.finish(batch, ep, logp, values)
+                    loss, stats = self._loss(batch, torch.tensor(ep, device=policy.device), logp, values, ref_logp)
+                with clock("backward"):
+                    (loss * len(ep) / len(steps)).backward()
                 rows += [stats] * len(ep)  # the update's statistics are means over its decisions
-            policy.step_optimizer(partial(sync, weight=len(steps)))
+            with clock("optimizer"):
+                policy.step_optimizer(partial(sync, weight=len(steps)))
         else:
             gen = torch.Generator().manual_seed(seeded_rng(cfg.seed, "minibatches", update).randrange(2**31))
             episodes = self.episodes_of(batch)
@@ -339,12 +355,15 @@ class FastTrainer:
                     idx = torch.tensor(chosen, dtype=torch.long)
                     policy.optimizer.zero_grad()
                     if chosen:
-                        logp, values = self.score(policy.model, [steps[i] for i in chosen], True)
-                        loss, stats = self._loss(batch, idx.to(policy.device), logp, values, ref_logp)
-                        loss.backward()
+                        with clock("forward"):
+                            logp, values = self.score(policy.model, [steps[i] for i in chosen], True)
+                            loss, stats = self._loss(batch, idx.to(policy.device), logp, values, ref_logp)
+                        with clock("backward"):
+                            loss.backward()
                         rows.append(stats)
                     # every process steps, even with an empty share: same weights
-                    policy.step_optimizer(partial(sync, weight=len(chosen)))
+                    with clock("optimizer"):
+                        policy.step_optimizer(partial(sync, weight=len(chosen)))
         policy.model.eval()
         dt = time.perf_counter() - t0
         by_size: dict[str, list[float]] = {}
@@ -357,9 +376,26 @@ class FastTrainer:
         return {"step": update + 1, "reward": float(batch["rewards"].sum()) / n,
                 "expected_reward": float(batch["expected"].sum()) / n, **stats,
                 "elimination_steps": len(steps), "steps_per_s": len(steps) / dt, "seconds": dt,
+                "seconds_by_phase": clock.seconds,
                 "reward_by_pool_size": {k: sum(v) / len(v) for k, v in sorted(by_size.items(),
                                                                                key=lambda kv: int(kv[0]))},
                 "steps_by_pool_size": {k: len(v) for k, v in sorted(by_size.items(), key=lambda kv: int(kv[0]))}}
+
+
+class _Clock:
+    """Seconds spent per phase of an update (`seconds_by_phase` in its log row): rollout (sampling, and with
+    PPO the scoring pass without gradients), reference, forward, backward, optimizer."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, phase: str):
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[phase] = self.seconds.get(phase, 0.0) + time.perf_counter() - t0
 
 
 def _next_step(st: Step, eliminated: int, layout: str) -> Step:

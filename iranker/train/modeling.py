@@ -179,7 +179,18 @@ class Policy:
 
     # ---------------------------------------------------------------------------------------- scoring
 
-    def score_cues(self, model, enc: EncodedPrompt, pools: list[list[int]], with_hidden: bool = False):
+    @property
+    def frozen_layers(self) -> int:
+        """Decoder layers below the adapter whose output the scoring passes of an update share (0: none): the
+        reference (adapter disabled) and the policy compute the same values there."""
+        cfg = self.cfg
+        n = self.model.config.num_hidden_layers
+        if not (cfg.lora.r and cfg.lora.reuse_frozen and 0 < cfg.lora.top_layers < n):
+            return 0
+        return n - cfg.lora.top_layers
+
+    def score_cues(self, model, enc: EncodedPrompt, pools: list[list[int]], with_hidden: bool = False,
+                   frozen: dict | None = None):
         """Label logits [m, 26] (float32) of m elimination decisions over ONE listed prompt, in one pass.
 
         The sequence holds the prefix (header + every candidate line) once, then the cue (tail) of each decision.
@@ -188,6 +199,10 @@ class Policy:
         listing) and its own earlier tokens, at the positions right after the prefix - what serving's cached step
         shows it. With all candidates visible and one cue this is the plain causal pass of the relist layout.
         Returns (logits, last hidden state of every cue [m, H] or None).
+
+        `frozen`: a cache (one per update) of the frozen layers' output for each sequence scored: the first pass
+        over a sequence runs those layers without gradients and stores their output, later passes (the reference,
+        the policy, PPO's minibatches) start from it and run only the adapted layers.
         """
         prefix = enc.head + [t for item in enc.items for t in item]
         n_prefix, tail, m = len(prefix), enc.tail, len(pools)
@@ -213,7 +228,17 @@ class Policy:
                 if j not in keep:
                     mask[rows, s:e] = False
         decoder, head = _decoder_and_head(model)
-        out = decoder(input_ids=ids[None], attention_mask=mask[None, None], position_ids=pos[None])
+        attend = {"attention_mask": mask[None, None], "position_ids": pos[None], "use_cache": False}
+        split = self.frozen_layers if frozen is not None else 0
+        if split:
+            key = (tuple(ids.tolist()), tuple(map(tuple, pools)))
+            if key not in frozen:
+                with torch.no_grad(), _layers(decoder, 0, split, final_norm=False):
+                    frozen[key] = decoder(input_ids=ids[None], **attend).last_hidden_state
+            with _layers(decoder, split, None, final_norm=True):
+                out = decoder(inputs_embeds=frozen[key], **attend)
+        else:
+            out = decoder(input_ids=ids[None], **attend)
         ends = torch.tensor([n_prefix + k * n_tail + n_tail - 1 for k in range(m)], device=dev)
         hidden = out.last_hidden_state[0, ends]
         w = head.weight[self.label_ids]
@@ -227,3 +252,17 @@ def _decoder_and_head(model):
     """The decoder stack (hidden states out) and the output layer of a causal LM, through a PEFT wrapper."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     return base.base_model, base.get_output_embeddings()
+
+
+@contextlib.contextmanager
+def _layers(decoder, lo: int, hi: int | None, final_norm: bool):
+    """Run `decoder` over its layers lo:hi only (its own forward: the same masks, positions and attention code),
+    fed hidden states as `inputs_embeds` when lo > 0; without the final norm unless `final_norm`."""
+    layers, norm = decoder.layers, decoder.norm
+    decoder.layers = torch.nn.ModuleList(list(layers)[lo:hi])
+    if not final_norm:
+        decoder.norm = torch.nn.Identity()
+    try:
+        yield
+    finally:
+        decoder.layers, decoder.norm = layers, norm
