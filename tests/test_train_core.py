@@ -221,7 +221,7 @@ def test_frozen_layers_run_once_per_update_and_train_the_same(tmp_path, smoke, a
     cfg = smoke.model_copy(update={"algo": algo, "batch_size": 4, "lora": lora, "pools": pools, "lr_actor": 3e-3,
                                    "ppo": smoke.ppo.model_copy(update={"kl_coef": 0.05})})
     runs = {}
-    for reuse in (True, False):
+    for reuse in (False, True):  # the last trainer (reuse on) is checked further below
         c = cfg.model_copy(update={"lora": lora.model_copy(update={"reuse_frozen": reuse})})
         trainer = _trainer(c, tmp_path / str(reuse))
         assert trainer.policy.frozen_layers == (1 if reuse else 0)
@@ -240,6 +240,24 @@ def test_frozen_layers_run_once_per_update_and_train_the_same(tmp_path, smoke, a
     assert max(float((with_w[k] - without_w[k]).abs().max()) for k in with_w) < 1e-5
     assert with_calls["top"] == without_calls["top"]  # the adapted layer runs in every pass
     assert with_calls["bottom"] < without_calls["bottom"]  # the frozen one once per sequence (the rollout aside)
+
+    # one sequence scored twice from a cache: the frozen layer runs once, both equal the whole pass
+    step = trainer.algo.rollout(0, score=False)["steps"][0]
+    pools = [step.pool, step.pool[1:], step.pool[:2]]
+    enc = trainer.algo._encode(step)
+    policy, cache = trainer.policy, {}
+    with torch.no_grad():
+        whole, _ = policy.score_cues(trainer.model, enc, pools)
+        with policy.reference() as ref:
+            reference_whole, _ = policy.score_cues(ref, enc, pools)
+        before = dict(calls)
+        first, _ = policy.score_cues(trainer.model, enc, pools, frozen=cache)
+        second, _ = policy.score_cues(trainer.model, enc, pools, frozen=cache)
+        with policy.reference() as ref:
+            reference, _ = policy.score_cues(ref, enc, pools, frozen=cache)
+    assert calls["bottom"] - before["bottom"] == 1 and calls["top"] - before["top"] == 3
+    assert torch.allclose(first, whole, atol=1e-5) and torch.equal(first, second)
+    assert torch.allclose(reference, reference_whole, atol=1e-5)
 
 
 def _count(calls: dict, name: str, *_) -> None:

@@ -277,9 +277,17 @@ class FastTrainer:
 
     # ------------------------------------------------------------------------------------------------ the update
 
-    def _ref_logp(self, steps: list[Step]) -> torch.Tensor | None:
+    def _ref_logp(self, batch: dict) -> torch.Tensor | None:
+        """The frozen reference's log-probs of every decision, scored episode by episode (the sequences the policy
+        pass scores, so the frozen layers' output is shared)."""
+        steps = batch["steps"]
         with torch.no_grad(), self.policy.reference() as ref:
-            return None if ref is None else self.score(ref, steps, False)[0]
+            if ref is None:
+                return None
+            out = torch.empty(len(steps), MAX_POOL, device=self.policy.device)
+            for ep in self.episodes_of(batch):
+                out[torch.tensor(ep, device=out.device)] = self.score(ref, [steps[b] for b in ep], False)[0]
+            return out
 
     def _loss(self, batch: dict, idx: torch.Tensor | None, logp, values, ref_logp) -> tuple[torch.Tensor, dict]:
         cfg = self.cfg
@@ -324,13 +332,13 @@ class FastTrainer:
     def _update(self, update: int) -> dict:
         cfg, policy, sync = self.cfg, self.policy, self.procs.sync_grads
         t0 = time.perf_counter()
-        clock = _Clock()
+        clock = _Clock(policy.device)
         one_pass = cfg.algo == "expected"
         with clock("rollout"):
             batch = self.rollout(update, score=not one_pass)
         steps = batch["steps"]
         with clock("reference"):
-            ref_logp = self._ref_logp(steps) if steps and cfg.ppo.kl_coef > 0 else None
+            ref_logp = self._ref_logp(batch) if steps and cfg.ppo.kl_coef > 0 else None
         policy.model.train()
         rows: list[dict] = []
         if one_pass:  # one forward and backward pass per episode, gradients accumulated: memory of one episode
@@ -384,17 +392,22 @@ class FastTrainer:
 
 class _Clock:
     """Seconds spent per phase of an update (`seconds_by_phase` in its log row): rollout (sampling, and with
-    PPO the scoring pass without gradients), reference, forward, backward, optimizer."""
+    PPO the scoring pass without gradients), reference, forward, backward, optimizer. With the frozen layers'
+    output reused (`lora.reuse_frozen`), their one run per sequence counts in the first pass that needs it (the
+    reference, or with PPO the scoring pass). On CUDA the clock waits for the device at both edges."""
 
-    def __init__(self):
+    def __init__(self, device: torch.device):
         self.seconds: dict[str, float] = {}
+        self.sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
 
     @contextlib.contextmanager
     def __call__(self, phase: str):
+        self.sync()
         t0 = time.perf_counter()
         try:
             yield
         finally:
+            self.sync()
             self.seconds[phase] = self.seconds.get(phase, 0.0) + time.perf_counter() - t0
 
 

@@ -90,6 +90,12 @@ def base_model_path(cfg, out: str | Path) -> str:
 
 # ----------------------------------------------------------------------------------------------- the policy
 
+# Decoders whose forward treats `inputs_embeds` as the first layer's input and runs every layer alike, so that the
+# layers below a LoRA can run once and the rest from their output (`lora.reuse_frozen`); others run whole.
+SPLIT_ARCHITECTURES = frozenset({"llama", "mistral", "qwen2", "qwen3"})
+# the frozen layers' outputs kept per update at most (sequence tokens); beyond it sequences run whole
+FROZEN_BUDGET_TOKENS = 262_144
+
 
 class Policy:
     """The trained model (LoRA-wrapped or full), its frozen reference, the critic and the optimizer, on one device.
@@ -184,9 +190,12 @@ class Policy:
         """Decoder layers below the adapter whose output the scoring passes of an update share (0: none): the
         reference (adapter disabled) and the policy compute the same values there."""
         cfg = self.cfg
-        n = self.model.config.num_hidden_layers
+        config = self.model.config
+        n = config.num_hidden_layers
         if not (cfg.lora.r and cfg.lora.reuse_frozen and 0 < cfg.lora.top_layers < n):
             return 0
+        if getattr(config, "model_type", None) not in SPLIT_ARCHITECTURES:
+            return 0  # other decoders scale inputs_embeds or index rotary tables by layer: run them whole
         return n - cfg.lora.top_layers
 
     def score_cues(self, model, enc: EncodedPrompt, pools: list[list[int]], with_hidden: bool = False,
@@ -230,11 +239,12 @@ class Policy:
         decoder, head = _decoder_and_head(model)
         attend = {"attention_mask": mask[None, None], "position_ids": pos[None], "use_cache": False}
         split = self.frozen_layers if frozen is not None else 0
-        if split:
-            key = (tuple(ids.tolist()), tuple(map(tuple, pools)))
-            if key not in frozen:
-                with torch.no_grad(), _layers(decoder, 0, split, final_norm=False):
-                    frozen[key] = decoder(input_ids=ids[None], **attend).last_hidden_state
+        key = (tuple(enc.head), tuple(map(tuple, enc.items)), tuple(tail), tuple(map(tuple, pools)))
+        if split and key not in frozen and frozen.get("tokens", 0) + length <= FROZEN_BUDGET_TOKENS:
+            with torch.no_grad(), _layers(decoder, 0, split, final_norm=False):
+                frozen[key] = decoder(input_ids=ids[None], **attend).last_hidden_state
+            frozen["tokens"] = frozen.get("tokens", 0) + length
+        if split and key in frozen:
             with _layers(decoder, split, None, final_norm=True):
                 out = decoder(inputs_embeds=frozen[key], **attend)
         else:
