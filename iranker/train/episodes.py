@@ -9,6 +9,7 @@ scored, all of an episode's in one forward (and backward) pass, by `Policy.score
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Sequence
 
 import torch
@@ -18,11 +19,12 @@ from iranker.train.pools import Step
 
 
 def sample_on_cache(policy, contexts, firsts: Sequence[Step], gens: Sequence[torch.Generator],
-                    keep_going: Callable[[Step], bool]) -> list[list[tuple[Step, int]]]:
+                    keep_going: Callable[[Step], bool], clock=None) -> list[list[tuple[Step, int]]]:
     """Roll out one episode per first step (cached layout: the steps share the first step's listing).
 
     Returns, per episode, [(step, eliminated listing position)] in order. An episode continues while its pool has
-    2+ candidates and `keep_going(next step)` holds (e.g. the remaining grades still differ).
+    2+ candidates and `keep_going(next step)` holds (e.g. the remaining grades still differ). `clock(phase)`, a
+    context manager, times the prefill of the prompts ("rollout.prefill").
     """
     from iranker.backends.transformers import TransformersBackend
 
@@ -34,7 +36,8 @@ def sample_on_cache(policy, contexts, firsts: Sequence[Step], gens: Sequence[tor
     current = list(firsts)
     active = [len(st.pool) > 1 for st in firsts]
     with torch.no_grad(), policy.autocast():
-        session = backend.open_pools(prompts, speculate=0)
+        with clock("rollout.prefill") if clock else contextlib.nullcontext():
+            session = backend.open_pools(prompts, speculate=0)
         while any(active):
             decisions = session.decide([st.pool if on else [] for st, on in zip(current, active, strict=True)])
             for b, dec in enumerate(decisions):

@@ -44,6 +44,7 @@ class FastTrainer:
         self.contexts = list(self.data.contexts)  # probe contexts follow the training ones
         self._encoded: dict[tuple, object] = {}
         self._frozen: dict | None = None  # the frozen layers' outputs of the current update (Policy.score_cues)
+        self._clock: _Clock | None = None  # the current update's phase clock
         self.probe_steps = self._probe_steps(probe_instances or [])
 
     # ----------------------------------------------------------------------------------------------- scoring
@@ -193,7 +194,8 @@ class FastTrainer:
 
         policy.model.eval()
         if cfg.ranking.layout == "cached":
-            traces = sample_on_cache(policy, self.contexts, [first for _, first in seq], gens, keep_going)
+            traces = sample_on_cache(policy, self.contexts, [first for _, first in seq], gens, keep_going,
+                                     self._clock)
             return {e: trace for (e, _), trace in zip(seq, traces, strict=True)}
         out = {}
         with torch.no_grad():
@@ -327,12 +329,12 @@ class FastTrainer:
         try:
             return self._update(update)
         finally:
-            self._frozen = None
+            self._frozen = self._clock = None
 
     def _update(self, update: int) -> dict:
         cfg, policy, sync = self.cfg, self.policy, self.procs.sync_grads
         t0 = time.perf_counter()
-        clock = _Clock(policy.device)
+        clock = self._clock = _Clock(policy.device)
         one_pass = cfg.algo == "expected"
         with clock("rollout"):
             batch = self.rollout(update, score=not one_pass)
@@ -392,7 +394,8 @@ class FastTrainer:
 
 class _Clock:
     """Seconds spent per phase of an update (`seconds_by_phase` in its log row): rollout (sampling, and with
-    PPO the scoring pass without gradients), reference, forward, backward, optimizer. With the frozen layers'
+    PPO the scoring pass without gradients; of it "rollout.prefill", the episodes' prompts prefilled on the
+    serving cache), reference, forward, backward, optimizer. With the frozen layers'
     output reused (`lora.reuse_frozen`), their one run per sequence counts in the first pass that needs it (the
     reference, or with PPO the scoring pass). On CUDA the clock waits for the device at both edges."""
 
