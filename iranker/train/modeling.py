@@ -239,14 +239,17 @@ class Policy:
         decoder, head = _decoder_and_head(model)
         attend = {"attention_mask": mask[None, None], "position_ids": pos[None], "use_cache": False}
         split = self.frozen_layers if frozen is not None else 0
-        key = (tuple(enc.head), tuple(map(tuple, enc.items)), tuple(tail), tuple(map(tuple, pools)))
-        if split and key not in frozen and frozen.get("tokens", 0) + length <= FROZEN_BUDGET_TOKENS:
-            with torch.no_grad(), _layers(decoder, 0, split, final_norm=False):
-                frozen[key] = decoder(input_ids=ids[None], **attend).last_hidden_state
-            frozen["tokens"] = frozen.get("tokens", 0) + length
-        if split and key in frozen:
+        start = None  # the frozen layers' output for this sequence, when reused
+        if split:
+            key = (tuple(enc.head), tuple(map(tuple, enc.items)), tuple(tail), tuple(map(tuple, pools)))
+            start = frozen.get(key)
+            if start is None and frozen.get("tokens", 0) + length <= FROZEN_BUDGET_TOKENS:
+                with torch.no_grad(), _layers(decoder, 0, split, final_norm=False):
+                    start = frozen[key] = decoder(input_ids=ids[None], **attend).last_hidden_state
+                frozen["tokens"] = frozen.get("tokens", 0) + length
+        if start is not None:
             with _layers(decoder, split, None, final_norm=True):
-                out = decoder(inputs_embeds=frozen[key], **attend)
+                out = decoder(inputs_embeds=start, **attend)
         else:
             out = decoder(input_ids=ids[None], **attend)
         ends = torch.tensor([n_prefix + k * n_tail + n_tail - 1 for k in range(m)], device=dev)
