@@ -15,7 +15,7 @@ VLLM_LOCK  := constraints-vllm.txt
 VLLM_STAMP := $(VLLM_VENV)/.installed-$(shell cat pyproject.toml $(VLLM_LOCK) | cksum | cut -d' ' -f1)
 export DVC_NO_ANALYTICS=1 GX_ANALYTICS_ENABLED=false HF_HUB_DISABLE_TELEMETRY=1 TOKENIZERS_PARALLELISM=false
 
-.PHONY: install model data test test-fast test-vllm vllm-env demo bench bench-train bench-serve serve clean lock lock-vllm image image-check
+.PHONY: install model data data-version test test-fast test-vllm vllm-env demo bench bench-train bench-serve serve clean lock lock-vllm image image-check
 
 # Every version installed is pinned by constraints.txt (refresh it on purpose with `make lock`).
 $(STAMP): pyproject.toml $(LOCK)
@@ -73,8 +73,12 @@ test-fast: install
 # The Kubeflow pipeline on the built-in samples, run locally by kfp.local: ingest (DVC), validate (Great
 # Expectations), Feast features, a few PPO updates of the embedded model, evaluation, promotion gate.
 demo: install model
-	$(VENV)/bin/iranker pipeline run --local --profile demo \
-	    --param 'recommendation_params={split: "train:0.5,test:0.5"}'
+	$(VENV)/bin/iranker pipeline run --local --profile demo
+
+# The data version the pipeline's ingest steps write with their defaults (what make demo writes): rewrites data/pipeline
+# and data.dvc. Run it, and commit data.dvc, when a change alters what ingest writes (tests/test_data_version.py says).
+data-version: install
+	$(VENV)/bin/iranker pipeline ingest
 
 bench: install model
 	$(PY) benchmarks/bench_rank.py

@@ -358,6 +358,17 @@ def cmd_pipeline_run(args) -> None:
                       "registry": str(args.registry if "://" in args.registry else ROOT / args.registry)}, indent=1))
 
 
+def cmd_pipeline_ingest(args) -> None:
+    pl = _pipeline_module()
+    params = {"dvc": not args.no_dvc, **_pipeline_params(args.param)}
+    try:
+        steps = pl.ingest_only(**params)
+    except ValueError as e:
+        _die(f"--param {e}")
+    print(json.dumps({k: {f: v[f] for f in ("dataset", "counts", "dvc", "data_version")} for k, v in steps.items()},
+                     indent=1))
+
+
 def cmd_pipeline_submit(args) -> None:
     pl = _pipeline_module()
     package = Path(args.package) if args.package else pl.COMPILED
@@ -547,6 +558,13 @@ def build_parser() -> argparse.ArgumentParser:
                     help="any pipeline parameter (YAML value), e.g. --param eval_limit=20 --param "
                          "'train_overrides={steps: 4}'")
     pr.set_defaults(func=cmd_pipeline_run)
+    pi = pipe.add_parser("ingest", help="run only the pipeline's three ingest steps, as a run with the same "
+                         "parameters does (writes the data version `make demo` writes; updates data.dvc)",
+                         epilog="example: iranker pipeline ingest   (then commit data.dvc)")
+    pi.add_argument("--no-dvc", action="store_true", help="do not DVC-track the ingested data")
+    pi.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
+                    help="a pipeline parameter (YAML value), e.g. --param data_dir=data/other")
+    pi.set_defaults(func=cmd_pipeline_ingest)
     ps = pipe.add_parser("submit", help="upload the compiled pipeline as a new version and start a run (kfp.Client)",
                          epilog="example: iranker pipeline submit --host http://localhost:8080 --param profile=cpu")
     ps.add_argument("--host", required=True, help="Kubeflow Pipelines API, e.g. http://localhost:8080 "

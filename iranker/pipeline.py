@@ -10,15 +10,15 @@ code version, parameters), so it runs the same in `kfp.local`, on a cluster, and
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
+
+from iranker.version import code_version
 
 ROOT = Path(__file__).resolve().parent.parent
 PROFILES = ("smoke", "demo", "cpu", "gpu-3b")
@@ -26,24 +26,6 @@ PROFILES = ("smoke", "demo", "cpu", "gpu-3b")
 
 def _say(msg: str) -> None:
     print(f"[iranker] {msg}", file=sys.stderr, flush=True)
-
-
-@functools.cache
-def code_version() -> dict[str, str]:
-    """The package version and the git commit of the code (IRANKER_GIT_SHA in images, else `git rev-parse`)."""
-    from iranker import __version__
-
-    sha = os.environ.get("IRANKER_GIT_SHA", "")
-    if not sha:
-        try:
-            sha = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=ROOT, capture_output=True,
-                                 text=True, timeout=10, check=True).stdout.strip()
-            dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
-                                   capture_output=True, text=True, timeout=10, check=True).stdout.strip()
-            sha += "-dirty" if dirty else ""
-        except (OSError, subprocess.SubprocessError):
-            sha = "unknown"
-    return {"iranker": __version__, "git": sha}
 
 
 def resolve_path(path: str | Path) -> Path:
@@ -77,7 +59,7 @@ def ingest_step(source: str, path: str, params: dict[str, Any], data_dir: str, n
                 dvc: bool = True) -> dict[str, Any]:
     """Ingest a public source into `data_dir/name` (validated with Great Expectations, written atomically, DVC
     tracked and pushed when `data_dir` lies in a DVC repository), then copy the folder to the artifact `out`."""
-    from iranker.data import ingest
+    from iranker.data import PROVENANCE, ingest
 
     target = resolve_path(data_dir) / name
     result = ingest(source, resolve_path(path), target, {k: str(v) for k, v in (params or {}).items()},
@@ -86,7 +68,8 @@ def ingest_step(source: str, path: str, params: dict[str, Any], data_dir: str, n
     manifest = result.manifest
     return {"source": source, "path": str(path), "dataset": manifest["dataset"], "scenario": manifest["scenario"],
             "counts": manifest["counts"], "params": manifest["params"], "dvc": result.dvc,
-            "data_version": dataset_version(Path(out)), "code_version": code_version()}
+            "data_version": dataset_version(Path(out)),
+            "code_version": json.loads((Path(out) / PROVENANCE).read_text())}
 
 
 def dataset_version(folder: Path) -> str:

@@ -52,7 +52,7 @@ def build_pipeline(gpu: dict | None = GPU):
     def iranker_pipeline(
         recommendation_source: str = "recbole",
         recommendation_path: str = "samples/recbole",
-        recommendation_params: dict = {},  # noqa: B006 - KFP pipeline parameters are literals
+        recommendation_params: dict = {"split": "train:0.5,test:0.5"},  # noqa: B006 - KFP parameters are literals
         routing_source: str = "routerbench",
         routing_path: str = "samples/routerbench",
         routing_params: dict = {},  # noqa: B006
@@ -78,8 +78,8 @@ def build_pipeline(gpu: dict | None = GPU):
         Args:
             recommendation_source: Format of the recommendation data (recbole, llmrank or instances).
             recommendation_path: Recommendation data file or folder, relative to the project root in the image.
-            recommendation_params: Ingest parameters for the recommendation data,
-                e.g. {"negative_sampling": "popularity"}.
+            recommendation_params: Ingest parameters for the recommendation data, e.g. {"negative_sampling":
+                "popularity"}; the default gives the built-in samples' 16 users half for testing.
             routing_source: Format of the routing data (routerbench or instances).
             routing_path: Routing data file or folder (RouterBench CSVs).
             routing_params: Ingest parameters for the routing data.
@@ -141,6 +141,40 @@ def build_pipeline(gpu: dict | None = GPU):
 
 
 iranker_pipeline = build_pipeline()
+SCENARIOS = ("recommendation", "routing", "passage")
+
+
+def default_params() -> dict:
+    """The pipeline's parameters and their defaults (what a run without --param uses)."""
+    import inspect
+
+    sig = inspect.signature(build_pipeline(gpu=None).pipeline_func)
+    return {k: p.default for k, p in sig.parameters.items()}
+
+
+def ingest_only(data_dir: str | None = None, artifacts: str | Path | None = None, **params) -> dict[str, dict]:
+    """Run the pipeline's three ingest steps outside kfp, exactly as a pipeline run with these parameters (its
+    defaults where not given) runs them - the same step function, sources, parameters and data folder - and return
+    each step's artifact metadata. `make demo` and `iranker pipeline run --local` ingest this way; so
+    `iranker pipeline ingest` (and `make data-version`) rewrites the data version they produce, and the test that
+    guards data.dvc compares against it."""
+    import tempfile
+
+    from iranker.pipeline import ingest_step
+
+    unknown = [k for k in params if k not in default_params()]
+    if unknown:
+        raise ValueError(f"{unknown[0]}: not a pipeline parameter; known: {', '.join(default_params())}")
+    p = {**default_params(), **params}
+    out: dict[str, dict] = {}
+    with tempfile.TemporaryDirectory(prefix="iranker-ingest-") as tmp:
+        where = Path(artifacts) if artifacts else Path(tmp)
+        for scenario in SCENARIOS:
+            out[scenario] = ingest_step(p[f"{scenario}_source"], p[f"{scenario}_path"], p[f"{scenario}_params"],
+                                        data_dir or p["data_dir"], scenario, str(where / scenario), dvc=p["dvc"])
+    return out
+
+
 COMPILED = Path(__file__).with_suffix(".yaml")
 
 

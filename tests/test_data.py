@@ -96,7 +96,8 @@ def test_ingest_writes_tables_instances_manifest_and_report(tmp_path):
     result = ingest("recbole", SAMPLES / "recbole", tmp_path / "d", dvc=False)
     out = tmp_path / "d"
     assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()) == [
-        "instances.jsonl", "manifest.json", "tables/interactions.parquet", "tables/items.parquet", "validation.md"]
+        "instances.jsonl", "manifest.json", "provenance.json", "tables/interactions.parquet", "tables/items.parquet",
+        "validation.md"]
     m = json.loads((out / "manifest.json").read_text())
     assert m["source"] == "recbole" and m["params"]["history"] == 20 and m["counts"]["instances"] == 16
     import hashlib

@@ -141,7 +141,8 @@ def test_dvc_round_trip_and_a_failed_ingest_leaves_data_and_remote_alone(tmp_pat
     _dvc(repo, "remote", "add", "-d", "local", str(remote))
     result = ingest("trec-dl", SAMPLES / "trec-dl", repo / "data" / "passage", progress=print)
     assert "tracked by data.dvc" in result.dvc and "pushed to remote 'local'" in result.dvc
-    files = {p.relative_to(repo): p.read_bytes() for p in (repo / "data").rglob("*") if p.is_file()}
+    files = {p.relative_to(repo): p.read_bytes() for p in (repo / "data").rglob("*")
+             if p.is_file() and p.name != "provenance.json"}  # recorded beside the data, not versioned
     dvc_file = (repo / "data.dvc").read_text()
     remote_files = sorted(p.relative_to(remote) for p in remote.rglob("*") if p.is_file())
     assert remote_files
@@ -177,7 +178,8 @@ def test_pull_on_a_fresh_clone_explains_an_empty_remote_then_pulls_once_it_holds
     _dvc(origin, "init", "--no-scm", "-q")
     _dvc(origin, "remote", "add", "-d", "local", str(remote))
     ingest("trec-dl", SAMPLES / "trec-dl", origin / "data" / "passage")
-    files = {p.relative_to(origin): p.read_bytes() for p in (origin / "data").rglob("*") if p.is_file()}
+    files = {p.relative_to(origin): p.read_bytes() for p in (origin / "data").rglob("*")
+             if p.is_file() and p.name != "provenance.json"}  # recorded beside the data, not versioned
 
     clone = tmp_path / "clone"  # what git carries: .dvc/config and data.dvc, no cache, no data, no remote
     (clone / ".dvc").mkdir(parents=True)

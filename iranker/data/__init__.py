@@ -4,8 +4,13 @@
     result = ingest("recbole", "path/to/ml-100k", "data/ml-100k")    # validate, write atomically, DVC add + push
 
 A dataset folder holds `tables/<name>.parquet`, `instances.jsonl`, `manifest.json` (source, parameters, the md5 that
-DVC records for each input, counts, code version) and `validation.md` (the Great Expectations report). The same
-inputs, parameters and code give byte-identical files. Nothing is replaced unless the new data passed validation.
+DVC records for each input, the md5 of each output, counts), `validation.md` (the Great Expectations report) and
+`provenance.json` (the package version, a hash of the data code and the git commit that wrote it). The same inputs
+and parameters give byte-identical data files whatever the code's version: a data version (what DVC hashes) follows
+the data. `provenance.json` is what DVC does not hash (`PROVENANCE` is listed in the repository's `.dvcignore`), so
+an edit to the data code that leaves its output alone - an error message, a refactor - changes no data version,
+while an edit that changes what is written changes the manifest's output hashes and so the version.
+Nothing is replaced unless the new data passed validation.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ __all__ = [
     "Built",
     "DataError",
     "IngestResult",
+    "PROVENANCE",
     "build",
     "ingest",
     "load_dataset_instances",
@@ -121,15 +127,19 @@ class IngestResult:
     dvc: str
 
 
-def _code_version() -> dict[str, str]:
-    """The package version and a hash of the code that turns inputs into data (changes only when that code does)."""
-    from iranker import __version__
+PROVENANCE = "provenance.json"  # beside the data, never hashed by DVC (the repository's .dvcignore names it)
+
+
+def provenance() -> dict[str, str]:
+    """What wrote a dataset, recorded beside it but outside its data version: the package version and git commit
+    (`iranker.version.code_version`) and a hash of the code that turns inputs into data."""
+    from iranker.version import code_version
 
     here = Path(__file__).resolve().parent
     h = hashlib.sha256()
     for p in sorted([*here.glob("*.py"), here.parent / "schema.py"]):
         h.update(p.name.encode() + p.read_bytes())
-    return {"iranker": __version__, "data_code_sha256": h.hexdigest()[:16]}
+    return {**code_version(), "data_code_sha256": h.hexdigest()[:16]}
 
 
 def build(source: str, path: str | Path, params: dict[str, str] | None = None) -> Built:
@@ -191,7 +201,6 @@ def render(built: Built) -> dict[str, bytes]:
         "params": built.params, "inputs": built.inputs,
         "outputs": {k: hashlib.md5(v).hexdigest() for k, v in files.items()},
         "counts": {**_counts(built.instances), **built.stats},
-        "code_version": _code_version(),
     }
     files["manifest.json"] = (json.dumps(manifest, indent=1, sort_keys=False) + "\n").encode()
     return files
@@ -255,6 +264,7 @@ def ingest(source: str, path: str | Path, out: str | Path, params: dict[str, str
         raise ValidationFailed(report)
     files = render(built)
     files["validation.md"] = report.to_markdown().encode()
+    files[PROVENANCE] = (json.dumps(provenance(), indent=1) + "\n").encode()
     write_dataset(files, Path(out))
     say(f"wrote {out}")
     manifest = json.loads(files["manifest.json"])

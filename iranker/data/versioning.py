@@ -33,6 +33,21 @@ def tracked_target(root: Path, out: Path) -> Path:
     return root / rel.parts[0]
 
 
+def ignore_provenance(root: Path) -> bool:
+    """Make sure the repository's `.dvcignore` names the provenance sidecar, so that the code that wrote a dataset
+    is recorded beside it without changing its data version. True when the line was added."""
+    from iranker.data import PROVENANCE
+
+    path = Path(root) / ".dvcignore"
+    text = path.read_text() if path.exists() else ""
+    if PROVENANCE in text.split():
+        return False
+    path.write_text(text + ("" if not text or text.endswith("\n") else "\n")
+                    + f"# what wrote each dataset (code version, commit): recorded, not part of its data version\n"
+                      f"{PROVENANCE}\n")
+    return True
+
+
 def track(out: Path, push: bool = True, progress: Callable[[str], None] | None = None) -> str:
     """`dvc add` the top-level folder holding `out`, then `dvc push` it; returns what happened, in words."""
     from dvc.repo import Repo
@@ -41,6 +56,8 @@ def track(out: Path, push: bool = True, progress: Callable[[str], None] | None =
     root = find_root(out)
     if root is None:
         return f"not tracked: no DVC repository at or above {out} (run `dvc init` there to version it)"
+    if ignore_provenance(root):
+        say(f"{root / '.dvcignore'}: added provenance.json (recorded beside each dataset, not versioned)")
     target = tracked_target(root, out)
     with Repo(str(root)) as repo:
         say(f"dvc add {target.relative_to(root)}")
