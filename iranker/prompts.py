@@ -4,9 +4,11 @@ Templates are data (`TEMPLATES`); `iterative_prompt` and `direct_prompt` turn a 
 `Prompt` whose parts (head, one line per candidate, tail) backends can tokenise separately, so that the candidate
 spans are known (the cached elimination layout masks eliminated candidates out of the key/value cache).
 
-Candidates are shown with single-letter labels `[A]`..`[Z]` in pool order, mapped back to request ids by the ranker.
-Letters, not numbers: common LLM tokenizers split numbers into digits (`[12]` is four tokens), while each capital
-letter is one token, so one forward pass scores every label of the pool.
+Candidates are shown with single-letter labels in pool order, mapped back to request ids by the ranker: `[A]`..`[Z]`,
+or in fast mode the tokenizer's own alphabet - the letters it reads as ONE token where the label is read
+(`iranker.backends.tokens.PromptEncoder.labels`; Qwen2.5 skips O and Q). Letters, not numbers: common LLM
+tokenizers split numbers into digits (`[12]` is four tokens), while a capital letter is one token, so one forward
+pass scores every label of the pool.
 
 Candidate texts, histories and queries are untrusted: `sanitize` neutralises tags (`<think>`, `</answer>`, chat
 special tokens like `<|im_start|>`) and label look-alikes (`[C]`), and caps the length.
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import re
 import string
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from iranker.schema import RankRequest
@@ -145,21 +148,24 @@ def build_context(req: RankRequest, max_words: int = DEFAULT_MAX_WORDS, max_hist
     return RankContext(req.scenario, context, texts)
 
 
-def _items(texts: list[str]) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    if len(texts) > MAX_POOL:
-        raise ValueError(f"pool: at most {MAX_POOL} candidates fit one prompt, got {len(texts)}")
-    labels = LABELS[: len(texts)]
+def _items(texts: list[str], alphabet: Sequence[str] = LABELS) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    if len(texts) > len(alphabet):
+        raise ValueError(f"pool: at most {len(alphabet)} candidates fit one prompt (one label each: "
+                         f"{''.join(alphabet)}), got {len(texts)}")
+    labels = tuple(alphabet[: len(texts)])
     return tuple(f"[{lab}] {t}\n" for lab, t in zip(labels, texts)), labels
 
 
-def iterative_prompt(ctx: RankContext, pool: list[int], reasoning: bool = False) -> Prompt:
-    """The prompt of one elimination step: the pool (candidate indices) relabelled A.. in the given order.
+def iterative_prompt(ctx: RankContext, pool: list[int], reasoning: bool = False,
+                     alphabet: Sequence[str] = LABELS) -> Prompt:
+    """The prompt of one elimination step: the pool (candidate indices) labelled with `alphabet` in the given
+    order (A.. by default; in fast mode the tokenizer's single-token labels).
 
     The task and answer format come before the candidates and only a short cue after them, so that the part a
     cached step re-reads is a few tokens.
     """
     tpl = TEMPLATES[ctx.scenario]
-    items, labels = _items([ctx.texts[i] for i in pool])
+    items, labels = _items([ctx.texts[i] for i in pool], alphabet)
     fmt = REASONING_FORMAT if reasoning else FAST_FORMAT
     return Prompt(system=tpl.system, head=f"{tpl.worst_task} {fmt}\n\n{ctx.context}\n\n{tpl.items_header}\n",
                   items=items, tail=f"\n{tpl.worst_cue}", labels=labels,

@@ -14,7 +14,8 @@ Layouts of fast mode:
   key/value cache at each step (see `iranker.backends.transformers.CachedPools`).
 - `relist`: re-list the remaining pool, relabelled A.., in a fresh prompt at every step (the method as published;
   also what remote backends do, where the server's prefix cache shares the header).
-Pools hold at most `window` candidates (<= 26 labels). A longer list is ranked with sliding windows (as RankGPT):
+Pools hold at most `window` candidates (<= 26 labels; in fast mode at most the tokenizer's single-token labels,
+`fast_alphabet`). A longer list is ranked with sliding windows (as RankGPT):
 rank the last `window` candidates of the request's order fully, move the window up by `stride` and rank again,
 until the window reaches the top; the best candidates bubble up. `eliminated` then lists every window's
 eliminations, numbered across windows.
@@ -29,7 +30,7 @@ from typing import Literal
 
 from iranker.backends.base import Backend
 from iranker.parsing import parse_label, parse_permutation
-from iranker.prompts import MAX_POOL, RankContext, build_context, direct_prompt, iterative_prompt
+from iranker.prompts import LABELS, MAX_POOL, RankContext, build_context, direct_prompt, iterative_prompt
 from iranker.schema import Elimination, RankRequest, RankResponse, Usage
 
 
@@ -60,6 +61,14 @@ class RankerConfig:
 
 def _always() -> bool:
     return True
+
+
+def fast_alphabet(backend: Backend, pool: int) -> tuple[str, ...]:
+    """The labels fast mode gives a pool of `pool` candidates on this backend: its tokenizer's single-token letters
+    (`PromptEncoder.fast_labels`, a clear error when there are too few), or A..Z where the backend reads any
+    spelling of a label (a remote endpoint without a local tokenizer)."""
+    encoder = getattr(backend, "encoder", None)
+    return encoder.fast_labels(pool) if encoder is not None else LABELS
 
 
 @dataclass
@@ -166,6 +175,8 @@ class IterativeRanker(_Ranker):
         cfg = self.config
         tasks = [_Task(req, build_context(req, cfg.max_words), list(range(len(req.candidates))), alive=ok)
                  for req, ok in zip(batch, alive, strict=True)]
+        largest = max((min(len(t.pool), cfg.window) for t in tasks), default=0)
+        self.alphabet = LABELS if cfg.reasoning else fast_alphabet(self.backend, largest)  # refused before any work
         self._run([t for t in tasks if len(t.pool) <= cfg.window])
         orders = self._run_windows([t for t in tasks if len(t.pool) > cfg.window])
         return [t.response(self.backend.name, orders.get(id(t))) for t in tasks]
@@ -204,7 +215,7 @@ class IterativeRanker(_Ranker):
         tasks = [t for t in tasks if t.active]
         if not tasks:
             return
-        session = self.backend.open_pools([iterative_prompt(t.ctx, t.pool) for t in tasks],
+        session = self.backend.open_pools([iterative_prompt(t.ctx, t.pool, alphabet=self.alphabet) for t in tasks],
                                           speculate=self.config.speculate)
         first = [list(t.pool) for t in tasks]  # item position i of prompt b is candidate first[b][i]
         for t, n in zip(tasks, session.prompt_tokens):
@@ -230,7 +241,8 @@ class IterativeRanker(_Ranker):
             active = [t for t in tasks if t.active]
             if not active:
                 return
-            prompts = [iterative_prompt(t.ctx, t.pool, reasoning=cfg.reasoning) for t in active]
+            prompts = [iterative_prompt(t.ctx, t.pool, reasoning=cfg.reasoning, alphabet=self.alphabet)
+                       for t in active]
             if cfg.reasoning:
                 gens = self.backend.generate(prompts, cfg.max_new_tokens, cfg.temperature)
                 for t, p, g in zip(active, prompts, gens):
@@ -321,11 +333,17 @@ def open_model(model: str | None = None, backend: str = "transformers", explicit
     if backend in ("transformers", "vllm"):
         backend_options.setdefault("max_item_tokens", settings.max_item_tokens)
     loaded = load_backend(backend, model, **backend_options)
-    scheme = getattr(getattr(loaded, "encoder", None), "label_scheme", None)
+    encoder = getattr(loaded, "encoder", None)
+    scheme = getattr(encoder, "label_scheme", None)
     if settings.label_scheme and scheme and scheme != settings.label_scheme:
         raise ValueError(f"label_scheme: the model was trained reading labels as {settings.label_scheme!r}, but "
                          f"its tokenizer now reads them as {scheme!r}; rank it with the tokenizer it was trained "
                          "with")
+    alphabet = "".join(getattr(encoder, "labels", ()))
+    if settings.labels is not None and encoder is not None and alphabet != settings.labels:
+        raise ValueError(f"labels: the model was trained labelling candidates {settings.labels!r} in fast mode, but "
+                         f"its tokenizer now reads {alphabet!r} as single tokens; rank it with the tokenizer it was "
+                         "trained with")
     config = RankerConfig(layout=settings.layout, window=settings.window, stride=settings.stride,
                           max_words=settings.max_words)
     return loaded, config

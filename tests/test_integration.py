@@ -44,3 +44,32 @@ def test_embedded_model_layouts_agree_on_the_first_decision(embedded, shared_dat
     full = embedded.choose([p])[0]
     assert cached.label == full.label
     assert max(abs(cached.logprobs[k] - full.logprobs[k]) for k in p.labels) < 1e-3
+
+
+# ------------------------------------------------------------------------------------- a real Qwen2.5 model folder
+
+def test_a_real_qwen25_model_ranks_the_sample_request_from_the_cli_in_fast_and_reasoning_mode():
+    """`iranker rank samples/request.json --model FOLDER` with a real Qwen2.5 model (the paper's family): fast mode
+    over its 24 single-token labels, reasoning mode with A..Z. Set IRANKER_QWEN_MODEL to a transformers folder
+    (../shared/models/README.md says how one was built on this kind of machine; `iranker.models.convert_gguf`)."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from conftest import ROOT
+
+    folder = os.environ.get("IRANKER_QWEN_MODEL")
+    if not folder or not (Path(folder) / "config.json").exists():
+        pytest.skip("no Qwen2.5 model folder: set IRANKER_QWEN_MODEL (see ../shared/models/README.md)")
+    request = json.loads((ROOT / "samples" / "request.json").read_text())
+    ids = {c["id"] for c in request["candidates"]}
+    for extra in ([], ["--reasoning"]):
+        out = subprocess.run([sys.executable, "-m", "iranker.cli", "rank", str(ROOT / "samples" / "request.json"),
+                              "--model", folder, *extra], capture_output=True, text=True, timeout=1800, check=False)
+        assert out.returncode == 0, out.stderr[-3000:]
+        resp = json.loads(out.stdout)
+        assert set(resp["ranking"]) <= ids and len(resp["eliminated"]) == len(ids) - 1
+        if not extra:
+            assert resp["parse_failures"] == 0

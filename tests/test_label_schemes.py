@@ -1,16 +1,23 @@
-"""Fast-mode label schemes: decided per tokenizer by probing it where the label is read.
+"""Fast-mode labels on real vocabularies: the scheme and the alphabet are decided per tokenizer by probing it where
+the label is read.
 
-A small BPE with Qwen2.5's pre-tokenizer reproduces Qwen's merge (`[A` is ONE token at the start of a line or a
-turn, ` [` + `C` after a space); the conftest tokenizer (GPT-2 style) keeps `[` and the letter apart.
+Real tokenizers, no synthetic stand-ins: Qwen2.5 (../shared/models/qwen2.5-tokenizer, the paper's model family and
+the gpu-3b profile's), a Llama-3 vocabulary (from its PyPI wheel) and the embedded SmolLM2. Qwen2.5 and Llama-3
+write `[A` as ONE token after the assistant header for 24 letters, but `[O` and `[Q` as `[` + letter; SmolLM2
+keeps `[` apart and reads all 26 letters.
 """
 
 from __future__ import annotations
 
+import json
 import string
+import subprocess
+import sys
 
+import httpx
 import pytest
 import torch
-from conftest import CHAT_TEMPLATE, make_tiny_model
+from conftest import ROOT, make_tiny_model
 
 from iranker.backends.openai import OpenAIBackend
 from iranker.backends.tokens import MERGED, SPLIT, PromptEncoder
@@ -18,133 +25,122 @@ from iranker.prompts import ANSWER_PREFIX, LABELS, TEMPLATES, build_context, ite
 from iranker.ranker import RankerConfig, rank_requests
 from iranker.schema import RankRequest
 
-# Qwen2.5's pre-tokenizer regex (tokenizer.json): a letter run may take ONE leading non-letter, so `[A` is one
-# pre-token unless a space precedes the `[` (then ` [` is a punctuation pre-token of its own).
-QWEN_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|"
-                r"\s*[\r\n]+|\s+(?!\S)|\s+")
+NO_O_Q = "".join(c for c in string.ascii_uppercase if c not in "OQ")
+EXPECTED = {  # tokenizer fixture -> (scheme, fast-mode alphabet)
+    "qwen_tokenizer": ("merged", NO_O_Q),
+    "llama3_tokenizer": ("merged", NO_O_Q),
+    "smollm2_tokenizer": ("split", string.ascii_uppercase),
+}
+VOCABS = list(EXPECTED)
 
 
-def make_qwen_like_tokenizer(letters: str = string.ascii_uppercase):
-    """A byte-level BPE with Qwen2.5's pre-tokenizer whose vocabulary merges `[X` for each of `letters`."""
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(QWEN_PATTERN), behavior="isolated"),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-    ])
-    tok.decoder = decoders.ByteLevel()
-    corpus = [f"[{c}] the user chose a movie\nwhich passage is the least relevant? Answer e.g. [{c}].\n[{c}]"
-              for c in letters] * 30
-    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=["<pad>", "<|im_start|>", "<|im_end|>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tok.train_from_iterator(corpus, trainer)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="<|im_end|>",
-                                   bos_token="<|im_start|>")
-    fast.chat_template = CHAT_TEMPLATE
-    return fast
-
-
-def passage_request(n: int, qid: str = "q") -> RankRequest:
-    return RankRequest(scenario="passage", query=f"query {qid}",
+def passage_request(n: int, qid: str = "q", **options) -> RankRequest:
+    return RankRequest(scenario="passage", query=f"query {qid}", options=options,
                        candidates=[{"id": f"{qid}-{i}", "text": f"passage number {i} " + "word " * (i % 5)}
                                    for i in range(n)])
 
 
-@pytest.fixture(scope="module")
-def qwen_tokenizer():
-    return make_qwen_like_tokenizer()
+def scenario_request(scenario: str, n: int) -> RankRequest:
+    return RankRequest(scenario=scenario, query="q", history=["h"], preference="cost" if scenario == "routing" else None,
+                       candidates=[{"id": str(i), "text": f"text {i}"} for i in range(n)])
+
+
+@pytest.fixture(scope="module", params=VOCABS)
+def vocab(request):
+    return request.param, request.getfixturevalue(request.param)
 
 
 @pytest.fixture(scope="module")
 def qwen_backend(qwen_tokenizer):
     from iranker.backends.transformers import TransformersBackend
 
-    return TransformersBackend(model_obj=make_tiny_model(qwen_tokenizer), tokenizer=qwen_tokenizer, name="qwen-like")
+    return TransformersBackend(model_obj=make_tiny_model(qwen_tokenizer), tokenizer=qwen_tokenizer, name="qwen-vocab")
 
 
-def _tokens(tokenizer, text):
-    return tokenizer.convert_ids_to_tokens(tokenizer.encode(text, add_special_tokens=False))
+def _check_labels_decode_to_their_candidates(enc: PromptEncoder, tokenizer, prompt, ctx, pool: list[int]) -> None:
+    """Each label of the prompt is ONE token right where the model writes it, and that token, decoded and read
+    back, names the candidate listed under it."""
+    e = enc.encode(prompt)
+    after = enc.chat_frame(prompt.system)[1]
+    assert enc.render(prompt).endswith(after + enc.answer_prefix)
+    for j, lab in enumerate(prompt.labels):
+        written = tokenizer.encode(prompt.tail + after + ANSWER_PREFIX + lab, add_special_tokens=False)
+        assert written == e.tail + [enc.label_ids[lab]], lab
+        read = enc.label_of(tokenizer.decode([enc.label_ids[lab]]))
+        assert read == lab and prompt.items[prompt.labels.index(read)] == f"[{lab}] {ctx.texts[pool[j]]}\n"
 
 
-def test_the_test_tokenizer_merges_like_qwen(qwen_tokenizer):
-    assert _tokens(qwen_tokenizer, "<|im_start|>assistant\n[A")[-1] == "[A"  # start of the turn: one token
-    assert _tokens(qwen_tokenizer, "\n[Q] passage")[:3] == ["Ċ", "[Q", "]"]  # start of a line: one token
-    assert _tokens(qwen_tokenizer, "e.g. [C]")[-3:] == ["Ġ[", "C", "]"]  # after a space: two
-
-
-@pytest.mark.parametrize("which", ["split", "merged"])
-def test_scheme_is_chosen_by_probing_and_every_label_is_one_token_where_it_is_read(
-        which, tiny_tokenizer, qwen_tokenizer):
-    tokenizer = tiny_tokenizer if which == "split" else qwen_tokenizer
+def test_every_label_of_a_20_candidate_pool_decodes_back_to_its_candidate(vocab):
+    name, tokenizer = vocab
+    scheme, alphabet = EXPECTED[name]
     enc = PromptEncoder(tokenizer)
-    assert enc.label_scheme == which and enc.scheme == (SPLIT if which == "split" else MERGED)
-    assert enc.answer_prefix == ("[" if which == "split" else "")
-    assert sorted(enc.label_ids) == list(LABELS) and len(set(enc.label_ids.values())) == len(LABELS)
-    assert enc.label_texts == {lab: (lab if which == "split" else "[" + lab) for lab in LABELS}
+    assert enc.label_scheme == scheme and enc.scheme == (SPLIT if scheme == "split" else MERGED)
+    assert "".join(enc.labels) == alphabet and len(set(enc.label_ids.values())) == len(alphabet)
+    assert enc.answer_prefix == ("[" if scheme == "split" else "")
+    assert enc.label_texts == {lab: (lab if scheme == "split" else "[" + lab) for lab in alphabet}
     for scenario in TEMPLATES:
-        req = RankRequest(scenario=scenario, query="q", history=["h"],
-                          preference="cost" if scenario == "routing" else None, candidates=[{"id": str(i), "text": f"text {i}"} for i in range(26)])
-        p = iterative_prompt(build_context(req), list(range(26)))
-        assert p.answer_prefix == ANSWER_PREFIX
-        e = enc.encode(p)
-        after = enc.chat_frame(p.system)[1]
-        text = enc.render(p)
-        assert text.endswith(after + enc.answer_prefix)
-        for lab in LABELS:
-            # the tail, continued by the label as the model writes it ("[A"), is the tail's ids + the label token
-            written = tokenizer.encode(p.tail + after + "[" + lab, add_special_tokens=False)
-            assert written == e.tail + [enc.label_ids[lab]]
-            assert tokenizer.decode([enc.label_ids[lab]]) == enc.label_texts[lab]
-        assert text.endswith("assistant\n[" if which == "split" else "assistant\n")
-
-
-def test_reasoning_prompts_keep_their_own_answer_prefix(qwen_tokenizer):
-    enc = PromptEncoder(qwen_tokenizer)
-    p = iterative_prompt(build_context(passage_request(3)), [0, 1, 2], reasoning=True)
-    assert p.answer_prefix == "" and enc.render(p).endswith("assistant\n")
+        ctx = build_context(scenario_request(scenario, 20))
+        # cached layout: the pool is listed once, labelled with the tokenizer's alphabet, and keeps its labels
+        first = iterative_prompt(ctx, list(range(20)), alphabet=enc.fast_labels(20))
+        assert first.labels == tuple(alphabet[:20]) and first.answer_prefix == ANSWER_PREFIX
+        _check_labels_decode_to_their_candidates(enc, tokenizer, first, ctx, list(range(20)))
+        # relist layout: after 7 eliminations the remaining 13 are listed afresh, relabelled from the start
+        rest = [i for i in range(20) if i % 3 != 1][:13]
+        relisted = iterative_prompt(ctx, rest, alphabet=enc.fast_labels(13))
+        assert relisted.labels == tuple(alphabet[:13])
+        _check_labels_decode_to_their_candidates(enc, tokenizer, relisted, ctx, rest)
+        assert enc.render(first).endswith("\n[" if scheme == "split" else "\n")
 
 
 @pytest.mark.parametrize("layout", ["cached", "relist"])
-def test_a_merging_tokenizer_ranks_end_to_end(qwen_backend, layout):
-    assert qwen_backend.encoder.label_scheme == "merged"
-    reqs = [passage_request(n, f"q{n}") for n in (7, 12)]
-    out = rank_requests(qwen_backend, reqs, RankerConfig(layout=layout))
+def test_a_real_vocabulary_ranks_20_candidates_end_to_end(vocab, layout):
+    from iranker.backends.transformers import TransformersBackend
+
+    name, tokenizer = vocab
+    backend = TransformersBackend(model_obj=make_tiny_model(tokenizer), tokenizer=tokenizer, name=name)
+    reqs = [passage_request(20, "a"), passage_request(7, "b")]
+    out = rank_requests(backend, reqs, RankerConfig(layout=layout))
     for req, resp in zip(reqs, out):
         assert sorted(resp.ranking) == sorted(c.id for c in req.candidates)
         assert len(resp.eliminated) == len(req.candidates) - 1 and resp.parse_failures == 0
+    # the first elimination is the candidate under the label token the model ranks highest at that position
+    p = iterative_prompt(build_context(reqs[0]), list(range(20)), alphabet=backend.encoder.labels)
+    with torch.inference_mode():
+        logits = backend.model(input_ids=torch.tensor([backend.encoder.encode(p).ids])).logits[0, -1]
+    best = max(p.labels, key=lambda lab: float(logits[backend.encoder.label_ids[lab]]))
+    assert out[0].eliminated[0].id == f"a-{p.labels.index(best)}"
 
 
-@torch.inference_mode()
-def test_merged_choice_is_the_model_next_token_after_the_rendered_prompt(qwen_backend, qwen_tokenizer):
-    """The fast choice must be read where the model would write `[A`: right after the assistant header."""
-    p = iterative_prompt(build_context(passage_request(6)), list(range(6)))
-    (choice,) = qwen_backend.choose([p])
-    ids = qwen_backend.encoder.encode(p).ids
-    assert qwen_tokenizer.decode(ids).endswith("<|im_start|>assistant\n")
-    logits = qwen_backend.model(input_ids=torch.tensor([ids])).logits[0, -1].log_softmax(-1)
-    label_logits = {lab: float(logits[qwen_backend.encoder.label_ids[lab]]) for lab in p.labels}
-    assert choice.label == max(label_logits, key=label_logits.get)
+def test_reasoning_mode_needs_no_single_token_labels(qwen_backend):
+    """Reasoning reads labels from generated text: it labels A..Z (O and Q too) and ranks 26 candidates."""
+    p = iterative_prompt(build_context(passage_request(26)), list(range(26)), reasoning=True)
+    assert p.labels == LABELS and p.answer_prefix == "" and qwen_backend.encoder.render(p).endswith("assistant\n")
+    (resp,) = rank_requests(qwen_backend, [passage_request(26, reasoning=True)],
+                            RankerConfig(window=26, stride=10, max_new_tokens=4))
+    assert len(resp.ranking) == 26 and len(resp.eliminated) == 25
 
 
-def test_forced_scheme_is_checked(tiny_tokenizer, qwen_tokenizer):
+def test_fast_mode_refuses_only_a_pool_larger_than_the_labels_that_work(qwen_backend):
+    (ok,) = rank_requests(qwen_backend, [passage_request(24)], RankerConfig(window=24, stride=10))
+    assert len(ok.eliminated) == 23 and ok.parse_failures == 0
+    assert len(rank_requests(qwen_backend, [passage_request(40)], RankerConfig(window=24))[0].ranking) == 40
+    with pytest.raises(ValueError, match=r"reads only 24 labels as one token \(ABCDEFGHIJKLMNPRSTUVWXYZ\).*'\[O' "
+                                         r"after the assistant header is \['\[', 'O'\].*at most 24 candidates; this "
+                                         r"one has 25.*reasoning mode"):
+        rank_requests(qwen_backend, [passage_request(25)], RankerConfig(window=26, stride=10))
+
+
+def test_forced_scheme_is_checked(smollm2_tokenizer, qwen_tokenizer):
     assert PromptEncoder(qwen_tokenizer, label_scheme="merged").label_scheme == "merged"
-    assert PromptEncoder(tiny_tokenizer, label_scheme=SPLIT).label_scheme == "split"
-    with pytest.raises(ValueError, match=r"merged: label 'A'"):
-        PromptEncoder(tiny_tokenizer, label_scheme="merged")
-    with pytest.raises(ValueError, match=r"split: label 'A'"):
-        PromptEncoder(qwen_tokenizer, label_scheme="split")
+    assert PromptEncoder(smollm2_tokenizer, label_scheme=SPLIT).label_scheme == "split"
+    with pytest.raises(ValueError, match=r"label scheme 'merged' reads no label as one token \(merged: label 'A'"):
+        PromptEncoder(smollm2_tokenizer, label_scheme="merged")
+    forced = PromptEncoder(qwen_tokenizer, label_scheme="split")  # only `[O` and `[Q` are `[` + a letter
+    assert forced.labels == ("O", "Q") and forced.unreadable.startswith("split: label 'A': '[A' after")
+    with pytest.raises(ValueError, match=r"reads only 2 labels as one token \(OQ\)"):
+        forced.fast_labels(3)
     with pytest.raises(ValueError, match="label_scheme: expected one of"):
-        PromptEncoder(tiny_tokenizer, label_scheme="bytes")
-
-
-def test_a_tokenizer_where_no_scheme_works_is_a_clear_error():
-    half = make_qwen_like_tokenizer(letters="ABCDEFGHIJKLM")  # `[A`..`[M` merge, `[N`..`[Z` do not
-    half.name_or_path = "half-merging"
-    with pytest.raises(ValueError, match=r"tokenizer 'half-merging'.*split: label 'A'.*merged: label 'N'.*"
-                                         r"reasoning mode"):
-        PromptEncoder(half)
+        PromptEncoder(qwen_tokenizer, label_scheme="bytes")
 
 
 def test_openai_backend_reads_merged_label_tokens(qwen_backend, qwen_tokenizer, tmp_path):
@@ -154,33 +150,58 @@ def test_openai_backend_reads_merged_label_tokens(qwen_backend, qwen_tokenizer, 
     qwen_tokenizer.save_pretrained(tmp_path)
     s = StandIn(qwen_backend.model, qwen_tokenizer)
     try:
-        remote = OpenAIBackend(s.url, "qwen-like", tokenizer=str(tmp_path), top_logprobs=len(qwen_tokenizer))
-        assert remote.encoder.label_scheme == "merged"
+        remote = OpenAIBackend(s.url, "qwen-vocab", tokenizer=str(tmp_path), allowed_token_ids=True, top_logprobs=24)
+        assert remote.encoder.label_scheme == "merged" and "".join(remote.encoder.labels) == NO_O_Q
         assert remote.label_of("[A") == "A" and remote.label_of(" [Z") == "Z"
         assert remote.label_of("A") is None and remote.label_of("[") is None  # not this tokenizer's label tokens
-        prompts = [iterative_prompt(build_context(passage_request(n)), list(range(n))) for n in (3, 6)]
-        got = remote.choose(prompts)
-        assert [c.label for c in got] == [c.label for c in qwen_backend.choose(prompts)]
-        assert all(c.error is None and set(c.logprobs) == set(p.labels) for c, p in zip(got, prompts))
-        assert s.bodies[0]["prompt"].endswith("<|im_start|>assistant\n")  # ends where the label token starts
-        body = OpenAIBackend(s.url, "qwen-like", tokenizer=str(tmp_path), allowed_token_ids=True
-                             ).completion_request(prompts[0], 1, 0.0, fast=True)
-        assert body["allowed_token_ids"] == [qwen_backend.encoder.label_ids[x] for x in "ABC"]
+        prompts = [iterative_prompt(build_context(passage_request(n)), list(range(n)), alphabet=NO_O_Q)
+                   for n in (3, 20)]
+        body = remote.completion_request(prompts[1], 1, 0.0, fast=True)
+        assert body["allowed_token_ids"] == [qwen_backend.encoder.label_ids[x] for x in NO_O_Q[:20]]
+        assert body["prompt"].endswith("<|im_start|>assistant\n")  # ends where the label token starts
     finally:
         s.close()
 
 
-def test_openai_backend_without_tokenizer_reads_any_label_spelling():
-    remote = OpenAIBackend("http://127.0.0.1:9/v1", "m")
-    assert [remote.label_of(t) for t in ("A", " A", "[A", " [A", "[A]", "[", " ")] == ["A"] * 5 + [None, None]
-
-
-def test_vllm_requests_follow_the_merged_scheme(qwen_tokenizer):
+def test_vllm_requests_follow_the_tokenizer_alphabet(qwen_tokenizer):
     from iranker.backends.vllm import VLLMBackend
 
     enc = PromptEncoder(qwen_tokenizer)
-    p = iterative_prompt(build_context(passage_request(4)), [0, 1, 2, 3])
-    assert VLLMBackend.fast_params(enc, p)["allowed_token_ids"] == [enc.label_ids[x] for x in "ABCD"]
+    p = iterative_prompt(build_context(passage_request(18)), list(range(18)), alphabet=enc.labels)
+    assert p.labels[14:16] == ("P", "R")
+    assert VLLMBackend.fast_params(enc, p)["allowed_token_ids"] == [enc.label_ids[x] for x in NO_O_Q[:18]]
     ids = VLLMBackend.token_prompt(enc, p)["prompt_token_ids"]
     assert ids == enc.encode(p).ids
     assert qwen_tokenizer.convert_ids_to_tokens(ids[-1]) == "Ċ"  # the header's newline; `[A` comes next
+
+
+def _cli(*args, stdin=None):
+    return subprocess.run([sys.executable, "-m", "iranker.cli", *args], capture_output=True, text=True, input=stdin,
+                          timeout=300, check=False)
+
+
+def test_a_qwen_vocabulary_model_ranks_from_the_cli_and_the_server_in_both_modes(qwen_backend, qwen_tokenizer,
+                                                                                  tmp_path):
+    """A model folder with the real Qwen2.5 tokenizer loads and ranks samples/request.json in fast and reasoning
+    mode, from `iranker rank` and through `iranker serve` (a tiny random model: the loading path, not quality)."""
+    from test_serving import Server
+
+    folder = tmp_path / "qwen-vocab"
+    qwen_backend.model.save_pretrained(folder)
+    qwen_tokenizer.save_pretrained(folder)
+    request = json.loads((ROOT / "samples" / "request.json").read_text())
+    n = len(request["candidates"])
+    for extra in ([], ["--reasoning"]):
+        out = _cli("rank", str(ROOT / "samples" / "request.json"), "--model", str(folder), *extra)
+        assert out.returncode == 0, out.stderr
+        resp = json.loads(out.stdout)
+        assert len(resp["eliminated"]) == n - 1 and set(resp["ranking"]) <= {c["id"] for c in request["candidates"]}
+    server = Server("--model", str(folder), "--allow-reasoning")
+    try:
+        for reasoning in (False, True):
+            body = {**request, "options": {**request.get("options", {}), "reasoning": reasoning}}
+            r = httpx.post(f"{server.url}/v1/models/iranker:predict", json={"instances": [body]}, timeout=120)
+            assert r.status_code == 200, r.text
+            assert len(r.json()["predictions"][0]["eliminated"]) == n - 1
+    finally:
+        server.close()

@@ -141,12 +141,19 @@ def test_the_final_model_carries_its_ranking_settings(tmp_path, smoke):
     final = run_training(cfg, tmp_path / "run", progress=False)
     saved = read_settings(final)
     assert saved.max_words == 60 and saved.layout == "cached" and saved.window == 20
-    assert saved.template and saved.label_scheme == getattr(_trainer(cfg, tmp_path / "t").policy.encoder,
-                                                            "label_scheme", None)
+    encoder = _trainer(cfg, tmp_path / "t").policy.encoder
+    assert saved.template and saved.label_scheme == encoder.label_scheme and saved.labels == "".join(encoder.labels)
     warned = []
     assert settings_for(final, {"max_words": None}, warned.append).max_words == 60 and not warned
     assert settings_for(final, {"max_words": 120}, warned.append).max_words == 120
     assert len(warned) == 1 and "max_words=120 differs from the 60 the model was trained with" in warned[0]
+    # a tokenizer that now reads other letters as single tokens than the model was trained with is refused
+    from iranker.ranker import open_model
+    from iranker.settings import write_settings
+
+    write_settings(final, saved.model_copy(update={"labels": saved.labels.replace("Q", "")}))
+    with pytest.raises(ValueError, match="labels: the model was trained labelling candidates"):
+        open_model(str(final))
 
 
 @pytest.mark.slow

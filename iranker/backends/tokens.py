@@ -5,14 +5,18 @@ of every candidate is known exactly and each candidate's tokens can be capped. T
 all encode prompts here, so they see the same ids.
 
 Fast mode reads the logits of ONE label token right after the answer prefix `[`. How a tokenizer writes `[A` at
-that position differs between families, so the label scheme is decided per tokenizer by probing it in the exact
-context where the label is read (the end of the chat template's assistant header), never assumed:
+that position differs between families, and within a family between letters, so the label scheme and the letters
+fast mode labels candidates with are decided per tokenizer by probing it in the exact context where the label is
+read (the end of the chat template's assistant header), never assumed:
 
 - "split": `[` is a token of its own and each letter is one token after it (SmolLM2, Llama-3 style). The encoded
   tail ends with the `[` token; the label tokens are `A`..`Z`.
 - "merged": the tokenizer writes `[A` as ONE token where it starts a line or a turn (Qwen2.5). The `[` is then
   part of the label token: the encoded (and rendered) tail ends with the assistant header, and the label tokens
-  are `[A`..`[Z` as the tokenizer writes them there.
+  are `[A`..`[Z` as the tokenizer writes them there - for the letters it merges: the real Qwen2.5 vocabulary has no
+  `[O` and `[Q` tokens, so its fast-mode alphabet is the other 24 letters (`labels`), in order.
+The scheme that reads the most letters wins. Reasoning mode reads labels from generated text and needs none of
+this: it labels pools A..Z with any tokenizer.
 """
 
 from __future__ import annotations
@@ -86,9 +90,11 @@ class PromptEncoder:
     """Encodes prompts for one tokenizer.
 
     `label_scheme` ("split" | "merged", or a `LabelScheme`) forces a scheme (e.g. the one a trained model's
-    settings recorded); it is still probed and refused if this tokenizer does not write labels that way.
+    settings recorded); it is still probed and refused if this tokenizer reads no label that way.
     Attributes: `scheme` (the `LabelScheme`), `label_scheme` (its name), `answer_prefix` (the text the fast-mode
-    tail ends with), `label_ids` (label -> token id) and `label_texts` (label -> the label token's text).
+    tail ends with), `labels` (fast mode's alphabet), `label_ids` (label -> token id, for those letters),
+    `label_texts` (label -> the label token's text) and `unreadable` (which letters are not one token, and why).
+    Nothing here refuses a tokenizer: `fast_labels(n)` does, for a fast-mode pool larger than `labels`.
     """
 
     def __init__(self, tokenizer, max_item_tokens: int = 192, label_scheme: str | LabelScheme | None = None):
@@ -122,43 +128,75 @@ class PromptEncoder:
             tails.append(p.tail + self.chat_frame(p.system)[1])
         return list(dict.fromkeys(tails))
 
-    def _try_scheme(self, scheme: LabelScheme, tails: list[str]) -> tuple[dict[str, int] | None, str]:
-        """(label -> token id, "") when every label is exactly one token after every tail + the scheme's
-        prefix, else (None, why not)."""
+    def _try_scheme(self, scheme: LabelScheme, tails: list[str]) -> tuple[dict[str, int], dict[str, str]]:
+        """(label -> token id for every letter that is exactly one token after every tail + the scheme's prefix,
+        letter -> why not for the others)."""
         out: dict[str, int] = {}
-        for tail in tails:
-            base = self._encode(tail + scheme.answer_prefix)
-            for lab in LABELS:
+        why: dict[str, str] = {}
+        toks = self.tokenizer.convert_ids_to_tokens
+        for lab in LABELS:
+            for tail in tails:
+                base = self._encode(tail + scheme.answer_prefix)
                 ids = self._encode(tail + scheme.answer_prefix + scheme.label_text(lab))
                 if ids[: len(base)] != base or len(ids) != len(base) + 1:
                     n = next((i for i, (a, b) in enumerate(zip(base, ids)) if a != b), min(len(base), len(ids)))
-                    toks = self.tokenizer.convert_ids_to_tokens
                     alone = f" where {scheme.answer_prefix!r} alone is {toks(base[n:])}" if base[n:] else ""
                     written = scheme.answer_prefix + scheme.label_text(lab)
-                    return None, (f"label {lab!r}: {written!r} after the assistant header is {toks(ids[n:])}{alone}, "
-                                  "not one token more")
+                    why[lab] = (f"label {lab!r}: {written!r} after the assistant header is {toks(ids[n:])}{alone}, "
+                                "not one token more")
+                    break
                 if out.setdefault(lab, ids[-1]) != ids[-1]:
-                    return None, f"label {lab!r} is a different token after different tails"
-        if len(set(out.values())) != len(out):
-            return None, "two labels share a token"
-        return out, ""
+                    why[lab] = f"label {lab!r} is a different token after different tails"
+                    break
+            else:
+                if ids[-1] in list(out.values())[:-1]:
+                    why[lab] = f"label {lab!r} shares its token with another label"
+            if lab in why:
+                out.pop(lab, None)
+        return out, why
 
     def _choose_scheme(self, forced: str | LabelScheme | None) -> tuple[LabelScheme, dict[str, int]]:
+        """The scheme that reads the most letters as one token (the first on a tie), and those letters' ids.
+
+        Fast mode labels a pool with those letters, in order (`labels`); a tokenizer that reads none leaves
+        `labels` empty and only reasoning mode can rank with it. A forced scheme that reads no letter is an error."""
         if isinstance(forced, str):
             if forced not in SCHEMES:
                 raise ValueError(f"label_scheme: expected one of {sorted(SCHEMES)}, got {forced!r}")
             forced = SCHEMES[forced]
         candidates = [forced] if forced is not None else list(SCHEMES.values())
         tails = self._probe_tails()
-        why = []
+        tried = []
         for scheme in candidates:
-            ids, reason = self._try_scheme(scheme, tails)
-            if ids is not None:
-                return scheme, ids
-            why.append(f"{scheme.name}: {reason}")
-        raise ValueError(f"tokenizer {_tokenizer_name(self.tokenizer)!r}: no label scheme reads every label as one "
-                         f"token after the assistant header ({'; '.join(why)}); fast mode needs single-token "
-                         "labels - use reasoning mode or another model")
+            ids, why = self._try_scheme(scheme, tails)
+            tried.append((len(ids), scheme, ids, why))
+        best = max(tried, key=lambda t: t[0])  # max keeps the first of equals
+        if best[2]:  # which letters the chosen scheme cannot read, and why (the first two)
+            self.unreadable = (f"{best[1].name}: " + "; ".join(list(best[3].values())[:2])) if best[3] else ""
+        else:
+            self.unreadable = "; ".join(f"{scheme.name}: {next(iter(why.values()))}" for _, scheme, _, why in tried)
+        if forced is not None and not best[2]:
+            raise ValueError(f"tokenizer {_tokenizer_name(self.tokenizer)!r}: label scheme {forced.name!r} reads no "
+                             f"label as one token ({self.unreadable})")
+        return best[1], best[2]
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        """Fast mode's label alphabet: the letters this tokenizer reads as one token where the label is read, in
+        order (all 26 for SmolLM2 and Llama-3; 24 for Qwen2.5, whose `[O` and `[Q` are two tokens)."""
+        return tuple(self.label_ids)
+
+    def fast_labels(self, pool: int) -> tuple[str, ...]:
+        """The alphabet fast mode labels a pool of `pool` candidates with; a clear error when it is too short."""
+        if pool > len(self.label_ids):
+            readable = (f"reads only {len(self.label_ids)} labels as one token ({''.join(self.label_ids)})"
+                        if self.label_ids else "reads no label as one token")
+            why = f" ({self.unreadable})" if self.unreadable else ""
+            raise ValueError(f"fast mode: tokenizer {_tokenizer_name(self.tokenizer)!r} {readable} where the "
+                             f"label is read{why}, so a pool holds at most {len(self.label_ids)} "
+                             f"candidates; this one has {pool}. Rank with a window of at most "
+                             f"{len(self.label_ids)} or in reasoning mode")
+        return self.labels
 
     def label_of(self, token_text: str) -> str | None:
         """The label a generated token's text stands for under this scheme (`[A` merged, `A` split), else None."""

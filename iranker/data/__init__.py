@@ -33,11 +33,11 @@ from iranker.data.base import DataError, md5_file, parse_params
 from iranker.schema import RankingInstance
 
 __all__ = [
+    "PROVENANCE",
     "SOURCES",
     "Built",
     "DataError",
     "IngestResult",
-    "PROVENANCE",
     "build",
     "ingest",
     "load_dataset_instances",

@@ -31,7 +31,7 @@ def sample_on_cache(policy, contexts, firsts: Sequence[Step], gens: Sequence[tor
     model = policy.model.get_base_model() if hasattr(policy.model, "get_base_model") else policy.model
     backend = TransformersBackend(model_obj=model, tokenizer=policy.tokenizer,
                                   max_item_tokens=policy.cfg.ranking.max_item_tokens, name="policy")
-    prompts = [iterative_prompt(contexts[st.inst], st.listing) for st in firsts]
+    prompts = [iterative_prompt(contexts[st.inst], st.listing, alphabet=policy.labels) for st in firsts]
     traces: list[list[tuple[Step, int]]] = [[] for _ in firsts]
     current = list(firsts)
     active = [len(st.pool) > 1 for st in firsts]
@@ -45,7 +45,7 @@ def sample_on_cache(policy, contexts, firsts: Sequence[Step], gens: Sequence[tor
                     continue
                 st = current[b]
                 _, choice = dec[0]
-                labels = [chr(65 + j) for j in st.pool]
+                labels = [policy.labels[j] for j in st.pool]
                 probs = torch.tensor([choice.logprobs[lab] for lab in labels]).exp()
                 pick = st.pool[int(torch.multinomial(probs, 1, generator=gens[b]))]
                 traces[b].append((st, pick))

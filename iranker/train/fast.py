@@ -54,7 +54,8 @@ class FastTrainer:
         if key not in self._encoded:
             if len(self._encoded) > 4096:
                 self._encoded.clear()
-            self._encoded[key] = self.policy.encoder.encode(iterative_prompt(self.contexts[st.inst], st.listing))
+            self._encoded[key] = self.policy.encoder.encode(iterative_prompt(self.contexts[st.inst], st.listing,
+                                                                             alphabet=self.policy.labels))
         return self._encoded[key]
 
     def score(self, model, steps: list[Step], with_value: bool):

@@ -121,7 +121,8 @@ class Trainer:
             self.policy.merged().save_pretrained(tmp)
             self.policy.tokenizer.save_pretrained(tmp)
             settings = self.cfg.ranking.model_copy(
-                update={"label_scheme": getattr(self.policy.encoder, "label_scheme", None)})
+                update={"label_scheme": getattr(self.policy.encoder, "label_scheme", None),
+                        "labels": "".join(getattr(self.policy.encoder, "labels", ()))})
             write_settings(tmp, settings)
             (tmp / "iranker-train.json").write_text(json.dumps({"steps": self.step, "config": self.cfg.model_dump()},
                                                                indent=1))

@@ -17,7 +17,7 @@ import torch
 
 from iranker.backends.tokens import EncodedPrompt, PromptEncoder
 from iranker.devices import resolve_device, resolve_dtype
-from iranker.prompts import LABELS
+from iranker.prompts import LABELS, MAX_POOL
 
 # ------------------------------------------------------------------------------------------ device and dtype
 
@@ -110,7 +110,10 @@ class Policy:
         self.dtype = resolve_dtype(cfg.dtype, self.device)
         self.tokenizer = tokenizer
         self.encoder = PromptEncoder(tokenizer, cfg.ranking.max_item_tokens)
-        self.label_ids = [self.encoder.label_ids[lab] for lab in LABELS]
+        # fast mode labels a listing with the tokenizer's single-token letters (refused here when too few)
+        self.labels = (self.encoder.fast_labels(max(cfg.ranking.window, cfg.pools.max_size)) if cfg.mode == "fast"
+                       else LABELS)
+        self.label_ids = [self.encoder.label_ids[lab] for lab in self.labels] if cfg.mode == "fast" else []
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         model = model.to(self.device)
         self.ref = None
@@ -200,7 +203,8 @@ class Policy:
 
     def score_cues(self, model, enc: EncodedPrompt, pools: list[list[int]], with_hidden: bool = False,
                    frozen: dict | None = None):
-        """Label logits [m, 26] (float32) of m elimination decisions over ONE listed prompt, in one pass.
+        """Label logits [m, 26] (float32) of m elimination decisions over ONE listed prompt, in one pass; column j
+        is listing position j's label (`labels[j]`), columns past the tokenizer's alphabet are 0 (never in a pool).
 
         The sequence holds the prefix (header + every candidate line) once, then the cue (tail) of each decision.
         The prefix attends causally to itself (it never loses sight of any candidate, exactly like the cached
@@ -258,6 +262,8 @@ class Policy:
         logits = hidden @ w.T.to(hidden.dtype)
         if getattr(head, "bias", None) is not None:
             logits = logits + head.bias[self.label_ids]
+        if logits.shape[-1] < MAX_POOL:  # an alphabet of fewer than 26 single-token letters (Qwen2.5: 24)
+            logits = torch.nn.functional.pad(logits, (0, MAX_POOL - logits.shape[-1]))
         return logits.float(), (hidden if with_hidden else None)
 
 
