@@ -124,12 +124,20 @@ def _read_requests(path: str):
 
 
 def cmd_rank(args) -> None:
-    from iranker.ranker import rank_requests
+    from iranker.ranker import first_prompt, rank_requests
 
     reqs, many = _read_requests(args.request)
     if args.reasoning:
         reqs = [r.model_copy(update={"options": r.options.model_copy(update={"reasoning": True})}) for r in reqs]
     backend, config = _open_model(args, {"layout": args.layout})
+    if args.print_prompts:
+        for k, req in enumerate(reqs):
+            try:
+                text = first_prompt(backend, config, req)
+            except ValueError as e:
+                _die(f"request {k}: {e}")
+            print(f"----- request {k}: first step's prompt, as the model is shown it -----\n{text}\n----- end of "
+                  f"request {k}'s prompt -----", file=sys.stderr, flush=True)
     responses = rank_requests(backend, reqs, config, progress=len(reqs) > 1)
     out = [r.model_dump(exclude_none=True) for r in responses]
     print(json.dumps(out if many else out[0], indent=1))
@@ -452,6 +460,8 @@ def build_parser() -> argparse.ArgumentParser:
     rank = sub.add_parser("rank", help="rank the candidates of a RankRequest", epilog=RANK_EPILOG,
                           formatter_class=argparse.RawDescriptionHelpFormatter)
     rank.add_argument("request", help="RankRequest JSON file ('-' for stdin)")
+    rank.add_argument("--print-prompts", action="store_true",
+                      help="write each request's first-step prompt to stderr, exactly as the model is shown it")
     _add_backend_args(rank)
     rank.set_defaults(func=cmd_rank)
 

@@ -315,6 +315,28 @@ def rank_requests(backend: Backend, requests: Sequence[RankRequest], config: Ran
     return out  # type: ignore[return-value]
 
 
+def first_prompt(backend: Backend, config: RankerConfig, req: RankRequest) -> str:
+    """The first model call's prompt for `req`, exactly as the model is shown it (`iranker rank --print-prompts`):
+    in-process backends decode the very token ids they run, a remote endpoint gets the text it is sent."""
+    from iranker.prompts import render_plain
+
+    ctx = build_context(req, config.max_words)
+    n = len(req.candidates)
+    reasoning = req.options.reasoning
+    if req.options.method == "direct":
+        prompt = direct_prompt(ctx, list(range(n)), reasoning=reasoning)
+    else:
+        pool = list(range(n))[-config.window:]  # a longer list is ranked bottom window first
+        prompt = iterative_prompt(ctx, pool, reasoning=reasoning,
+                                  alphabet=LABELS if reasoning else fast_alphabet(backend, len(pool)))
+    if hasattr(backend, "render"):
+        return backend.render(prompt)
+    encoder = getattr(backend, "encoder", None)
+    if encoder is None:
+        return render_plain(prompt)
+    return encoder.tokenizer.decode(encoder.encode(prompt).ids)
+
+
 def open_model(model: str | None = None, backend: str = "transformers", explicit: dict | None = None,
                warn=None, **backend_options) -> tuple[Backend, RankerConfig]:
     """The backend and the ranker configuration to rank `model` with - the one way `rank`, `evaluate`, the

@@ -32,11 +32,40 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=False)
 
 
+class CandidateFeatures(_Strict):
+    """What the first stage knows about a candidate, shown to the model beside its text (all optional).
+
+    recommendation: `ratings` (interactions before the request) and `mean_rating` (1-5), `classes`;
+    routing: `price` (mean USD per query) and `quality` (share of queries answered well, 0-1);
+    passage: the first stage's `rank` (1 = top) and `score`. Training and evaluation read them from Feast's
+    offline store (point in time), the server from its online store; a request may carry them itself.
+    """
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    ratings: int | None = Field(default=None, ge=0, description="interactions with the item known so far")
+    mean_rating: float | None = Field(default=None, ge=0, le=5, description="mean rating, on a 1-5 scale")
+    classes: list[str] | None = Field(default=None, max_length=8, description="the item's classes (genres)")
+    price: float | None = Field(default=None, ge=0, description="mean cost of one query, USD")
+    quality: float | None = Field(default=None, ge=0, le=1, description="share of queries answered well")
+    rank: int | None = Field(default=None, ge=1, description="the first stage's rank (1 = top)")
+    score: float | None = Field(default=None, description="the first stage's score")
+
+    @field_validator("classes")
+    @classmethod
+    def _short_classes(cls, v: list[str] | None) -> list[str] | None:
+        for i, c in enumerate(v or []):
+            if len(c) > 60:
+                raise ValueError(f"classes[{i}]: at most 60 characters")
+        return v
+
+
 class Candidate(_Strict):
     """One thing to rank: a passage, an item, or an LLM. `text` is untrusted and shown to the model after sanitising."""
 
     id: str = Field(min_length=1, max_length=MAX_ID_CHARS, description="caller's id, returned in the ranking")
     text: str = Field(max_length=MAX_TEXT_CHARS, description="what the model reads about this candidate")
+    features: CandidateFeatures | None = Field(default=None, description="the first stage's signals (optional)")
 
     @field_validator("id")
     @classmethod

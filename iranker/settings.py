@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from iranker.prompts import DEFAULT_MAX_WORDS, MAX_POOL
 
-TEMPLATE_VERSION = "iterative-v2"  # bump when TEMPLATES, the label format or the cue change
+TEMPLATE_VERSION = "iterative-v3"  # bump when TEMPLATES, the label format or the cue change
 SETTINGS_FILE = "iranker-ranking.json"
 
 

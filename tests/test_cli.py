@@ -74,3 +74,22 @@ def test_demo_scores_every_scenario_beside_random(tiny_model_dir):
     for s in scores.values():
         assert 0 < s["random"]["mrr"] < 1 and 0 <= s["metrics"]["mrr"] <= 1 and s["parse_failure_rate"] == 0
     assert "(random)" in out.stderr
+
+
+def test_print_prompts_shows_each_requests_first_prompt_as_the_model_sees_it(tmp_path, tiny_model_dir):
+    long_query = "Worked example one. " * 200 + "Which planet is closest to the Sun? Answer:"
+    reqs = [{"scenario": "routing", "query": long_query, "preference": "cost",
+             "candidates": [{"id": "m1", "text": "a small model", "features": {"price": 0.0002, "quality": 0.61}},
+                            {"id": "m2", "text": "a large model", "features": {"price": 0.03, "quality": 0.92}}]},
+            {"scenario": "passage", "query": "q", "options": {"method": "direct"},
+             "candidates": [{"id": "a", "text": "x"}, {"id": "b", "text": "y"}]}]
+    out = run("rank", "-", "--model", str(tiny_model_dir), "--print-prompts", stdin=json.dumps(reqs))
+    assert out.returncode == 0, out.stderr
+    assert len(json.loads(out.stdout)) == 2
+    first = out.stderr.split("----- request 0: first step's prompt, as the model is shown it -----\n")[1]
+    first = first.split("----- end of request 0's prompt -----")[0]
+    assert "Which planet is closest to the Sun? Answer:" in first and first.count("Worked example one.") < 70
+    assert "[A] a small model \u00b7 quality 61% \u00b7 $0.2 per 1k queries" in first
+    assert first.rstrip("\n").endswith("assistant\n[")  # fast mode: ends where the label is read
+    second = out.stderr.split("----- request 1: first step's prompt")[1]
+    assert "rank ALL passages" in second

@@ -91,3 +91,25 @@ def test_parse_label_is_strict_and_says_why(response, reasoning, label, error):
 def test_parse_permutation_reports_problems(response, order, missing, dups, unknown, ok):
     ans = parse_permutation(response, "ABC", reasoning=False)
     assert (ans.order, ans.missing, ans.duplicates, ans.unknown, ans.ok) == (order, missing, dups, unknown, ok)
+
+
+def test_a_long_query_keeps_its_question(shared_data):
+    """A real arc-challenge routing prompt (RouterBench: five worked examples, then the question) is over the query
+    cap; what reaches the model keeps its opening words and its end, where the question and its choices are. The
+    same build_context serves training, evaluation and the server."""
+    from iranker.data import build
+    from iranker.prompts import MAX_QUERY_WORDS, shorten_query
+
+    built = build("routerbench", shared_data / "routing" / "routerbench")
+    inst = next(i for i in built.instances if i.dataset and "arc" in i.id and len(i.query.split()) > 300)
+    question = inst.query.rsplit("\n\n", 1)[-1]  # the last block: the question, its choices and "Answer:"
+    assert len(question.split()) < 120 and question.rstrip().endswith("Answer:")
+    shown = build_context(inst.to_request()).context
+    shortened = shorten_query(inst.query)
+    assert len(shortened.split()) == MAX_QUERY_WORDS + 1  # the cap and the "..." where the middle was cut
+    assert " ".join(sanitize(question, 10_000).split()) in shown
+    assert shown.split("User query: ", 1)[1].startswith(" ".join(inst.query.split()[:10]))
+    # the previous cut kept the first 200 words: the worked examples, not the question
+    assert " ".join(sanitize(question, 10_000).split()) not in sanitize(inst.query, MAX_QUERY_WORDS)
+    # short queries are shown whole
+    assert shorten_query("what is a vaccine?") == "what is a vaccine?"
