@@ -35,13 +35,13 @@ def validate(dataset: Input[Dataset], report: Output[Markdown]) -> str:
 
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
-def build_features(dataset: Input[Dataset], feature_repo: str, features: Output[Artifact]):
-    """Feast: write the user-context sources, apply, materialize into the online store."""
+def build_features(dataset: Input[Dataset], routing: Input[Dataset], feature_repo: str, features: Output[Artifact]):
+    """Feast: write the user-context and candidate-feature sources, apply, materialize into the online store."""
     import json
 
     from iranker.pipeline import features_step
 
-    result = features_step(dataset.path, feature_repo)
+    result = features_step(dataset.path, feature_repo, routing.path)
     features.metadata.update(result)
     with open(features.path, "w") as f:
         json.dump(result, f, indent=1)

@@ -1,7 +1,10 @@
-"""Feast definitions: the user context the ranker reads for recommendation, and item attributes.
+"""Feast definitions: the user context the ranker reads for recommendation, and the candidates' first-stage
+signals: item attributes (interaction count, mean rating, classes) and routed models (price, measured quality).
 
-The parquet sources under data/ are written by `iranker features apply --data DIR` from a recommendation dataset
-folder (written by `iranker data ingest`); `iranker features materialize` loads them into the online store.
+The parquet sources under data/ are written by `iranker features apply --data DIR [DIR ...]` from dataset folders
+(written by `iranker data ingest`); `iranker features materialize` loads them into the online store. Candidate
+features are keyed by dataset and id, computed from the dataset's training split, and time-stamped so that a
+point-in-time join sees only what was known before an instance (see iranker/features.py).
 """
 
 from datetime import timedelta
@@ -15,6 +18,9 @@ TTL = timedelta(days=365 * 100)
 user = Entity(name="user", join_keys=["user_id"], value_type=ValueType.STRING,
               description="a user of the recommendation data set")
 item = Entity(name="item", join_keys=["item_id"], value_type=ValueType.STRING, description="an item (e.g. a movie)")
+dataset = Entity(name="dataset", join_keys=["dataset"], value_type=ValueType.STRING,
+                 description="the dataset an item or a routed model's figures come from")
+llm = Entity(name="llm", join_keys=["model_id"], value_type=ValueType.STRING, description="a model the router picks")
 
 user_context = FeatureView(
     name="user_context",
@@ -35,14 +41,30 @@ user_context = FeatureView(
 
 item_attributes = FeatureView(
     name="item_attributes",
-    entities=[item],
+    entities=[dataset, item],
     ttl=TTL,
     schema=[
         Field(name="title", dtype=String),
         Field(name="classes", dtype=Array(String)),
-        Field(name="popularity", dtype=Int64, description="number of interactions"),
+        Field(name="ratings", dtype=Int64, description="training-split interactions so far"),
+        Field(name="mean_rating", dtype=Float64, description="their mean rating (1-5); null without ratings"),
     ],
     source=FileSource(name="item_attributes_source", path="data/item_attributes.parquet",
+                      timestamp_field="event_timestamp"),
+    online=True,
+    tags={"owner": "iranker"},
+)
+
+model_quality = FeatureView(
+    name="model_quality",
+    entities=[dataset, llm],
+    ttl=TTL,
+    schema=[
+        Field(name="price", dtype=Float64, description="mean USD per query on the training split"),
+        Field(name="quality", dtype=Float64, description="share of training queries answered well"),
+        Field(name="queries", dtype=Int64, description="training queries measured"),
+    ],
+    source=FileSource(name="model_quality_source", path="data/model_quality.parquet",
                       timestamp_field="event_timestamp"),
     online=True,
     tags={"owner": "iranker"},

@@ -291,7 +291,11 @@ def cmd_evaluate(args) -> None:
     from iranker.evaluate.harness import evaluate, load_eval_data
     from iranker.evaluate.report import summary_table
 
-    data = load_eval_data(args.data, split=args.split, limit=args.limit, seed=args.seed)
+    orders = [o for o in args.orders.split(",") if o]
+    try:
+        data = load_eval_data(args.data, split=args.split, limit=args.limit, seed=args.seed, orders=orders)
+    except ValueError as e:
+        _die(str(e))
     baselines = [b for b in (args.baselines.split(",") if args.baselines else []) if b]
     metrics = evaluate(data, args.out, model=args.model, base=args.base, direct=not args.no_direct,
                        baselines=baselines if args.baselines is not None else
@@ -536,6 +540,10 @@ def build_parser() -> argparse.ArgumentParser:
                     "without it the base model is the evaluated system")
     ev.add_argument("--base", default=None, help="base model (default: the embedded SmolLM2-135M)")
     ev.add_argument("--split", default="test", help="split to evaluate (default test; 'all' for every instance)")
+    ev.add_argument("--orders", default="first-stage,shuffled",
+                    help="listing orders to evaluate each instance in, comma-separated: first-stage (popularity, best "
+                         "average, the retriever's), shuffled, as-given; the second and later are reported as "
+                         "datasets of their own (NAME@shuffled); default first-stage,shuffled")
     ev.add_argument("--limit", type=int, default=0, help="at most N instances per dataset and scenario (seeded)")
     ev.add_argument("--baselines", default=None,
                     help="comma-separated simple baselines (default all: first-stage,bm25,minilm,popularity,"
@@ -627,7 +635,9 @@ def build_parser() -> argparse.ArgumentParser:
     feats = sub.add_parser("features", help="Feast user features").add_subparsers(dest="features_command",
                                                                                   required=True)
     fa = feats.add_parser("apply", help="write feature sources from a recommendation dataset and register them")
-    fa.add_argument("--data", required=True, help="recommendation dataset folder (from `iranker data ingest`)")
+    fa.add_argument("--data", required=True, nargs="+", metavar="DIR",
+                    help="dataset folders (from `iranker data ingest`): a recommendation folder (user context, item "
+                         "attributes), and optionally a routing folder (routed models' price and quality)")
     fa.add_argument("--history", type=int, default=20, help="recent items kept per user (default 20)")
     fm = feats.add_parser("materialize", help="load the feature rows into the online store")
     fg = feats.add_parser("get", help="print the online user context of user ids")

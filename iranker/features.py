@@ -1,8 +1,18 @@
-"""Feast access shared by the pipeline and the server: user context (history, counts, tastes) and item attributes.
+"""Feast access shared by the pipeline, training, evaluation and the server: user context (history, counts,
+tastes) and the candidates' first-stage signals (item attributes, routed models' price and quality).
 
-    build_feature_tables("data/ml-100k", repo)     # parquet sources from a recommendation dataset folder
+    build_feature_tables("data/ml-100k", repo)     # parquet sources from dataset folders (recommendation, routing)
     apply(repo); materialize(repo)                 # register the definitions, load the online store (SQLite)
     UserFeatures(repo).history("196")              # -> ["Kolya (1996)", ...] or None for an unknown user
+    with_candidate_features(sources, workdir)      # instances whose candidates carry features (offline store)
+
+Candidate features are computed from a dataset's own training split and are point-in-time correct: a
+recommendation item's `ratings` and `mean_rating` count the training users' interactions strictly before the
+instance's target (each feature row is stamped one second after the interaction it counts; Feast's
+point-in-time join then sees only earlier ones); data without timestamps (LLMRank, RouterBench) is stamped with
+a fixed time before every instance, from training rows only (histories, not targets; training queries only).
+Training and evaluation read them from the offline store (`get_historical_features`), the server from the online
+store (`CandidateFeatures.lookup`); `iranker.prompts.candidate_text` renders them the same way everywhere.
 
 The repository is `feature_repo/` (definitions.py + feature_store.yaml); `$IRANKER_FEATURE_REPO` or `repo=` picks
 another, e.g. a copy whose feature_store.yaml points at Redis on a cluster.
@@ -11,8 +21,10 @@ another, e.g. a copy whose feature_store.yaml points at Redis on a cluster.
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 from collections import Counter
+from collections.abc import Sequence
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -20,10 +32,16 @@ import pandas as pd
 
 from iranker.data.base import DataError
 
-FEATURE_VIEWS = ("user_context", "item_attributes")
+FEATURE_VIEWS = ("user_context", "item_attributes", "model_quality")
 USER_FEATURES = ("history_titles", "history_item_ids", "n_interactions", "mean_rating", "favourite_classes")
-# Rows of data without timestamps (e.g. LLMRank files) are stamped with this fixed time, so that builds repeat.
+# the candidate-feature view of each scenario, its entity key and the CandidateFeatures fields it holds
+CANDIDATE_VIEWS = {"recommendation": ("item_attributes", "item_id", ("ratings", "mean_rating", "classes")),
+                   "routing": ("model_quality", "model_id", ("price", "quality"))}
+# Rows of data without timestamps (e.g. LLMRank files) are stamped with this fixed time, so that builds repeat;
+# instances without a time of their own are looked up just after it.
 UNDATED = datetime(2000, 1, 1, tzinfo=timezone.utc)
+AFTER_UNDATED = UNDATED + timedelta(days=1)
+SERVED_DATASETS = "candidate_datasets.json"
 
 
 def default_repo() -> Path:
@@ -39,27 +57,66 @@ def _check_repo(repo: Path) -> Path:
     return repo
 
 
-def build_feature_tables(data_dir: str | Path, repo: str | Path | None = None, history: int = 20,
-                         n_classes: int = 3) -> dict[str, pd.DataFrame]:
-    """Write the parquet sources of the feature views from a recommendation dataset folder."""
+def build_feature_tables(data_dir: str | Path | Sequence[str | Path], repo: str | Path | None = None,
+                         history: int = 20, n_classes: int = 3) -> dict[str, pd.DataFrame]:
+    """Write the parquet sources of the feature views from dataset folders: the user context from the (first)
+    recommendation folder, candidate features from every recommendation and routing folder (passage candidates
+    carry theirs in the data)."""
+    from iranker.data import load_dataset_instances, load_tables, read_manifest
+
+    repo = _check_repo(repo or default_repo())
+    folders = [data_dir] if isinstance(data_dir, str | Path) else list(data_dir)
+    scenarios = {str(f): read_manifest(f).get("scenario") for f in folders}
+    rec = [f for f in folders if scenarios[str(f)] == "recommendation"]
+    if not rec:
+        raise DataError(f"{', '.join(map(str, folders))}: user features come from recommendation data; no "
+                        f"recommendation dataset folder among them (scenarios: {', '.join(map(str, scenarios.values()))})")
+    out = {"user_context": _user_context(rec[0], history, n_classes)}
+    per_view: dict[str, list[pd.DataFrame]] = {"item_attributes": [], "model_quality": []}
+    served: dict[str, str] = {}
+    for f in folders:
+        manifest = read_manifest(f)
+        if manifest.get("scenario") in CANDIDATE_VIEWS:
+            rows = candidate_feature_rows(load_tables(f), load_dataset_instances(f), manifest)
+            for view, df in rows.items():
+                per_view[view].append(df)
+            served.setdefault(manifest["scenario"], manifest.get("dataset", ""))
+    for view, frames in per_view.items():
+        out[view] = _concat(frames, view)
+    _write_sources(repo, out)
+    # which dataset's figures the server shows for each scenario's candidates (the first folder of each)
+    (repo / "data" / SERVED_DATASETS).write_text(json.dumps(served, indent=1, sort_keys=True) + "\n")
+    return out
+
+
+def served_datasets(repo: str | Path | None = None) -> dict[str, str]:
+    """{scenario: dataset} whose candidate features the server looks up (written by `build_feature_tables`)."""
+    path = _check_repo(repo or default_repo()) / "data" / SERVED_DATASETS
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def _write_sources(repo: Path, frames: dict[str, pd.DataFrame]) -> None:
+    (repo / "data").mkdir(exist_ok=True)
+    for name, df in frames.items():
+        tmp = repo / "data" / f".{name}.parquet.tmp"
+        df.to_parquet(tmp, index=False)
+        os.replace(tmp, repo / "data" / f"{name}.parquet")
+
+
+def _stamp(ts: float | None) -> datetime:
+    return UNDATED if ts is None or pd.isna(ts) else datetime.fromtimestamp(float(ts), tz=timezone.utc)
+
+
+def _user_context(data_dir, history: int, n_classes: int) -> pd.DataFrame:
     from iranker.data import load_tables, read_manifest
     from iranker.data.recommendation import item_text
 
-    repo = _check_repo(repo or default_repo())
     manifest = read_manifest(data_dir)
-    if manifest.get("scenario") != "recommendation":
-        raise DataError(f"{data_dir}: user features come from recommendation data; this folder holds "
-                        f"{manifest.get('scenario')} data (source {manifest.get('source')})")
     tables = load_tables(data_dir)
     inter, items = tables["interactions"], tables["items"]
     with_classes = bool(manifest.get("params", {}).get("with_classes"))
     info = {r["item_id"]: r for r in items.to_dict("records")}
     texts = {i: item_text(r, with_classes) for i, r in info.items()}
-    popularity = Counter(inter["item_id"])
-
-    def stamp(ts: float | None) -> datetime:
-        return UNDATED if ts is None or pd.isna(ts) else datetime.fromtimestamp(float(ts), tz=timezone.utc)
-
     users = []
     ordered = inter.sort_values(["user_id", "position"], kind="stable")
     for u, g in ordered.groupby("user_id", sort=True):
@@ -67,21 +124,98 @@ def build_feature_tables(data_dir: str | Path, repo: str | Path | None = None, h
         recent = seq[-history:]
         classes = Counter(c for i in seq for c in (info[i]["classes"].split("|") if info[i]["classes"] else []))
         users.append({
-            "user_id": str(u), "event_timestamp": stamp(g["timestamp"].max()),
+            "user_id": str(u), "event_timestamp": _stamp(g["timestamp"].max()),
             "history_titles": [texts[i] for i in recent], "history_item_ids": recent,
             "n_interactions": len(seq), "mean_rating": float(g["rating"].mean()) if g["rating"].notna().any()
             else float("nan"),
             "favourite_classes": [c for c, _ in sorted(classes.items(), key=lambda kv: (-kv[1], kv[0]))[:n_classes]],
         })
-    item_rows = [{"item_id": i, "event_timestamp": UNDATED, "title": texts[i],
-                  "classes": r["classes"].split("|") if r["classes"] else [], "popularity": popularity.get(i, 0)}
-                 for i, r in info.items()]
-    out = {"user_context": pd.DataFrame(users), "item_attributes": pd.DataFrame(item_rows)}
-    (repo / "data").mkdir(exist_ok=True)
-    for name, df in out.items():
-        tmp = repo / "data" / f".{name}.parquet.tmp"
-        df.to_parquet(tmp, index=False)
-        os.replace(tmp, repo / "data" / f"{name}.parquet")
+    return pd.DataFrame(users)
+
+
+_COLUMNS = {"item_attributes": ["dataset", "item_id", "event_timestamp", "title", "classes", "ratings",
+                                "mean_rating"],
+            "model_quality": ["dataset", "model_id", "event_timestamp", "price", "quality", "queries"]}
+
+
+def _empty(view: str) -> pd.DataFrame:
+    df = pd.DataFrame({c: pd.Series(dtype="object") for c in _COLUMNS[view]})
+    df["event_timestamp"] = pd.Series(dtype="datetime64[ns, UTC]")
+    return df
+
+
+def _concat(frames: list[pd.DataFrame], view: str) -> pd.DataFrame:
+    filled = [f for f in frames if len(f)]
+    return pd.concat(filled, ignore_index=True) if filled else _empty(view)
+
+
+def _train_query_ids(instances, dataset: str) -> set[str]:
+    """Routing instance ids are DATASET-QUERY-PREFERENCE: the query ids of the training split."""
+    return {i.id[len(dataset) + 1: i.id.rindex("-")] for i in instances if i.split == "train"}
+
+
+def candidate_feature_rows(tables: dict[str, pd.DataFrame], instances, manifest: dict) -> dict[str, pd.DataFrame]:
+    """The candidate-feature rows of one dataset, from its training split (see the module doc)."""
+    from iranker.data.recommendation import item_text
+
+    dataset = manifest.get("dataset") or (instances[0].dataset if instances else "")
+    if manifest.get("scenario") == "routing":
+        train = _train_query_ids(instances, dataset)
+        o = tables["outcomes"]
+        o = o[o["query_id"].isin(train) & o["quality"].notna() & o["cost"].notna()]
+        rows = [{"dataset": dataset, "model_id": m, "event_timestamp": UNDATED, "price": float(g["cost"].mean()),
+                 "quality": float(g["quality"].mean()), "queries": len(g)}
+                for m, g in o.groupby("model", sort=True)]
+        return {"model_quality": pd.DataFrame(rows, columns=_COLUMNS["model_quality"]) if rows
+                else _empty("model_quality")}
+    inter, items = tables["interactions"], tables["items"]
+    with_classes = bool(manifest.get("params", {}).get("with_classes"))
+    info = {r["item_id"]: r for r in items.to_dict("records")}
+    train_users = {i.user_id for i in instances if i.split == "train"}
+    mine = inter[inter["user_id"].astype(str).isin(train_users)]
+    dated = mine["timestamp"].notna().all() and len(mine) > 0
+    rows = []
+    if dated:  # a row per interaction, one second after it: the item's count and mean rating from then on
+        mine = mine.sort_values(["timestamp", "user_id", "position"], kind="stable")
+        count: Counter = Counter()
+        total: Counter = Counter()
+        rated: Counter = Counter()
+        for item, rating, ts in zip(mine["item_id"], mine["rating"], mine["timestamp"], strict=True):
+            count[item] += 1
+            if not pd.isna(rating):
+                total[item] += float(rating)
+                rated[item] += 1
+            rows.append((item, _stamp(ts + 1), count[item], total[item] / rated[item] if rated[item] else None))
+    else:  # undated: the training users' histories (their targets are the labels), known before every instance
+        last = mine.groupby("user_id")["position"].transform("max")
+        hist = mine[mine["position"] < last]
+        for item, g in hist.groupby("item_id", sort=True):
+            mean = float(g["rating"].mean()) if g["rating"].notna().any() else None
+            rows.append((item, UNDATED, len(g), mean))
+    out = []
+    for item, ts, n, mean in rows:
+        r = info.get(item, {})
+        out.append({"dataset": dataset, "item_id": str(item), "event_timestamp": ts,
+                    "title": item_text(r, with_classes) if r else str(item),
+                    "classes": r["classes"].split("|") if r and r.get("classes") else [],
+                    "ratings": int(n), "mean_rating": None if mean is None else round(float(mean), 4)})
+    return {"item_attributes": pd.DataFrame(out, columns=_COLUMNS["item_attributes"]) if out
+            else _empty("item_attributes")}
+
+
+def instance_times(tables: dict[str, pd.DataFrame], instances) -> dict[str, datetime]:
+    """When each instance's decision is made: a RecBole-protocol target's own timestamp (its features count only
+    what came before), else just after the undated rows."""
+    out = {i.id: AFTER_UNDATED for i in instances}
+    inter = tables.get("interactions")
+    if inter is None or not inter["timestamp"].notna().any():
+        return out
+    ts = {(str(u), int(p)): t for u, p, t in zip(inter["user_id"], inter["position"], inter["timestamp"],
+                                                   strict=True)}
+    for i in instances:
+        t = ts.get((str(i.user_id), len(i.history)))
+        if t is not None and not pd.isna(t):
+            out[i.id] = _stamp(t)
     return out
 
 
@@ -119,10 +253,122 @@ def materialize(repo: str | Path | None = None) -> dict[str, int]:
     """Load every feature row into the online store; returns rows per view."""
     repo = _check_repo(repo or default_repo())
     frames = {n: pd.read_parquet(repo / "data" / f"{n}.parquet") for n in FEATURE_VIEWS}
-    start = min(df["event_timestamp"].min() for df in frames.values()).to_pydatetime() - timedelta(seconds=1)
-    end = max(df["event_timestamp"].max() for df in frames.values()).to_pydatetime() + timedelta(seconds=1)
-    store(repo).materialize(start_date=start, end_date=end, feature_views=list(FEATURE_VIEWS))
+    filled = {n: df for n, df in frames.items() if len(df)}
+    start = min(df["event_timestamp"].min() for df in filled.values()).to_pydatetime() - timedelta(seconds=1)
+    end = max(df["event_timestamp"].max() for df in filled.values()).to_pydatetime() + timedelta(seconds=1)
+    store(repo).materialize(start_date=start, end_date=end, feature_views=list(filled))
     return {n: len(df) for n, df in frames.items()}
+
+
+def _features_of(scenario: str, row: dict):
+    """A CandidateFeatures from a Feast row of the scenario's view (None when the store knows nothing)."""
+    from iranker.schema import CandidateFeatures
+
+    _, _, fields = CANDIDATE_VIEWS[scenario]
+    vals = {f: row.get(f) for f in fields}
+    vals = {k: v for k, v in vals.items() if v is not None and not (isinstance(v, float) and pd.isna(v))}
+    if scenario == "recommendation":
+        vals["ratings"] = int(vals.get("ratings") or 0)  # no row before the instance: nobody had rated it yet
+        classes = vals.get("classes")
+        vals["classes"] = [str(c) for c in classes] if classes is not None and len(classes) else None
+        vals = {k: v for k, v in vals.items() if v is not None}
+    elif not vals:
+        return None
+    return CandidateFeatures(**vals)
+
+
+def attach_offline(instances, times: dict[str, datetime], repo: str | Path) -> list:
+    """The instances with their recommendation and routing candidates' features from the offline store, as of each
+    instance's time (`instance_times`); other candidates (passages, features already given) stay as they are."""
+    fs = store(repo)
+    out = list(instances)
+    for scenario, (view, key, fields) in CANDIDATE_VIEWS.items():
+        where = [(k, j) for k, inst in enumerate(out) if inst.scenario == scenario
+                 for j, c in enumerate(inst.candidates) if c.features is None]
+        if not where:
+            continue
+        asked = [(out[k].dataset, out[k].candidates[j].id, times[out[k].id]) for k, j in where]
+        unique = sorted(set(asked))
+        entity = pd.DataFrame({"dataset": [a[0] for a in unique], key: [a[1] for a in unique],
+                               "event_timestamp": [a[2] for a in unique]})
+        got = fs.get_historical_features(entity_df=entity, features=[f"{view}:{f}" for f in fields]).to_df()
+        # one answer per (dataset, id, time); the file offline store leaves out a row no feature row precedes
+        found = {(r["dataset"], r[key], pd.Timestamp(r["event_timestamp"]).to_pydatetime()): r
+                 for r in got.to_dict("records")}
+        cands: dict[int, list] = {}
+        for (k, j), a in zip(where, asked, strict=True):
+            feats = _features_of(scenario, found.get((a[0], a[1], pd.Timestamp(a[2]).to_pydatetime()), {}))
+            cands.setdefault(k, list(out[k].candidates))[j] = out[k].candidates[j].model_copy(
+                update={"features": feats})
+        for k, cs in cands.items():
+            out[k] = out[k].model_copy(update={"candidates": cs})
+    return out
+
+
+def load_with_features(sources: Sequence[str]) -> list:
+    """The instances of `sources` (dataset folders, instances JSONL files, 'samples') with their candidates'
+    features from Feast's offline store - the one way training and evaluation load what they rank."""
+    import tempfile
+
+    from iranker.data import load_sources
+
+    builds = load_sources(list(sources))
+    with tempfile.TemporaryDirectory(prefix="iranker-features-") as tmp:
+        return with_candidate_features(builds, tmp)
+
+
+def with_candidate_features(builds: Sequence, workdir: str | Path) -> list:
+    """Every instance of `builds` ((tables, instances, manifest) per dataset) with its candidates' features, read
+    from the offline store of a Feast repository made in `workdir` (this project's definitions, the candidate
+    views written from these datasets' training splits): what training and evaluation rank."""
+    import shutil
+
+    repo = Path(workdir) / "feature_repo"
+    repo.mkdir(parents=True, exist_ok=True)
+    for name in ("feature_store.yaml", "definitions.py"):
+        shutil.copy(default_repo() / name, repo / name)
+    frames: dict[str, list[pd.DataFrame]] = {"item_attributes": [], "model_quality": []}
+    times: dict[str, datetime] = {}
+    needs = {"recommendation": {"interactions", "items"}, "routing": {"outcomes"}}
+    for tables, instances, manifest in builds:
+        if needs.get(manifest.get("scenario"), {"-"}) <= set(tables):  # instances-only sources have no tables
+            for view, df in candidate_feature_rows(tables, instances, manifest).items():
+                frames[view].append(df)
+        times.update(instance_times(tables, instances))
+    sources = {v: _concat(f, v) for v, f in frames.items()}
+    sources["user_context"] = pd.DataFrame({"user_id": pd.Series(dtype="object"),
+                                            "event_timestamp": pd.Series(dtype="datetime64[ns, UTC]")})
+    _write_sources(repo, sources)
+    objects = [o for o in _definitions(repo) if o.name != "user_context"]
+    import contextlib
+    import sys
+
+    with contextlib.redirect_stdout(sys.stderr):
+        store(repo).apply(objects)
+    instances = [i for _, insts, _ in builds for i in insts]
+    return attach_offline(instances, times, repo)
+
+
+class CandidateFeatureStore:
+    """Online lookups of candidate features for the server (one FeatureStore, reused across requests)."""
+
+    def __init__(self, repo: str | Path | None = None, datasets: dict[str, str] | None = None):
+        self.store = store(repo)
+        self.datasets = datasets or {}
+
+    def lookup(self, scenario: str, ids: list[str], dataset: str | None = None) -> list:
+        """Per candidate id: its CandidateFeatures from the online store, or None where none is known."""
+        dataset = dataset or self.datasets.get(scenario)
+        if scenario not in CANDIDATE_VIEWS or not dataset or not ids:
+            return [None] * len(ids)
+        view, key, fields = CANDIDATE_VIEWS[scenario]
+        resp = self.store.get_online_features(features=[f"{view}:{f}" for f in fields],
+                                              entity_rows=[{"dataset": dataset, key: i} for i in ids]).to_dict()
+        out = []
+        for k in range(len(ids)):
+            row = {f: resp[f][k] for f in fields}
+            out.append(None if all(v is None for v in row.values()) else _features_of(scenario, row))
+        return out
 
 
 class UserFeatures:

@@ -98,14 +98,15 @@ def validate_step(folder: str, report: str) -> dict[str, Any]:
 
 # ----------------------------------------------------------------------------------------------------- features
 
-def features_step(folder: str, repo: str) -> dict[str, Any]:
-    """Write the Feast sources from the recommendation data, apply the definitions, load the online store."""
+def features_step(folder: str, repo: str, routing: str | None = None) -> dict[str, Any]:
+    """Write the Feast sources from the recommendation data (user context, item attributes) and the routing data
+    (routed models' price and quality), apply the definitions, load the online store."""
     import contextlib
 
     from iranker import features
 
     repo_path = resolve_path(repo)
-    tables = features.build_feature_tables(folder, repo_path)
+    tables = features.build_feature_tables([folder] + ([routing] if routing else []), repo_path)
     with contextlib.redirect_stdout(sys.stderr):
         applied = features.apply(repo_path)
         rows = features.materialize(repo_path)

@@ -141,7 +141,7 @@ def feature_text(features: CandidateFeatures | None) -> str:
     if f.quality is not None:
         parts.append(f"quality {f.quality:.0%}")
     if f.price is not None:
-        parts.append(f"${f.price * 1000:.3g} per 1k queries")
+        parts.append(f"${f.price * 1e6:.3g} per 1M queries")
     return FEATURE_SEP.join(parts)
 
 

@@ -19,6 +19,8 @@ Preference = Literal["performance", "balance", "cost"]
 Split = Literal["train", "validation", "test"]
 SCENARIOS: tuple[str, ...] = ("recommendation", "routing", "passage")
 PREFERENCES: tuple[str, ...] = ("performance", "balance", "cost")
+# a routing preference's utility = a*quality - b*cost/(highest cost): (a, b) per preference (RouterBench's settings)
+PREFERENCE_WEIGHTS = {"performance": (1.0, 0.0), "balance": (0.5, 0.5), "cost": (0.2, 0.8)}
 
 # Size limits for anything that reaches the model from outside (requests and ingested instances alike).
 MAX_CANDIDATES = 100

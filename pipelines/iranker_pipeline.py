@@ -111,7 +111,8 @@ def build_pipeline(gpu: dict | None = GPU):
             tasks[scenario] = (ing, val)
         rec, routing, passage = (tasks[s][0].outputs["dataset"] for s in ("recommendation", "routing", "passage"))
 
-        feats = build_features(dataset=rec, feature_repo=feature_repo).set_display_name("build features (Feast)")
+        feats = build_features(dataset=rec, routing=routing, feature_repo=feature_repo).set_display_name(
+            "build features (Feast)")
         feats.after(tasks["recommendation"][1])
 
         tr = train(recommendation=rec, routing=routing, passage=passage,

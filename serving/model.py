@@ -50,6 +50,7 @@ class IRankerModel(kserve.Model):
         self.router = None
         self.backend = None
         self.features = None
+        self.candidate_features = None  # the candidates' first-stage signals from Feast's online store
         self.batcher: Batcher | None = None
 
     def load(self) -> bool:
@@ -60,15 +61,19 @@ class IRankerModel(kserve.Model):
         self.backend, ranker_config = open_model(self.model_name, self.backend_kind, dict(self.ranker_options),
                                                  **self.backend_options)
         if self.feature_repo is not None:
-            from iranker.features import UserFeatures
+            from iranker.features import CandidateFeatureStore, UserFeatures, served_datasets
 
             self.features = UserFeatures(self.feature_repo)
             try:  # an unapplied or unmaterialized repository: serve without lookups rather than fail requests
                 self.features.context(["iranker-readiness-probe"])
+                datasets = served_datasets(self.feature_repo)
+                self.candidate_features = CandidateFeatureStore(self.feature_repo, datasets)
+                for scenario in datasets:
+                    self.candidate_features.lookup(scenario, ["iranker-readiness-probe"])
             except Exception as e:  # noqa: BLE001 - Feast raises many types here
                 logger.warning("iranker: Feast lookups off: %s is not usable (%s); run `iranker features apply` "
                                "and `materialize`", self.feature_repo, str(e).splitlines()[0] if str(e) else e)
-                self.features = None
+                self.features = self.candidate_features = None
         if self.routes_file is not None:
             from serving.router import Router, load_routes
 
@@ -95,7 +100,22 @@ class IRankerModel(kserve.Model):
                     fast_alphabet(self.backend, min(len(req.candidates), self.config.window))
                 except ValueError as e:
                     raise InvalidInput(f"{where}[{k}].candidates: {e}") from None
-        return [await self._with_history(req, f"{where}[{k}]") for k, req in enumerate(requests)]
+        return [await self._with_candidate_features(await self._with_history(req, f"{where}[{k}]"))
+                for k, req in enumerate(requests)]
+
+    async def _with_candidate_features(self, req: RankRequest) -> RankRequest:
+        """Candidates without features get those the online store holds for their ids (what training showed)."""
+        missing = [c.id for c in req.candidates if c.features is None]
+        if self.candidate_features is None or not missing:
+            return req
+        found = dict(zip(missing, await asyncio.to_thread(self.candidate_features.lookup, req.scenario, missing),
+                         strict=True))
+        if not any(found.values()):
+            return req
+        m.FEAST_LOOKUPS.inc()
+        return req.model_copy(update={"candidates": [c if c.features is not None or found[c.id] is None else
+                                                     c.model_copy(update={"features": found[c.id]})
+                                                     for c in req.candidates]})
 
     async def _with_history(self, req: RankRequest, at: str) -> RankRequest:
         if req.scenario != "recommendation" or req.history or not req.user_id:

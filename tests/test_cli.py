@@ -89,7 +89,7 @@ def test_print_prompts_shows_each_requests_first_prompt_as_the_model_sees_it(tmp
     first = out.stderr.split("----- request 0: first step's prompt, as the model is shown it -----\n")[1]
     first = first.split("----- end of request 0's prompt -----")[0]
     assert "Which planet is closest to the Sun? Answer:" in first and first.count("Worked example one.") < 70
-    assert "[A] a small model \u00b7 quality 61% \u00b7 $0.2 per 1k queries" in first
+    assert "[A] a small model \u00b7 quality 61% \u00b7 $200 per 1M queries" in first
     assert first.rstrip("\n").endswith("assistant\n[")  # fast mode: ends where the label is read
     second = out.stderr.split("----- request 1: first step's prompt")[1]
     assert "rank ALL passages" in second

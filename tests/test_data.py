@@ -67,6 +67,92 @@ def test_trec_dl_json_and_trec_layouts_give_the_same_instances():
     assert len(build("trec-dl", SAMPLES / "trec-dl", {"depth": "3"}).instances[0].candidates) == 3
 
 
+def test_trec_dl_candidates_carry_first_stage_rank_and_score(tmp_path):
+    data = json.loads((SAMPLES / "trec-dl" / "sample_bm25_top8.json").read_text())
+    built = build("trec-dl", SAMPLES / "trec-dl", {"depth": "5"})
+    for entry, inst in zip(data, built.instances, strict=True):
+        hits = sorted(entry["hits"], key=lambda h: h["rank"])[:5]
+        assert [c.id for c in inst.candidates] == [str(h["docid"]) for h in hits]  # first-stage order, as before
+        assert [c.features.model_dump(exclude_none=True) for c in inst.candidates] == [
+            {"rank": k, "score": h["score"]} for k, h in enumerate(hits, 1)]
+    # no score in the input: the rank alone (a rank is a position in the list as ingested, 1 = top)
+    folder = _copy(tmp_path, "trec-dl")
+    for entry in data:
+        for h in entry["hits"]:
+            del h["score"]
+            h["rank"] += 10
+    (folder / "sample_bm25_top8.json").write_text(json.dumps(data))
+    inst = build("trec-dl", folder).instances[0]
+    assert [c.features.model_dump(exclude_none=True) for c in inst.candidates] == [
+        {"rank": k} for k in range(1, 9)]
+    assert '"features":{"rank":1}' in render(build("trec-dl", folder))["instances.jsonl"].decode()
+
+
+def test_trec_dl_qrels_accept_any_iteration_token_and_name_bad_lines(tmp_path):
+    folder = _copy(tmp_path, "trec-dl")
+    qrels = folder / "qrels.sample.txt"
+    lines = _lines(qrels)
+    qrels.write_text("".join((l.replace(" 0 ", " Q0 ", 1) if k % 2 else l) + "\n" for k, l in enumerate(lines)))
+    assert "Q0" in qrels.read_text()
+    assert ([i.model_dump() for i in build("trec-dl", folder).instances]
+            == [i.model_dump() for i in build("trec-dl", SAMPLES / "trec-dl").instances])
+    for bad, pattern in [("1000 Q0 7001", r"qrels\.sample\.txt:3: expected 'qid 0 docid grade' \(4 fields"),
+                         ("1000 Q0 7001 high", r"qrels\.sample\.txt:3: grade: expected an integer, got 'high'"),
+                         ("1000 Q0 7001 1 2.5 bm25", r"qrels\.sample\.txt:3: .*got 6 - a TREC run")]:
+        qrels.write_text("\n".join([*lines[:2], bad, *lines[3:]]) + "\n")
+        with pytest.raises(DataError, match=pattern):
+            build("trec-dl", folder)
+
+
+@pytest.mark.parametrize("value,pattern", [(264014.0, r"\.qid: expected an integer or a string"),
+                                           (True, r"\.qid: expected an integer or a string")])
+def test_trec_dl_json_query_ids_are_integers_or_strings(tmp_path, value, pattern):
+    folder = _copy(tmp_path, "trec-dl")
+    data = json.loads((folder / "sample_bm25_top8.json").read_text())
+    for h in data[0]["hits"]:
+        h["qid"] = value
+    (folder / "sample_bm25_top8.json").write_text(json.dumps(data))
+    with pytest.raises(DataError, match=r"sample_bm25_top8\.json: entry \[0\]\.hits\[0\]" + pattern):
+        build("trec-dl", folder)
+    # the same query id as an integer or as a string reads the same (the qrels spell it as text)
+    for h in data[0]["hits"]:
+        h["qid"] = str(json.loads((SAMPLES / "trec-dl" / "sample_bm25_top8.json").read_text())[0]["hits"][0]["qid"])
+    (folder / "sample_bm25_top8.json").write_text(json.dumps(data))
+    assert ([i.model_dump() for i in build("trec-dl", folder).instances]
+            == [i.model_dump() for i in build("trec-dl", SAMPLES / "trec-dl").instances])
+
+
+def test_exact_splits_hold_the_fractions_within_one_group_and_are_seeded():
+    from iranker.data.base import assign_split, assign_splits_exact, parse_split
+
+    for spec in ("train:0.4,validation:0.2,test:0.4", "train:0.8,validation:0.1,test:0.1", "test:1.0",
+                 "train:0.7,test:0.3", "train:0.0,validation:0.5,test:0.5"):
+        fracs = parse_split(spec)
+        for n in (1, 2, 3, 7, 21, 43, 53, 100, 501):
+            groups = [f"query:{k}" for k in range(n)]
+            got = assign_splits_exact(groups, 0, fracs)
+            assert sorted(got) == sorted(groups)
+            for name, frac in fracs:
+                assert abs(sum(v == name for v in got.values()) - frac * n) <= 1, (spec, n, name)
+    groups = [f"query:{k}" for k in range(43)]
+    fracs = parse_split("train:0.4,validation:0.2,test:0.4")
+    a = assign_splits_exact(groups, 0, fracs)
+    assert a == assign_splits_exact(reversed(groups), 0, fracs)  # the input order does not matter
+    assert a != assign_splits_exact(groups, 1, fracs)            # the seed does
+    # the order is the per-key splits' seeded hash: both cut the same order, so one's train set contains the other's
+    one = [("train", 0.5), ("test", 0.5)]
+    per_key = {g for g in groups if assign_split(g, 0, one) == "train"}
+    exact = {g for g, v in assign_splits_exact(groups, 0, one).items() if v == "train"}
+    assert len(exact) in (21, 22) and (exact <= per_key or per_key <= exact)
+
+
+def test_trec_dl_splits_by_query_with_exact_fractions_and_keeps_test_by_default():
+    assert {i.split for i in build("trec-dl", SAMPLES / "trec-dl").instances} == {"test"}
+    built = build("trec-dl", SAMPLES / "trec-dl", {"split": "train:0.4,validation:0.2,test:0.4"})
+    assert sorted(i.split for i in built.instances) == ["test", "train", "validation"]
+    assert len({i.id for i in built.instances}) == 3
+
+
 def test_routing_utilities_follow_the_preference_weights():
     built = build("routerbench", SAMPLES / "routerbench")
     with open(SAMPLES / "routerbench" / "sample_test.csv", newline="") as f:

@@ -71,16 +71,18 @@ class Server:
 
 @pytest.fixture(scope="module")
 def feature_repo(tmp_path_factory):
-    """A Feast repository (SQLite online store) holding the built-in RecBole sample's users."""
+    """A Feast repository (SQLite online store) holding the built-in RecBole sample's users and items and the
+    RouterBench sample's models."""
     from iranker import features
     from iranker.data import ingest
 
     tmp = tmp_path_factory.mktemp("feast")
     data = tmp / "rec"
     ingest("recbole", ROOT / "samples" / "recbole", data, dvc=False)
+    ingest("routerbench", ROOT / "samples" / "routerbench", tmp / "routing", dvc=False)
     repo = tmp / "feature_repo"
     shutil.copytree(ROOT / "feature_repo", repo, ignore=shutil.ignore_patterns("data", "__pycache__"))
-    features.build_feature_tables(data, repo)
+    features.build_feature_tables([data, tmp / "routing"], repo)
     features.apply(repo)
     features.materialize(repo)
     users = [json.loads(line) for line in (data / "instances.jsonl").read_text().splitlines()]
@@ -149,6 +151,41 @@ def test_a_user_id_without_history_gets_the_history_from_feast(server, feature_r
         server.post(V1, {"instances": [with_history]}).json()["predictions"][0]["ranking"]
     assert "iranker_feast_lookups_total 1.0" in httpx.get(f"{server.url}/metrics").text or \
         "iranker_feast_lookups_total" in httpx.get(f"{server.url}/metrics").text
+
+
+def test_candidates_are_shown_the_same_features_in_training_evaluation_and_serving(server, feature_repo, tmp_path):
+    """Train what you serve, for the first stage's signals: training and evaluation load the same features from
+    Feast's offline store; the server looks the same figures up in its online store for a request that has none, and
+    ranks it exactly as the request carrying them."""
+    from iranker.evaluate.harness import load_eval_data
+    from iranker.features import CandidateFeatureStore, served_datasets
+    from iranker.prompts import build_context
+    from iranker.train.config import TrainConfig
+    from iranker.train.pools import load_training_instances
+
+    repo = feature_repo[0]
+    routing = repo.parent / "routing"
+    cfg = TrainConfig.model_validate({"model": "tiny-random", "data": [str(routing)], "steps": 1})
+    trained = {i.id: i for i in load_training_instances(cfg)}
+    evaluated = {i.id: i for i in load_eval_data([str(routing)], split=None).instances}
+    shared = [i for i in trained if i in evaluated]
+    assert shared and all(trained[i] == evaluated[i] for i in shared)
+    test = next(i for i in evaluated.values() if i.split == "test")
+    assert all(c.features and c.features.price > 0 and 0 <= c.features.quality <= 1 for c in test.candidates)
+    # the online store holds the figures training read (routing's are measured once, on the training split)
+    assert served_datasets(repo) == {"recommendation": "recbole", "routing": "routerbench"}
+    online = CandidateFeatureStore(repo, served_datasets(repo)).lookup("routing", [c.id for c in test.candidates])
+    assert online == [c.features for c in test.candidates]
+    shown = build_context(test.to_request()).texts
+    assert all(" \u00b7 quality " in t and " per 1M queries" in t for t in shown)
+    given = test.to_request().model_dump(exclude_none=True)
+    bare = {**given, "candidates": [{"id": c["id"], "text": c["text"]} for c in given["candidates"]]}
+    r_bare, r_given = (server.post(V1, {"instances": [b]}) for b in (bare, given))
+    assert r_bare.status_code == r_given.status_code == 200, r_bare.text
+    assert r_bare.json()["predictions"][0]["ranking"] == r_given.json()["predictions"][0]["ranking"]
+    # an id the store does not know is ranked on its text alone
+    unknown = {**bare, "candidates": [{"id": "no-such-model", "text": "x"}, *bare["candidates"][:2]]}
+    assert server.post(V1, {"instances": [unknown]}).status_code == 200
 
 
 # ---------------------------------------------------------------------------------------------- bad input

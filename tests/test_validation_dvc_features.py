@@ -232,8 +232,9 @@ def test_feast_serves_a_known_users_history(tmp_path, mixed_dir):
     for f in ("feature_store.yaml", "definitions.py"):
         shutil.copy(ROOT / "feature_repo" / f, repo / f)
     features.build_feature_tables(mixed_dir, repo, history=20)
-    assert features.apply(repo) == ["item", "item_attributes", "user", "user_context"]
-    assert features.materialize(repo) == {"user_context": 16, "item_attributes": 80}
+    assert features.apply(repo) == VIEWS
+    assert features.materialize(repo) == {"user_context": 16, "item_attributes": _train_interactions(mixed_dir),
+                                          "model_quality": 0}
 
     titles = {r[0]: f"{r[1]} ({r[2]})" for r in (l.split("\t") for l in
                                                   (SAMPLES / "recbole" / "movies.item").read_text().splitlines()[1:])}
@@ -245,6 +246,18 @@ def test_feast_serves_a_known_users_history(tmp_path, mixed_dir):
     assert ctx[0]["n_interactions"] == len(seq) == 22
     assert ctx[0]["favourite_classes"][:2] == ["Animation", "Children's"]  # user 5's favourite genre group
     assert ctx[1] is None and users.history("unknown-user") is None
+
+
+VIEWS = ["dataset", "item", "item_attributes", "llm", "model_quality", "user", "user_context"]
+
+
+def _train_interactions(folder) -> int:
+    """item_attributes holds one row per interaction of the training users (a point-in-time series)."""
+    from iranker.data import load_dataset_instances, load_tables
+
+    train = {i.user_id for i in load_dataset_instances(folder) if i.split == "train"}
+    inter = load_tables(folder)["interactions"]
+    return int(inter["user_id"].astype(str).isin(train).sum())
 
 
 def test_features_need_recommendation_data(tmp_path):
@@ -268,7 +281,8 @@ def test_features_cli_apply_materialize_get(tmp_path, mixed_dir):
         assert proc.returncode == 0, proc.stderr
         return json.loads(proc.stdout)
 
-    assert run("apply", "--data", str(mixed_dir))["applied"] == ["item", "item_attributes", "user", "user_context"]
-    assert run("materialize")["materialized"] == {"user_context": 16, "item_attributes": 80}
+    assert run("apply", "--data", str(mixed_dir))["applied"] == VIEWS
+    assert run("materialize")["materialized"] == {"user_context": 16, "item_attributes": _train_interactions(mixed_dir),
+                                                  "model_quality": 0}
     got = run("get", "5", "nobody")
     assert got["nobody"] is None and len(got["5"]["history_titles"]) == 20 and got["5"]["n_interactions"] == 22

@@ -41,6 +41,7 @@ __all__ = [
     "build",
     "ingest",
     "load_dataset_instances",
+    "load_sources",
     "load_tables",
     "read_manifest",
     "write_dataset",
@@ -286,6 +287,34 @@ def sample_instances(samples: str | Path | None = None) -> list[RankingInstance]
     """Every instance of the built-in samples, built by the real adapters with default parameters."""
     root = Path(samples) if samples else SAMPLES_DIR
     return [i for source, folder in SAMPLE_SOURCES for i in build(source, root / folder).instances]
+
+
+def load_sources(sources: list[str]) -> list[tuple[dict[str, pd.DataFrame], list[RankingInstance], dict[str, Any]]]:
+    """(tables, instances, manifest) of each source: a dataset folder, an instances JSONL file (no tables) or
+    'samples' (the built-in samples, built by the real adapters): what training and evaluation read."""
+    from iranker.io import load_instances
+
+    out = []
+    for src in sources:
+        if src == "samples":
+            for source, folder in SAMPLE_SOURCES:
+                b = build(source, SAMPLES_DIR / folder)
+                out.append((b.tables, b.instances, {"source": source, "dataset": b.dataset, "params": b.params,
+                                                    "scenario": b.instances[0].scenario}))
+            continue
+        p = Path(src)
+        if p.is_dir():
+            if not (p / "instances.jsonl").exists():
+                raise FileNotFoundError(f"{p}: no instances.jsonl; is it a dataset folder written by "
+                                        "`iranker data ingest`?")
+            out.append((load_tables(p), load_dataset_instances(p), read_manifest(p)))
+        elif p.exists():
+            rows = load_instances(p)
+            out.append(({}, rows, {"source": "instances", "scenario": rows[0].scenario if rows else ""}))
+        else:
+            raise FileNotFoundError(f"{src}: no such file or folder (expected a dataset folder, an instances "
+                                    "JSONL file or 'samples')")
+    return out
 
 
 def load_tables(folder: str | Path) -> dict[str, pd.DataFrame]:

@@ -10,7 +10,8 @@ from __future__ import annotations
 import csv
 import dataclasses
 import hashlib
-from collections.abc import Iterator, Sequence
+import math
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -151,15 +152,53 @@ def parse_split(spec: str) -> list[tuple[str, float]]:
     return out
 
 
+def _unit_hash(group: str, seed: int) -> float:
+    """A group's seeded hash, uniform in [0, 1): the same for a group whatever else the data holds."""
+    return int.from_bytes(hashlib.sha256(f"{seed}:{group}".encode()).digest()[:8], "big") / 2**64
+
+
 def assign_split(group: str, seed: int, fractions: Sequence[tuple[str, float]]) -> str:
-    """The split of a group (a user or a query): a seeded hash, so a group keeps its split when data grows."""
-    h = int.from_bytes(hashlib.sha256(f"{seed}:{group}".encode()).digest()[:8], "big") / 2**64
+    """The split of a group (a user or a query) on its own: its seeded hash, cut at the cumulative fractions.
+
+    Used by the recommendation (`recbole`, `llmrank`: per user) and routing (`routerbench`: per prompt) adapters.
+    A group keeps its split when the data grows (new users or queries never move an old one), which is what a
+    growing interaction log or benchmark needs; the price is that the fractions hold only in expectation: with
+    a few dozen groups they can be far off (43 queries at 0.4/0.2/0.4 give 13/7/23). For a small, fixed query
+    set, see `assign_splits_exact`.
+    """
+    h = _unit_hash(group, seed)
     acc = 0.0
     for name, frac in fractions:
         acc += frac
         if h < acc:
             return name
     return fractions[-1][0]
+
+
+def assign_splits_exact(groups: Iterable[str], seed: int,
+                        fractions: Sequence[tuple[str, float]]) -> dict[str, str]:
+    """{group: split} for a whole set of groups, with each split's size within one group of fraction x count.
+
+    The groups are ordered by their seeded hash (the one `assign_split` uses; ties by name) and cut at the rounded
+    cumulative fractions: deterministic for a given set and seed, independent of the input order, and a group
+    still lands in one split only. Used by the passage adapter (`trec-dl`): a TREC collection is a small, closed
+    query set (43 queries for DL19, 53 for DL21, 21 for NovelEval) where a per-query hash misses the requested
+    fractions by far, and a set that never grows gains nothing from per-query stability. The price: adding or
+    removing queries can move others across a cut, so this is for fixed collections, not growing logs (those use
+    `assign_split`).
+    """
+    ordered = sorted(set(groups), key=lambda g: (_unit_hash(g, seed), g))
+    n = len(ordered)
+    out: dict[str, str] = {}
+    start, acc = 0, 0.0
+    for k, (name, frac) in enumerate(fractions):
+        acc += frac
+        # the last cut is the end: floating sums (0.4 + 0.2 + 0.4) must not drop or add a group
+        end = n if k == len(fractions) - 1 else min(n, math.floor(acc * n + 0.5))
+        for g in ordered[start:end]:
+            out[g] = name
+        start = max(start, end)
+    return out
 
 
 def md5_file(path: Path) -> str:

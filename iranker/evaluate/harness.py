@@ -19,7 +19,6 @@ from pathlib import Path
 
 from iranker.evaluate import _min_grade
 from iranker.evaluate.baselines import BASELINES
-from iranker.io import load_instances
 from iranker.metrics import bootstrap_interval, instance_metrics, paired_comparison, random_instance_metrics
 from iranker.schema import RankingInstance
 
@@ -65,37 +64,33 @@ def _pick(instances: list[RankingInstance], limit: int, seed: int) -> list[Ranki
     return [i for i in instances if i.id in keep]
 
 
-def load_eval_data(sources: Sequence[str], split: str | None = "test", limit: int = 0, seed: int = 0) -> EvalData:
-    """Instances from dataset folders (written by `iranker data ingest`), instances JSONL files or 'samples'.
+EVAL_ORDERS = ("first-stage", "shuffled")
+
+
+def load_eval_data(sources: Sequence[str], split: str | None = "test", limit: int = 0, seed: int = 0,
+                   orders: Sequence[str] = EVAL_ORDERS) -> EvalData:
+    """Instances from dataset folders (written by `iranker data ingest`), instances JSONL files or 'samples', with
+    their candidates' features (Feast's offline store).
 
     The evaluated split is `split` (None or "all": every instance); every other instance stays available to the
     baselines that learn from data (popularity, routers). A dataset folder's full qrels table, when it has one,
     is used for passage nDCG, so figures follow trec_eval's convention (ideal over every judged passage).
+    Each evaluated instance is listed in every order of `orders` (`iranker.listing`): the first listed keeps its
+    id and dataset name, the others are reported as datasets of their own (`DATASET@shuffled`, ids `ID@shuffled`).
     """
-    from iranker.data import SAMPLES_DIR, sample_instances
+    from iranker.data import SAMPLES_DIR, read_manifest
+    from iranker.features import load_with_features
+    from iranker.listing import listed
 
-    everything: list[RankingInstance] = []
+    everything: list[RankingInstance] = load_with_features(sources)
     qrels: dict[str, dict[str, float]] = {}
     names = []
     for src in sources:
-        if src == "samples":
-            everything += sample_instances()
-            names.append(f"samples ({SAMPLES_DIR})")
-            continue
         p = Path(src)
-        if p.is_dir():
-            if not (p / "instances.jsonl").exists():
-                raise FileNotFoundError(f"{p}: no instances.jsonl; is it a dataset folder written by "
-                                        "`iranker data ingest`?")
-            rows = load_instances(p / "instances.jsonl")
-            qrels.update(_folder_qrels(p, rows))
-            everything += rows
-        elif p.exists():
-            everything += load_instances(p)
-        else:
-            raise FileNotFoundError(f"{src}: no such file or folder (expected a dataset folder, an instances "
-                                    "JSONL file or 'samples')")
-        names.append(str(p))
+        if src != "samples" and p.is_dir():
+            dataset = read_manifest(p).get("dataset")
+            qrels.update(_folder_qrels(p, [i for i in everything if i.dataset == dataset]))
+        names.append(f"samples ({SAMPLES_DIR})" if src == "samples" else str(p))
     ids = [i.id for i in everything]
     if len(set(ids)) != len(ids):
         dup = next(i for i in ids if ids.count(i) > 1)
@@ -106,8 +101,18 @@ def load_eval_data(sources: Sequence[str], split: str | None = "test", limit: in
                          "instance)")
     chosen = _pick(chosen, limit, seed)
     ids_chosen = {i.id for i in chosen}
-    return EvalData(instances=chosen, reference=[i for i in everything if i.id not in ids_chosen],
-                    qrels={k: v for k, v in qrels.items() if k in ids_chosen}, sources=names)
+    reference = [i for i in everything if i.id not in ids_chosen]
+    qrels = {k: v for k, v in qrels.items() if k in ids_chosen}
+    listed_all: list[RankingInstance] = []
+    for n, order in enumerate(orders):
+        for inst in chosen:
+            one = listed(inst, order, seed)
+            if n:
+                one = one.model_copy(update={"id": f"{inst.id}@{order}", "dataset": f"{inst.dataset}@{order}"})
+                if inst.id in qrels:
+                    qrels[one.id] = qrels[inst.id]
+            listed_all.append(one)
+    return EvalData(instances=listed_all, reference=reference, qrels=qrels, sources=names)
 
 
 def _folder_qrels(folder: Path, rows: list[RankingInstance]) -> dict[str, dict[str, float]]:

@@ -81,6 +81,10 @@ class TrainConfig(_Section):
     data: list[str] = Field(min_length=1, description="instances JSONL files, dataset folders, or 'samples' (the "
                                                      "built-in samples); the train split is used")
     max_instances: int = Field(default=0, ge=0, description="0: all")
+    listing: float = Field(default=0.5, ge=0, le=1,
+                           description="share of training instances listed in the first stage's order (popularity, "
+                                       "best average, the retriever's); the rest are shuffled, so that the model "
+                                       "has to read content, not only position (iranker.listing)")
     mix: Literal["balanced", "proportional"] = Field(
         default="balanced", description="episodes per scenario: equal shares (balanced) or in proportion to the "
                                         "training instances (proportional; routing has 8x the others)")

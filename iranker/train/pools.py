@@ -9,11 +9,10 @@ out of what the step's cue sees. In the relist layout the listing is the pool it
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
-from iranker.io import load_instances, seeded_rng
+from iranker.io import seeded_rng
 from iranker.prompts import MAX_POOL
 from iranker.rewards import exclusion_score
 from iranker.schema import RankingInstance
@@ -129,15 +128,13 @@ def gae(rewards: list[float], values: list[float], gamma: float, lam: float) -> 
 
 def load_training_instances(cfg, split: str = "train") -> list[RankingInstance]:
     """The instances of `split` in the profile's data whose grades differ, seeded-shuffled, capped."""
-    out: list[RankingInstance] = []
-    for d in cfg.data:
-        if d == "samples":
-            from iranker.data import sample_instances
+    from iranker.features import load_with_features
+    from iranker.listing import listed
 
-            out += sample_instances()
-            continue
-        p = Path(d)
-        out += load_instances(p / "instances.jsonl" if p.is_dir() else p)
+    out: list[RankingInstance] = [
+        listed(i, "first-stage" if seeded_rng(cfg.seed, "listing-order", i.id).random() < cfg.listing else "shuffled",
+               cfg.seed)
+        for i in load_with_features(cfg.data)]
     chosen = [i for i in out if i.split == split and len({i.grade(c.id) for c in i.candidates}) > 1]
     if not chosen:
         if split != "train":

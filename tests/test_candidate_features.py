@@ -1,0 +1,115 @@
+"""The first stage's signals beside each candidate: computed from a dataset's training split, stored as Feast feature
+views, read point in time from the offline store, rendered the same way by training, evaluation and serving."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import ROOT
+
+from iranker.data import build
+from iranker.features import load_with_features, with_candidate_features
+from iranker.prompts import build_context, iterative_prompt
+
+SAMPLES = ROOT / "samples"
+
+
+def _builds(*sources):
+    out = []
+    for source, path in sources:
+        b = build(source, path)
+        out.append((b.tables, b.instances, {"source": source, "dataset": b.dataset, "params": b.params,
+                                            "scenario": b.instances[0].scenario}))
+    return out
+
+
+def test_item_counts_are_point_in_time_and_from_the_training_split(tmp_path):
+    (tables, instances, manifest), = _builds(("recbole", SAMPLES / "recbole"))
+    out = {i.id: i for i in with_candidate_features([(tables, instances, manifest)], tmp_path)}
+    inter = tables["interactions"]
+    train_users = {i.user_id for i in instances if i.split == "train"}
+    known = inter[inter["user_id"].astype(str).isin(train_users)]
+    checked = 0
+    for inst in instances:
+        target_time = inter[(inter["user_id"].astype(str) == inst.user_id)
+                            & (inter["position"] == len(inst.history))]["timestamp"].item()
+        for c in out[inst.id].candidates:
+            before = known[(known["item_id"] == c.id) & (known["timestamp"] < target_time)]
+            assert c.features.ratings == len(before), (inst.id, c.id)
+            if len(before):
+                assert c.features.mean_rating == pytest.approx(before["rating"].mean(), abs=1e-4)
+                checked += 1
+            else:
+                assert c.features.mean_rating is None
+    assert checked > 20
+    # a training user's own target is never counted in its own instance (it happens at the target's time)
+    train = next(i for i in instances if i.split == "train")
+    target = next(iter(train.relevance))
+    mine = inter[(inter["user_id"].astype(str) == train.user_id) & (inter["item_id"] == target)]
+    assert len(mine) == 1 and mine["position"].item() == len(train.history)
+
+
+def test_undated_data_counts_training_histories_only(tmp_path):
+    (tables, instances, manifest), = _builds(("llmrank", SAMPLES / "llmrank"))
+    out = with_candidate_features([(tables, instances, manifest)], tmp_path)
+    inter = tables["interactions"]
+    train_users = {i.user_id for i in instances if i.split == "train"}
+    last = inter.groupby("user_id")["position"].transform("max")
+    hist = inter[inter["user_id"].astype(str).isin(train_users) & (inter["position"] < last)]
+    counts = hist["item_id"].value_counts().to_dict()
+    for inst in out:
+        for c in inst.candidates:
+            assert c.features.ratings == counts.get(c.id, 0) and c.features.mean_rating is None
+
+
+def test_requests_and_instances_without_features_still_rank_on_text():
+    from iranker.schema import RankRequest
+
+    req = RankRequest(scenario="passage", query="q", candidates=[{"id": "a", "text": "plain text"},
+                                                                 {"id": "b", "text": "t", "features": {"rank": 2}}])
+    assert build_context(req).texts == ("plain text", "t \u00b7 first-stage rank 2")
+    with pytest.raises(ValueError, match="features.quality"):
+        RankRequest(scenario="routing", query="q", preference="cost",
+                    candidates=[{"id": "m", "text": "t", "features": {"quality": 1.5}}])
+    with pytest.raises(ValueError, match="features.popularity"):
+        RankRequest(scenario="passage", query="q", candidates=[{"id": "m", "text": "t",
+                                                                "features": {"popularity": 3}}])
+
+
+def test_a_long_arc_challenge_routing_prompt_shows_its_question_price_and_quality(shared_data):
+    routing = load_with_features([str(_ingested(shared_data, "routing"))])
+    inst = next(i for i in routing if i.split == "test" and "arc-challenge" in i.id and len(i.query.split()) > 300)
+    prompt = iterative_prompt(build_context(inst.to_request()), list(range(len(inst.candidates)))).user
+    question = inst.query.rsplit("\n\n", 1)[-1]
+    assert " ".join(question.split()[:12]) in prompt
+    lines = [line for line in prompt.splitlines() if line.startswith("[")]
+    assert len(lines) == len(inst.candidates)
+    assert all(" \u00b7 quality " in line and " per 1M queries" in line for line in lines)
+    gpt4 = next(c for c in inst.candidates if c.id == "gpt-4-1106-preview").features
+    assert gpt4.quality > 0.8 and gpt4.price > 5 * min(c.features.price for c in inst.candidates)
+
+
+def test_a_movielens_prompt_shows_counts_and_ratings(shared_data):
+    rec = load_with_features([str(_ingested(shared_data, "recommendation"))])
+    inst = next(i for i in rec if i.split == "test")
+    prompt = iterative_prompt(build_context(inst.to_request()), list(range(len(inst.candidates)))).user
+    lines = [line for line in prompt.splitlines() if line.startswith("[")]
+    assert sum(" ratings \u00b7 " in line and "/5" in line for line in lines) >= len(lines) // 2
+
+
+_CACHE: dict = {}
+
+
+def _ingested(shared, scenario):
+    import tempfile
+
+    from iranker.data import ingest
+
+    if scenario not in _CACHE:
+        out = tempfile.mkdtemp(prefix=f"iranker-{scenario}-")
+        if scenario == "routing":
+            ingest("routerbench", shared / "routing" / "routerbench", out, dvc=False)
+        else:
+            ingest("recbole", shared / "recommendation" / "ml-100k", out, {"max_users": "120"}, dvc=False)
+        _CACHE[scenario] = out
+    return _CACHE[scenario]
+
