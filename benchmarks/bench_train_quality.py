@@ -1,9 +1,12 @@
 """Does PPO on the exclusion reward make the embedded model rank better? Base vs trained, same test instances.
 
 1. Data: ingests (without DVC) whatever of these is missing under --data-root, from the public data in ../shared:
-   MovieLens-100K (recbole), RouterBench, TREC DL 2019 BM25 top-20 (queries split train 0.4, validation 0.2,
-   test 0.4 by a seeded hash) and, for evaluation only, MovieLens-100K with popularity-matched negatives (the same
-   users and targets), Amazon Games-6k (llmrank) and the DL19 BM25 top-100.
+   MovieLens-100K (recbole, every user), Amazon Games-6k (llmrank), RouterBench (every training row), TREC DL 2019
+   and 2021 top-100 under two first stages each (DL19: BM25 and TAS-B; DL21: BM25 and SPLADE++; each collection's
+   queries split train 0.4, validation 0.2, test 0.4 over its query set, the same split under every first stage,
+   so no test query is ever trained on), and for evaluation only: the DL19 BM25 top-20, MovieLens-100K with
+   popularity-matched negatives (the same users and targets) and NovelEval (21 queries, all test). Training reads
+   the top-100 lists in the windows serving ranks them in (`iranker.train.pools.serving_windows`).
 2. Training: the `cpu` profile (configs/cpu.yaml: SmolLM2-135M + LoRA on the top layers, PPO in fast mode on the
    training splits of all three scenarios together) into --run; a finished run there is reused, a killed one resumed.
 3. Selection: the run's kept checkpoints (and any --checkpoint) are scored by the exact expected exclusion reward
@@ -44,25 +47,35 @@ def say(msg: str) -> None:
     print(f"[bench] {msg}", file=sys.stderr, flush=True)
 
 
-# DL19 queries: training, validation (checkpoint choice) and test, by a seeded hash of the query id
+# DL19 and DL21 queries: training, validation (checkpoint choice) and test, over each collection's query set
 SPLIT_DL19 = "train:0.4,validation:0.2,test:0.4"
+# what the model trains on (their training splits), all three scenarios together
+TRAIN_DATA = ("ml-100k", "games-6k", "routerbench", "dl19-top100", "dl19-tasb-top100", "dl21-top100",
+              "dl21-splade-top100")
 
 
 def ensure_data(shared: Path, root: Path) -> dict[str, Path]:
     from iranker.data import ingest
 
     rec = shared / "recommendation"
+    dl19, dl21 = shared / "passage", shared / "passage-dl21"
     specs = {
         "ml-100k": ("recbole", rec / "ml-100k", {}),
         # the same users and targets, negatives drawn in proportion to popularity (evaluation only)
         "ml-100k-pop": ("recbole", rec / "ml-100k", {"negative_sampling": "popularity",
                                                      "dataset": "ml-100k-popneg"}),
         "routerbench": ("routerbench", shared / "routing" / "routerbench", {}),
-        "dl19": ("trec-dl", shared / "passage", {"first_stage": "*bm25*", "split": SPLIT_DL19,
-                                                 "dataset": "dl19-bm25-top20"}),
+        "dl19": ("trec-dl", dl19, {"first_stage": "*bm25*", "split": SPLIT_DL19, "dataset": "dl19-bm25-top20"}),
         "games-6k": ("llmrank", rec / "games-6k", {}),
-        "dl19-top100": ("trec-dl", shared / "passage", {"first_stage": "*bm25*", "split": SPLIT_DL19,
-                                                        "depth": "100", "dataset": "dl19-bm25-top100"}),
+        "dl19-top100": ("trec-dl", dl19, {"first_stage": "*bm25*", "split": SPLIT_DL19, "depth": "100",
+                                          "dataset": "dl19-bm25-top100"}),
+        "dl19-tasb-top100": ("trec-dl", dl19, {"first_stage": "*tasb*", "split": SPLIT_DL19, "depth": "100",
+                                               "dataset": "dl19-tasb-top100"}),
+        "dl21-top100": ("trec-dl", dl21, {"first_stage": "*bm25*", "split": SPLIT_DL19, "depth": "100",
+                                          "dataset": "dl21-bm25-top100"}),
+        "dl21-splade-top100": ("trec-dl", dl21, {"first_stage": "*splade*", "split": SPLIT_DL19, "depth": "100",
+                                                 "dataset": "dl21-spladepp-top100"}),
+        "noveleval": ("trec-dl", shared / "passage-noveleval", {"dataset": "noveleval"}),
     }
     out = {}
     for name, (source, path, params) in specs.items():
@@ -158,8 +171,7 @@ def main() -> None:
     from iranker.cli import _yaml_pairs
 
     overrides = _yaml_pairs(args.set, "--set", "KEY=VALUE")
-    cfg = load_config(args.config, {**overrides,
-                                    "data": [str(folders[k].resolve()) for k in ("ml-100k", "routerbench", "dl19")]})
+    cfg = load_config(args.config, {**overrides, "data": [str(folders[k].resolve()) for k in TRAIN_DATA]})
     run = Path(args.run)
 
     t0 = time.perf_counter()
@@ -184,9 +196,9 @@ def main() -> None:
         model_dir = Path(selection["model"])
         say(f"selected {selection['best']} on the validation split")
 
-    sources = [str(folders[k]) for k in ("ml-100k", "ml-100k-pop", "games-6k", "dl19", "routerbench")]
+    sources = [str(folders[k]) for k in ("ml-100k", "ml-100k-pop", "games-6k", "dl19", "routerbench", "noveleval")]
     if not args.skip_top100:
-        sources.append(str(folders["dl19-top100"]))
+        sources += [str(folders[k]) for k in ("dl19-top100", "dl21-top100")]
     data = load_eval_data(sources, split="test", limit=args.limit)
     say(f"evaluating {len(data.instances)} test instances: trained vs base")
     t1 = time.perf_counter()

@@ -292,10 +292,7 @@ def cmd_evaluate(args) -> None:
     from iranker.evaluate.report import summary_table
 
     orders = [o for o in args.orders.split(",") if o]
-    try:
-        data = load_eval_data(args.data, split=args.split, limit=args.limit, seed=args.seed, orders=orders)
-    except ValueError as e:
-        _die(str(e))
+    data = load_eval_data(args.data, split=args.split, limit=args.limit, seed=args.seed, orders=orders)
     baselines = [b for b in (args.baselines.split(",") if args.baselines else []) if b]
     metrics = evaluate(data, args.out, model=args.model, base=args.base, direct=not args.no_direct,
                        baselines=baselines if args.baselines is not None else

@@ -103,7 +103,8 @@ def test_harness_writes_metrics_report_and_plots(tmp_path, two_models):
     # every sample dataset, at most 5 instances each; the passage folder brings its full qrels
     assert {(i.dataset, i.scenario) for i in data.instances} >= {("dl-sample", "passage"), ("trec-dl", "passage"),
                                                                      ("recbole", "recommendation")}
-    assert len(data.qrels) == 3
+    assert len(data.qrels) == 3 * 2  # each instance listed in both orders (first-stage, shuffled)
+    assert {i.dataset for i in data.instances} >= {"dl-sample", "dl-sample@shuffled"}
     trained, base = map(str, two_models)
     metrics = evaluate(data, tmp_path / "out", model=trained, base=base, direct=True, max_words=30,
                        batch_size=8, progress=False)

@@ -59,3 +59,15 @@ def test_training_mixes_both_orders_and_evaluation_reports_both():
     plain = [i for i in data.instances if "@" not in i.id]
     assert all([c.id for c in i.candidates] == first_stage([i])[0] for i in plain)
     assert len(data.instances) == 2 * len(plain)
+
+
+def test_a_long_instance_trains_in_the_windows_serving_ranks_it_in():
+    from iranker.train.pools import serving_windows
+
+    inst = _inst("passage", [{"rank": k + 1} for k in range(45)], relevance={"c3": 2.0, "c40": 1.0})
+    wins = serving_windows(inst, 20, 10)
+    assert [w.id for w in wins] == ["passage-1#w25", "passage-1#w15", "passage-1#w5", "passage-1#w0"]
+    assert [len(w.candidates) for w in wins] == [20] * 4
+    assert wins[0].relevance == {"c40": 1.0} and wins[-1].relevance == {"c3": 2.0}
+    assert serving_windows(inst.model_copy(update={"candidates": inst.candidates[:20], "relevance": {}}), 20, 10) \
+        [0].id == "passage-1"

@@ -126,8 +126,27 @@ def gae(rewards: list[float], values: list[float], gamma: float, lam: float) -> 
     return adv, [a + v for a, v in zip(adv, values, strict=True)]
 
 
+def serving_windows(inst: RankingInstance, window: int, stride: int) -> list[RankingInstance]:
+    """An instance longer than the window, cut into the windows serving ranks it in (the last `window`
+    candidates, then up by `stride` until the top; `iranker.ranker`): one training instance per window."""
+    n = len(inst.candidates)
+    if n <= window:
+        return [inst]
+    out, start = [], n - window
+    while True:
+        cands = inst.candidates[start: start + window]
+        ids = {c.id for c in cands}
+        out.append(inst.model_copy(update={"id": f"{inst.id}#w{start}", "candidates": cands,
+                                           "relevance": {k: v for k, v in inst.relevance.items() if k in ids}}))
+        if start == 0:
+            return out
+        start = max(start - stride, 0)
+
+
 def load_training_instances(cfg, split: str = "train") -> list[RankingInstance]:
-    """The instances of `split` in the profile's data whose grades differ, seeded-shuffled, capped."""
+    """The instances of `split` in the profile's data whose grades differ, with their candidates' features,
+    listed in the first stage's order or shuffled (`cfg.listing`), cut into the serving windows when longer than
+    one, seeded-shuffled, capped."""
     from iranker.features import load_with_features
     from iranker.listing import listed
 
@@ -135,6 +154,7 @@ def load_training_instances(cfg, split: str = "train") -> list[RankingInstance]:
         listed(i, "first-stage" if seeded_rng(cfg.seed, "listing-order", i.id).random() < cfg.listing else "shuffled",
                cfg.seed)
         for i in load_with_features(cfg.data)]
+    out = [w for i in out for w in serving_windows(i, cfg.ranking.window, cfg.ranking.stride)]
     chosen = [i for i in out if i.split == split and len({i.grade(c.id) for c in i.candidates}) > 1]
     if not chosen:
         if split != "train":
