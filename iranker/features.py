@@ -199,8 +199,8 @@ def candidate_feature_rows(tables: dict[str, pd.DataFrame], instances, manifest:
                     "title": item_text(r, with_classes) if r else str(item),
                     "classes": r["classes"].split("|") if r and r.get("classes") else [],
                     "ratings": int(n), "mean_rating": None if mean is None else round(float(mean), 4)})
-    return {"item_attributes": pd.DataFrame(out, columns=_COLUMNS["item_attributes"]) if out
-            else _empty("item_attributes")}
+    return {"item_attributes": pd.DataFrame(out, columns=_COLUMNS["item_attributes"]).astype({"mean_rating": "float64"})
+            if out else _empty("item_attributes")}
 
 
 def instance_times(tables: dict[str, pd.DataFrame], instances) -> dict[str, datetime]:

@@ -283,6 +283,25 @@ def test_select_checkpoint_scores_on_validation_pools_and_writes_the_best(tmp_pa
         select_checkpoint(tmp_path / "run", [], pools=6)
 
 
+def test_served_selection_ranks_whole_validation_lists_and_reports_standard_errors(tmp_path, smoke):
+    """Checkpoints chosen as they would serve: whole validation lists ranked by the serving ranker, scored with the
+    test metrics; every score carries its standard error and the close calls are named."""
+    from iranker.train.select import select_served
+
+    run_training(smoke.model_copy(update={"keep_checkpoints": 3}), tmp_path / "run", progress=False)
+    states = sorted((tmp_path / "run" / "checkpoints").glob("step-*/state.pt"))
+    result = select_served(tmp_path / "run", states, instances=40, log=lambda m: None)
+    assert set(result["scores"]) == {"random", "step-2", "step-4", "step-6"}
+    n = result["instances"]
+    assert n >= 8 and all(s["n"] == n and s["se"] >= 0 and 0 <= s["mean"] <= 1 for s in result["scores"].values())
+    best = result["scores"][result["best"]]
+    assert all(s["mean"] <= best["mean"] for k, s in result["scores"].items() if k.startswith("step-"))
+    assert set(result["within_one_se_of_best"]) == {k for k, s in result["scores"].items() if k.startswith("step-")
+                                                    and k != result["best"] and s["mean"] >= best["mean"] - best["se"]}
+    saved = json.loads((tmp_path / "run" / "selected" / "selection.json").read_text())
+    assert saved["best"] == result["best"] and (tmp_path / "run" / "selected" / "final" / "model.safetensors").exists()
+
+
 def test_position_balanced_pools_leave_nothing_for_a_position_preference(tmp_path, smoke):
     """With `pools.balance_positions`, each random pool comes in all its cyclic orders, so a policy that prefers
     label positions whatever the content earns the same expected reward from every preference: the update can

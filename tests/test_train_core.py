@@ -269,3 +269,54 @@ def test_frozen_layers_run_once_per_update_and_train_the_same(tmp_path, smoke, a
 
 def _count(calls: dict, name: str, *_) -> None:
     calls[name] += 1
+
+
+def test_a_supervised_warm_start_on_gold_eliminations_then_rl_from_it(tmp_path, smoke):
+    """`stages`: teacher-forced gold eliminations (loss -log sum of pi over the lowest-grade set; no rollout, no
+    reference) raise the gold choice's probability on their episodes; the next stage runs the RL objective at its
+    own learning rate, from the warm-started weights."""
+    from random import Random
+
+    from iranker.train.fast import gold_episode
+
+    cfg = load_config(SMOKE, {"tokenizer": smoke.tokenizer, "stages": [
+        {"algo": "supervised", "steps": 6, "lr_actor": 3e-3}, {"algo": "expected", "steps": 2, "lr_actor": 1e-4}]})
+    assert cfg.steps == 8 and cfg.algo == "expected" and cfg.stage_at(5).algo == "supervised"
+    trainer = _trainer(cfg, tmp_path)
+    firsts = [first for _, _, first in trainer.algo._draw(0)]
+    episodes = [gold_episode(f, Random(0), cfg.ranking.layout) for f in firsts]
+    for ep in episodes:  # every step's gold set is the pool's lowest grade, and the episode stops at equal grades
+        for st, worst in ep:
+            assert {st.grades[j] for j in worst} == {min(st.grades[j] for j in st.pool)} and set(worst) <= set(st.pool)
+    steps = [st for ep in episodes for st, _ in ep]
+    golds = [worst for ep in episodes for _, worst in ep]
+
+    def gold_logp():
+        with torch.no_grad():
+            logp, _ = trainer.algo.score(trainer.model, steps, False)
+        return float(sum(torch.logsumexp(row[w], 0) for row, w in zip(logp, golds)))
+
+    before = gold_logp()
+    rows = [trainer.update(0) for _ in range(6)]
+    assert all(r["stage"] == "supervised" and r["elimination_steps"] > 0 and "kl" not in r for r in rows)
+    assert "reference" not in rows[0]["seconds_by_phase"]
+    assert gold_logp() > before
+    rl = trainer.update(6)
+    assert "stage" not in rl and trainer.policy.optimizer.param_groups[0]["lr"] == 1e-4
+
+
+def test_auto_training_dtype_follows_the_cpus_native_bf16():
+    """`dtype: auto` trains in bf16 where the CPU computes it natively (AMX / AVX-512 BF16), float32 elsewhere;
+    an explicit dtype is kept; ranking's auto stays float32 on a CPU."""
+    from pathlib import Path
+
+    from iranker.devices import cpu_info, resolve_dtype, training_dtype
+
+    cpu = torch.device("cpu")
+    flags = next((line.split(":", 1)[1].split() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                  if line.startswith("flags")), [])
+    native = "amx_bf16" in flags or "avx512_bf16" in flags
+    assert cpu_info()["native_bf16"] == native
+    assert training_dtype("auto", cpu) == (torch.bfloat16 if native else torch.float32)
+    assert training_dtype("float32", cpu) == torch.float32 and training_dtype("bfloat16", cpu) == torch.bfloat16
+    assert resolve_dtype("auto", cpu) == torch.float32

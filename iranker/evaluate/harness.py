@@ -224,6 +224,10 @@ def evaluate(data: EvalData, out: str | Path, model: str | None = None, base: st
         if main != "base (iterative)" and main in rows and "base (iterative)" in rows:
             comparison = {m: paired_comparison([r[m] for r in rows[main]], [r[m] for r in rows["base (iterative)"]],
                                                seed=seed) for m in REPORTED}
+        versus_first = {}  # the trained model against the first stage it reranks, paired (the shipping bar)
+        if main != "base (iterative)" and main in rows and "first-stage" in rows:
+            versus_first = {m: paired_comparison([r[m] for r in rows[main]], [r[m] for r in rows["first-stage"]],
+                                                 seed=seed) for m in REPORTED}
         pool_sizes = sorted({len(instances[k].candidates) for k in idx})
         results.append({
             "dataset": dataset, "scenario": scenario, "n_instances": len(idx),
@@ -238,6 +242,8 @@ def evaluate(data: EvalData, out: str | Path, model: str | None = None, base: st
             "baseline_intervals": {n: s[1] for n, s in summary.items() if n != main},
             "parse_failures": parse,
             "comparison": {"system": main, "against": "base (iterative)", **comparison} if comparison else {},
+            "comparison_first_stage": ({"system": main, "against": "first-stage", **versus_first}
+                                       if versus_first else {}),
             "qrels": "full (trec_eval)" if any(instances[k].id in data.qrels for k in idx) else "instance",
         })
         for name, r in rows.items():

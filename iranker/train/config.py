@@ -72,8 +72,17 @@ class ProbeConfig(_Section):
     every: int = Field(default=10, ge=1, description="updates between probes")
 
 
+class Stage(_Section):
+    algo: Literal["supervised", "expected", "ppo"] = Field(
+        description="supervised: teacher-forced gold eliminations, loss -log sum of pi over the pool's lowest-grade "
+                    "candidates (no rollout, no reference); expected / ppo: the RL objectives")
+    steps: int = Field(ge=1, description="optimizer updates of this stage")
+    lr_actor: float | None = Field(default=None, gt=0, description="the stage's actor learning rate (default: the "
+                                                                   "profile's lr_actor)")
+
+
 class TrainConfig(_Section):
-    algo: Literal["ppo", "expected", "grpo"] = "ppo"
+    algo: Literal["ppo", "expected", "grpo", "supervised"] = "ppo"
     mode: Literal["fast", "reasoning"] = "fast"
     model: str = Field(default="smollm2-135m", description="model alias, folder or Hugging Face id; "
                                                           "'tiny-random' builds a tiny random Llama (smoke tests)")
@@ -88,7 +97,11 @@ class TrainConfig(_Section):
     mix: Literal["balanced", "proportional"] = Field(
         default="balanced", description="episodes per scenario: equal shares (balanced) or in proportion to the "
                                         "training instances (proportional; routing has 8x the others)")
-    steps: int = Field(default=100, ge=1, description="optimizer updates")
+    steps: int = Field(default=100, ge=1, description="optimizer updates (with `stages`: their sum)")
+    stages: list[Stage] = Field(default_factory=list,
+                                description="stages run in order, e.g. a supervised warm start on gold eliminations "
+                                            "then RL from it: [{algo: supervised, steps: 400}, {algo: expected, "
+                                            "steps: 100}]; empty: one stage of `algo` for `steps`")
     batch_size: int = Field(default=8, ge=1, description="elimination steps per update")
     lr_actor: float = 1e-5
     lr_critic: float = 2e-5
@@ -97,9 +110,10 @@ class TrainConfig(_Section):
                                                  "evaluation and serving rank under the same ones")
     device: Literal["auto", "cpu", "cuda"] = Field(default="auto", description="auto: CUDA when present, else CPU")
     dtype: Literal["auto", "float32", "bfloat16"] = Field(
-        default="auto", description="compute dtype: auto is bfloat16 on CUDA and float32 on CPU; bfloat16 keeps "
-                                    "float32 master weights for trained parameters (autocast), a frozen base in "
-                                    "bfloat16")
+        default="auto", description="compute dtype: auto is bfloat16 on CUDA and on a CPU that computes it natively "
+                                    "(AMX or AVX-512 BF16), float32 elsewhere (iranker.devices.training_dtype); "
+                                    "bfloat16 keeps float32 master weights for trained parameters (autocast), a "
+                                    "frozen base in bfloat16")
     gradient_checkpointing: bool = Field(default=False, description="recompute activations in the backward pass "
                                                                    "(memory for time; the 3B profile on one GPU)")
     max_new_tokens: int = 256
@@ -114,8 +128,32 @@ class TrainConfig(_Section):
     grpo_generations: int = Field(default=4, ge=2, description="algo grpo: completions per prompt (the group)")
     threads: int = Field(default=0, ge=0, description="torch threads (0: torch's default)")
 
+    def stage_at(self, update: int) -> Stage:
+        """The stage update `update` (0-based) belongs to."""
+        done = 0
+        for st in self.stages:
+            done += st.steps
+            if update < done:
+                return st
+        return self.stages[-1] if self.stages else Stage(algo=self.algo if self.algo != "grpo" else "ppo",
+                                                         steps=self.steps)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _stages_set_steps(cls, data):
+        if isinstance(data, dict) and data.get("stages"):
+            data = {**data, "steps": sum(int(st.get("steps", 0)) if isinstance(st, dict) else st.steps
+                                         for st in data["stages"])}
+            last = data["stages"][-1]
+            data["algo"] = last.get("algo") if isinstance(last, dict) else last.algo
+        return data
+
     @model_validator(mode="after")
     def _consistent(self) -> TrainConfig:
+        if self.stages and self.mode != "fast":
+            raise ValueError("stages: a supervised warm start and stages are for fast mode")
+        if self.algo == "supervised" and self.mode != "fast":
+            raise ValueError("algo: 'supervised' (gold eliminations) is for fast mode")
         if self.pools.min_size > self.pools.max_size:
             raise ValueError("pools.min_size must not exceed pools.max_size")
         if self.pools.episodes + self.pools.on_policy > 1:

@@ -292,7 +292,8 @@ class FastTrainer:
                 out[torch.tensor(ep, device=out.device)] = self.score(ref, [steps[b] for b in ep], False)[0]
             return out
 
-    def _loss(self, batch: dict, idx: torch.Tensor | None, logp, values, ref_logp) -> tuple[torch.Tensor, dict]:
+    def _loss(self, batch: dict, idx: torch.Tensor | None, logp, values, ref_logp,
+              algo: str = "expected") -> tuple[torch.Tensor, dict]:
         cfg = self.cfg
         pick = (lambda t: t) if idx is None else (lambda t: t[idx])
         p = logp.exp()
@@ -302,7 +303,7 @@ class FastTrainer:
         if ref_logp is not None:
             kl = (p * (safe - pick(ref_logp).masked_fill(torch.isinf(pick(ref_logp)), 0.0))).sum(-1)
         stats = {}
-        if cfg.algo == "expected":
+        if algo == "expected":
             policy_loss = -(p * pick(batch["reward_table"])).sum(-1).mean()
         else:
             a = pick(batch["actions"])
@@ -319,6 +320,44 @@ class FastTrainer:
                      kl=kl.mean().item(), entropy=entropy.mean().item())
         return loss, stats
 
+    def _supervised(self, update: int) -> dict:
+        """A supervised update on gold eliminations: this update's episodes (drawn as for RL) teacher-forced
+        (`gold_episode`), every step's loss -log sum_{c in the lowest-grade set} pi(c), one forward and backward
+        pass per episode (its steps are the cues of one sequence): no rollout, no reference pass."""
+        cfg, policy, sync = self.cfg, self.policy, self.procs.sync_grads
+        t0 = time.perf_counter()
+        clock = self._clock = _Clock(policy.device)
+        rng = seeded_rng(cfg.seed, "gold", update)
+        with clock("rollout"):
+            episodes = [gold_episode(first, rng, cfg.ranking.layout) for _, _, first in self._draw(update)]
+            episodes = [ep for ep in episodes if ep]
+        n = sum(len(ep) for ep in episodes)
+        policy.model.train()
+        policy.optimizer.zero_grad()
+        losses, expected, hits = [], [], []
+        for ep in episodes:
+            steps = [st for st, _ in ep]
+            with clock("forward"):
+                logp, _ = self.score(policy.model, steps, False)
+                gold = torch.zeros_like(logp, dtype=torch.bool)
+                for b, (_, worst) in enumerate(ep):
+                    gold[b, worst] = True
+                step_loss = -torch.logsumexp(logp.masked_fill(~gold, float("-inf")), dim=-1)
+                table = torch.stack([reward_row(st.grades, st.pool) for st in steps]).to(logp.device)
+            with clock("backward"):
+                (step_loss.sum() / n).backward()
+            losses += step_loss.tolist()
+            expected += (logp.detach().exp() * table).sum(-1).tolist()
+            hits += gold.gather(1, logp.detach().argmax(-1, keepdim=True)).squeeze(1).float().tolist()
+        with clock("optimizer"):
+            policy.step_optimizer(partial(sync, weight=n))
+        policy.model.eval()
+        dt = time.perf_counter() - t0
+        m = max(n, 1)
+        return {"step": update + 1, "stage": "supervised", "loss": sum(losses) / m, "reward": sum(hits) / m,
+                "expected_reward": sum(expected) / m, "gold_top1": sum(hits) / m, "elimination_steps": n,
+                "steps_per_s": n / dt, "seconds": dt, "seconds_by_phase": clock.seconds}
+
     def update(self, update: int) -> dict:
         """Roll out this process's episodes and step the optimizer; with several processes every step's gradient
         is the mean over the decisions of all of them (`Processes.sync_grads`, weighted by each one's count).
@@ -334,9 +373,13 @@ class FastTrainer:
 
     def _update(self, update: int) -> dict:
         cfg, policy, sync = self.cfg, self.policy, self.procs.sync_grads
+        stage = cfg.stage_at(update)
+        policy.optimizer.param_groups[0]["lr"] = stage.lr_actor or cfg.lr_actor
+        if stage.algo == "supervised":
+            return self._supervised(update)
         t0 = time.perf_counter()
         clock = self._clock = _Clock(policy.device)
-        one_pass = cfg.algo == "expected"
+        one_pass = stage.algo == "expected"
         with clock("rollout"):
             batch = self.rollout(update, score=not one_pass)
         steps = batch["steps"]
@@ -350,7 +393,8 @@ class FastTrainer:
                 with clock("forward"):
                     logp, values = self.score(policy.model, [steps[b] for b in ep], True)
                     self.finish(batch, ep, logp, values)
-                    loss, stats = self._loss(batch, torch.tensor(ep, device=policy.device), logp, values, ref_logp)
+                    loss, stats = self._loss(batch, torch.tensor(ep, device=policy.device), logp, values, ref_logp,
+                                             stage.algo)
                 with clock("backward"):
                     (loss * len(ep) / len(steps)).backward()
                 rows += [stats] * len(ep)  # the update's statistics are means over its decisions
@@ -368,7 +412,8 @@ class FastTrainer:
                     if chosen:
                         with clock("forward"):
                             logp, values = self.score(policy.model, [steps[i] for i in chosen], True)
-                            loss, stats = self._loss(batch, idx.to(policy.device), logp, values, ref_logp)
+                            loss, stats = self._loss(batch, idx.to(policy.device), logp, values, ref_logp,
+                                                     stage.algo)
                         with clock("backward"):
                             loss.backward()
                         rows.append(stats)
@@ -391,6 +436,18 @@ class FastTrainer:
                 "reward_by_pool_size": {k: sum(v) / len(v) for k, v in sorted(by_size.items(),
                                                                                key=lambda kv: int(kv[0]))},
                 "steps_by_pool_size": {k: len(v) for k, v in sorted(by_size.items(), key=lambda kv: int(kv[0]))}}
+
+
+def gold_episode(first: Step, rng, layout: str) -> list[tuple[Step, list[int]]]:
+    """Teacher forcing: the steps of eliminating, at each step, one of the pool's lowest-grade candidates (a seeded
+    choice among them) until the grades left are equal; each with its lowest-grade set (listing positions)."""
+    out, st = [], first
+    while len(st.pool) > 1 and len({st.grades[j] for j in st.pool}) > 1:
+        low = min(st.grades[j] for j in st.pool)
+        worst = [j for j in st.pool if st.grades[j] == low]
+        out.append((st, worst))
+        st = _next_step(st, rng.choice(worst), layout)
+    return out
 
 
 class _Clock:

@@ -124,7 +124,10 @@ class Trainer:
                 update={"label_scheme": getattr(self.policy.encoder, "label_scheme", None),
                         "labels": "".join(getattr(self.policy.encoder, "labels", ()))})
             write_settings(tmp, settings)
-            (tmp / "iranker-train.json").write_text(json.dumps({"steps": self.step, "config": self.cfg.model_dump()},
+            from iranker.devices import cpu_info
+
+            (tmp / "iranker-train.json").write_text(json.dumps({"steps": self.step, "config": self.cfg.model_dump(),
+                                                                "dtype": str(self.policy.dtype), "cpu": cpu_info()},
                                                                indent=1))
             shutil.rmtree(final, ignore_errors=True)
             os.replace(tmp, final)
@@ -186,6 +189,17 @@ class Trainer:
         return self.save_final() if self.step >= self.cfg.steps else self.out / "checkpoints"
 
 
+def _dtype_reason(cfg: TrainConfig, policy) -> str:
+    """Why `dtype: auto` chose what it did on a CPU (the flags that decide it)."""
+    if cfg.dtype != "auto" or policy.device.type != "cpu":
+        return ""
+    from iranker.devices import cpu_info
+
+    info = cpu_info()
+    return (f" - dtype auto: {info['model']} {'has' if info['native_bf16'] else 'lacks'} native bf16 "
+            f"({', '.join(f for f in info['simd_flags'] if 'bf16' in f) or 'no amx_bf16 / avx512_bf16'})")
+
+
 def _tensorboard(path: Path):
     try:
         from torch.utils.tensorboard import SummaryWriter
@@ -239,7 +253,7 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, progress: bool, stop_after
         (out / "config.json").write_text(json.dumps(cfg.model_dump(), indent=1))
         trainer.say(f"training on {len(instances)} instances ({cfg.algo}, {cfg.mode} mode, {cfg.steps} updates of "
                     f"{cfg.batch_size} episodes, {trainer.policy.device.type} "
-                    f"{str(trainer.policy.dtype).removeprefix('torch.')}"
+                    f"{str(trainer.policy.dtype).removeprefix('torch.')}" + _dtype_reason(cfg, trainer.policy)
                     + (f", {procs.world} processes" if procs.world > 1 else "") + ")")
     procs.barrier()
     return trainer.train(stop_after=stop_after)

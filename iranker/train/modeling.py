@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from iranker.backends.tokens import EncodedPrompt, PromptEncoder
-from iranker.devices import resolve_device, resolve_dtype
+from iranker.devices import resolve_device, training_dtype
 from iranker.prompts import LABELS, MAX_POOL
 
 # ------------------------------------------------------------------------------------------ device and dtype
@@ -107,7 +107,7 @@ class Policy:
     def __init__(self, cfg, model, tokenizer):
         self.cfg = cfg
         self.device = resolve_device(cfg.device)
-        self.dtype = resolve_dtype(cfg.dtype, self.device)
+        self.dtype = training_dtype(cfg.dtype, self.device)
         self.tokenizer = tokenizer
         self.encoder = PromptEncoder(tokenizer, cfg.ranking.max_item_tokens)
         # fast mode labels a listing with the tokenizer's single-token letters (refused here when too few)

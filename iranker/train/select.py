@@ -48,3 +48,83 @@ def select_checkpoint(run: str | Path, states: list[Path], pools: int = 64, out:
     (trainer.out / "selection.json").write_text(json.dumps({"best": best, "pools": n_pools, "scores": scores},
                                                            indent=1))
     return {"scores": scores, "best": best, "model": str(final), "pools": n_pools}
+
+
+def select_served(run: str | Path, states: list[Path], instances: int = 300, out: str | Path | None = None,
+                  log: Callable[[str], None] | None = None, batch_size: int = 16) -> dict:
+    """Score a run's checkpoints (and the base model) as they would serve: whole VALIDATION lists (up to the
+    window: 20 passages, 20 items, 11 models), at least `instances` of them spread over the datasets, ranked by the
+    serving ranker under the run's ranking settings and scored with the test metrics (each scenario's primary
+    metric: MRR, nDCG@10, nDCG@3). Writes the best checkpoint as `out/final` (default `run/selected/final`) and
+    `selection.json`: every checkpoint's mean with its standard error, and which others lie within one standard
+    error of the chosen one (a choice the validation data cannot make)."""
+    import math
+    from dataclasses import replace
+
+    from iranker.evaluate import _min_grade
+    from iranker.evaluate.harness import KS, PRIMARY, load_eval_data
+    from iranker.metrics import instance_metrics, random_instance_metrics
+    from iranker.ranker import RankerConfig, rank_requests
+
+    run = Path(run)
+    say = log or (lambda m: print(f"[iranker] {m}", file=sys.stderr, flush=True))
+    cfg = TrainConfig.model_validate(json.loads((run / "config.json").read_text()))
+    if not states:
+        raise ValueError(f"{run}: no checkpoints to choose from")
+    datasets = len(cfg.data)
+    data = load_eval_data(cfg.data, split="validation", limit=math.ceil(instances / max(datasets, 1)),
+                          orders=("first-stage", "shuffled"))
+    todo = data.instances
+    if not todo:
+        raise ValueError(f"data: no validation-split instances in {', '.join(cfg.data)} to select a checkpoint on")
+    rel = [data.qrels.get(i.id, i.relevance) for i in todo]
+    model, tokenizer = load_model(cfg)
+    trainer = Trainer(cfg, load_training_instances(cfg), model, tokenizer, Path(out or run / "selected"),
+                      progress=False)
+    r = cfg.ranking
+    config = RankerConfig(layout=r.layout, window=r.window, stride=r.stride, max_words=r.max_words,
+                          batch_size=batch_size)
+
+    def score(model_obj, name: str) -> dict:
+        from iranker.backends.transformers import TransformersBackend
+
+        backend = TransformersBackend(model_obj=model_obj, tokenizer=tokenizer, name=name,
+                                      max_item_tokens=r.max_item_tokens)
+        responses = rank_requests(backend, [i.to_request() for i in todo], replace(config))
+        values = [instance_metrics(resp.ranking, g, KS, _min_grade(i))[PRIMARY[i.scenario]]
+                  for i, resp, g in zip(todo, responses, rel, strict=True)]
+        return _mean_se(values, todo)
+
+    scores: dict[str, dict] = {"random": _mean_se([random_instance_metrics([c.id for c in i.candidates], g, KS,
+                                                                            _min_grade(i))[PRIMARY[i.scenario]]
+                                                    for i, g in zip(todo, rel, strict=True)], todo)}
+    if cfg.lora.r:
+        with trainer.model.disable_adapter():
+            scores["base"] = score(trainer.model.get_base_model(), "base")
+    named = {}
+    for path in states:
+        step = trainer.load_state(Path(path), optimizer=False)
+        named[f"step-{step}"] = Path(path)
+        scores[f"step-{step}"] = score(trainer.policy.merged(), f"step-{step}")
+        s = scores[f"step-{step}"]
+        say(f"checkpoint step {step}: validation primary metric {s['mean']:.4f} ± {s['se']:.4f} "
+            f"({s['n']} whole lists)")
+    best = max(named, key=lambda k: scores[k]["mean"])
+    close = [k for k in named if k != best and scores[k]["mean"] >= scores[best]["mean"] - scores[best]["se"]]
+    trainer.load_state(named[best], optimizer=False)
+    trainer.out.mkdir(parents=True, exist_ok=True)
+    final = trainer.save_final()
+    result = {"best": best, "within_one_se_of_best": close, "instances": len(todo), "scores": scores,
+              "metric": "each scenario's primary test metric, per whole served list, both listing orders"}
+    (trainer.out / "selection.json").write_text(json.dumps(result, indent=1))
+    return {**result, "model": str(final)}
+
+
+def _mean_se(values: list[float], instances) -> dict:
+    n = len(values)
+    mean = sum(values) / n
+    se = (sum((v - mean) ** 2 for v in values) / (n - 1)) ** 0.5 / n ** 0.5 if n > 1 else 0.0
+    by: dict[str, list[float]] = {}
+    for v, i in zip(values, instances, strict=True):
+        by.setdefault(i.scenario, []).append(v)
+    return {"mean": mean, "se": se, "n": n, "by_scenario": {k: sum(v) / len(v) for k, v in sorted(by.items())}}
