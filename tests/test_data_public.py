@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 
 import pytest
 import yaml
+from conftest import run_dvc
 
 from iranker.data import DataError, build, ingest
 
@@ -178,18 +177,13 @@ def test_dl19_split_fractions_hold_within_one_query(shared_data, tmp_path):
         "test"}
 
 
-def _dvc(repo, *args):
-    proc = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=repo, capture_output=True, text=True,
-                          timeout=300, check=False)
-    assert proc.returncode == 0, proc.stderr
-    return proc.stdout
 
 
 def test_dl21_ingest_is_tracked_by_dvc_like_the_other_sets(shared_data, tmp_path):
     repo, remote = tmp_path / "repo", tmp_path / "remote"
     repo.mkdir()
-    _dvc(repo, "init", "--no-scm", "-q")
-    _dvc(repo, "remote", "add", "-d", "local", str(remote))
+    run_dvc(repo, "init", "--no-scm", "-q")
+    run_dvc(repo, "remote", "add", "-d", "local", str(remote))
     dl19 = ingest("trec-dl", shared_data / "passage", repo / "data" / "dl19", {"first_stage": "*bm25*"})
     before = yaml.safe_load((repo / "data.dvc").read_text())["outs"][0]
     result = ingest("trec-dl", shared_data / "passage-dl21", repo / "data" / "dl21", {"first_stage": "*bm25*"})
@@ -207,7 +201,7 @@ def test_dl21_ingest_is_tracked_by_dvc_like_the_other_sets(shared_data, tmp_path
     files = {p.relative_to(repo): p.read_bytes() for p in versioned}
     shutil.rmtree(repo / "data")
     shutil.rmtree(repo / ".dvc" / "cache")
-    _dvc(repo, "pull", "-q")
+    run_dvc(repo, "pull", "-q")
     assert {p.relative_to(repo): p.read_bytes() for p in (repo / "data").rglob("*") if p.is_file()} == files
 
 

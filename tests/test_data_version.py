@@ -8,27 +8,21 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 import sys
 
 import yaml
-from conftest import ROOT
+from conftest import ROOT, run_dvc
 
 from iranker.data import PROVENANCE, ingest
 
 sys.path.insert(0, str(ROOT))
 
 
-def _dvc(repo, *args):
-    proc = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=repo, capture_output=True, text=True,
-                          timeout=300, check=False)
-    assert proc.returncode == 0, proc.stderr
-    return proc.stdout
 
 
 def _dvc_repo(path):
     path.mkdir(parents=True)
-    _dvc(path, "init", "--no-scm", "-q")
+    run_dvc(path, "init", "--no-scm", "-q")
     shutil.copy(ROOT / ".dvcignore", path / ".dvcignore")
     return path
 
@@ -74,11 +68,11 @@ def test_a_change_to_the_data_code_that_leaves_the_data_alone_keeps_the_version(
 def test_ingest_adds_the_provenance_line_to_a_repository_without_it(tmp_path):
     repo = tmp_path / "repo"
     repo.mkdir()
-    _dvc(repo, "init", "--no-scm", "-q")
+    run_dvc(repo, "init", "--no-scm", "-q")
     assert PROVENANCE not in (repo / ".dvcignore").read_text()
     ingest("trec-dl", ROOT / "samples" / "trec-dl", repo / "data" / "p", push=False)
     assert (repo / ".dvcignore").read_text().splitlines()[-1] == PROVENANCE
     before = (repo / "data.dvc").read_text()
     (repo / "data" / "p" / PROVENANCE).write_text("{}")
-    _dvc(repo, "add", "-q", "data")
+    run_dvc(repo, "add", "-q", "data")
     assert (repo / "data.dvc").read_text() == before

@@ -9,7 +9,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import ROOT
+from conftest import ROOT, run_dvc
 
 from iranker.data import DataError, ingest
 from iranker.validation import validate_dir
@@ -127,18 +127,13 @@ def test_validate_cli_writes_a_report_and_exits_non_zero(tmp_path, mixed_dir):
 
 # ------------------------------------------------------------------------------------------------------------ DVC
 
-def _dvc(repo, *args):
-    proc = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=repo, capture_output=True, text=True,
-                          timeout=300, check=False)
-    assert proc.returncode == 0, proc.stderr
-    return proc.stdout
 
 
 def test_dvc_round_trip_and_a_failed_ingest_leaves_data_and_remote_alone(tmp_path):
     repo, remote = tmp_path / "repo", tmp_path / "remote"
     repo.mkdir()
-    _dvc(repo, "init", "--no-scm", "-q")
-    _dvc(repo, "remote", "add", "-d", "local", str(remote))
+    run_dvc(repo, "init", "--no-scm", "-q")
+    run_dvc(repo, "remote", "add", "-d", "local", str(remote))
     result = ingest("trec-dl", SAMPLES / "trec-dl", repo / "data" / "passage", progress=print)
     assert "tracked by data.dvc" in result.dvc and "pushed to remote 'local'" in result.dvc
     files = {p.relative_to(repo): p.read_bytes() for p in (repo / "data").rglob("*")
@@ -159,7 +154,7 @@ def test_dvc_round_trip_and_a_failed_ingest_leaves_data_and_remote_alone(tmp_pat
     # remove the data and the cache, pull it back from the remote
     shutil.rmtree(repo / "data")
     shutil.rmtree(repo / ".dvc" / "cache")
-    _dvc(repo, "pull", "-q")
+    run_dvc(repo, "pull", "-q")
     assert {p.relative_to(repo): p.read_bytes() for p in (repo / "data").rglob("*") if p.is_file()} == files
 
     # a second dataset under data/ updates the same data.dvc and pushes again
@@ -175,8 +170,8 @@ def test_pull_on_a_fresh_clone_explains_an_empty_remote_then_pulls_once_it_holds
 
     origin, remote = tmp_path / "origin", tmp_path / "origin-store"
     origin.mkdir()
-    _dvc(origin, "init", "--no-scm", "-q")
-    _dvc(origin, "remote", "add", "-d", "local", str(remote))
+    run_dvc(origin, "init", "--no-scm", "-q")
+    run_dvc(origin, "remote", "add", "-d", "local", str(remote))
     ingest("trec-dl", SAMPLES / "trec-dl", origin / "data" / "passage")
     files = {p.relative_to(origin): p.read_bytes() for p in (origin / "data").rglob("*")
              if p.is_file() and p.name != "provenance.json"}  # recorded beside the data, not versioned
@@ -185,7 +180,7 @@ def test_pull_on_a_fresh_clone_explains_an_empty_remote_then_pulls_once_it_holds
     (clone / ".dvc").mkdir(parents=True)
     shutil.copy(origin / "data.dvc", clone / "data.dvc")
     shutil.copy(origin / ".dvc" / "config", clone / ".dvc" / "config")
-    _dvc(clone, "remote", "modify", "local", "url", ".dvc-store")  # as the project names it: beside .dvc/, untracked
+    run_dvc(clone, "remote", "modify", "local", "url", ".dvc-store")  # as the project names it: beside .dvc/, untracked
     with pytest.raises(DataError, match=r"remote 'local' \(.*\.dvc-store\) holds nothing yet.*make demo") as err:
         pull(clone)
     assert "data.dvc (md5 " in str(err.value)
@@ -203,7 +198,7 @@ def test_two_checkouts_in_different_folders_get_the_same_data_version(tmp_path):
     for where in ("a/repo", "b/deeper/other-name"):
         repo = tmp_path / where
         shutil.copytree(SAMPLES, repo / "samples")
-        _dvc(repo, "init", "--no-scm", "-q")
+        run_dvc(repo, "init", "--no-scm", "-q")
         for source, folder in (("trec-dl", "trec-dl"), ("routerbench", "routerbench")):
             ingest(source, repo / "samples" / folder, repo / "data" / folder, push=False)
         files = {p.relative_to(repo).as_posix(): p.read_bytes() for p in (repo / "data").rglob("*") if p.is_file()}
