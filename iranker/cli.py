@@ -652,6 +652,8 @@ def main(argv: list[str] | None = None) -> None:
         args.func(args)
     except (ValueError, FileNotFoundError, RuntimeError, ImportError) as e:
         _die(str(e), 1)
+    except OSError as e:  # e.g. a model id the hub cannot be reached for, with nothing in the local cache
+        _die(str(e).splitlines()[0] if str(e) else type(e).__name__, 1)
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -173,9 +174,12 @@ def resolve_model(name: str | None) -> str:
         if not (path / "config.json").exists():
             raise FileNotFoundError(f"--model {name}: folder has no config.json; expected a transformers model folder")
         return str(path)
-    if name.startswith((".", "/", "~")):
-        raise FileNotFoundError(f"--model {name}: no such folder")
+    if name.startswith((".", "/", "~")) or not _HUB_ID.fullmatch(name):
+        raise FileNotFoundError(f"--model {name}: no such folder (and not a Hugging Face id such as org/name)")
     return name  # a Hugging Face id, loaded from the hub (or its local cache)
+
+
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")
 
 
 def display_name(model: str) -> str:

@@ -12,7 +12,16 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 Scenario = Literal["recommendation", "routing", "passage"]
 Preference = Literal["performance", "balance", "cost"]
@@ -137,7 +146,8 @@ class RankingInstance(_Strict):
 
 class RankOptions(_Strict):
     method: Literal["iterative", "direct"] = "iterative"
-    reasoning: bool = Field(default=False, description="think + answer (parsed strictly) instead of one fast choice")
+    reasoning: StrictBool = Field(default=False, description="think + answer (parsed strictly) instead of one fast "
+                                                             "choice")
 
 
 class RankRequest(_Strict):
@@ -149,7 +159,7 @@ class RankRequest(_Strict):
     history: list[str] | None = Field(default=None, max_length=MAX_HISTORY_ITEMS)
     preference: Preference | None = None
     candidates: list[Candidate] = Field(max_length=MAX_CANDIDATES)
-    top_k: int | None = Field(default=None, ge=1)
+    top_k: StrictInt | None = Field(default=None, ge=1)
     options: RankOptions = Field(default_factory=RankOptions)
 
     @model_validator(mode="after")

@@ -187,12 +187,14 @@ class IRankerModel(kserve.Model):
     async def rerank(self, body: Any) -> dict:
         try:
             req = protocol.rerank_request(body, self.config)
+            if req.model is not None and req.model != self.name:
+                raise InvalidInput(f"model: this server reranks with model {self.name!r}, got {req.model!r}")
             rank_req = protocol.rerank_to_rank(req)
         except InvalidInput:
             m.REQUESTS.labels("passage", "bad_request").inc()
             raise
         (resp,) = await self.rank([rank_req], "documents")
-        return protocol.rerank_response(req, resp, req.model or self.name)
+        return protocol.rerank_response(req, resp, self.name)
 
     async def route(self, body: Any, headers: dict[str, str]):
         """Rank the routes for the chat request, then forward it down the ranking. Returns (Upstream, ranking,

@@ -18,10 +18,10 @@ import json
 import time
 import uuid
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from kserve.errors import InvalidInput
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, ValidationError
 
 from iranker.schema import (
     MAX_CANDIDATES,
@@ -113,12 +113,15 @@ class RerankDocument(_Lenient):
     text: str = Field(max_length=MAX_TEXT_CHARS)
 
 
+DocumentText = Annotated[str, Field(max_length=MAX_TEXT_CHARS)]
+
+
 class RerankRequest(_Lenient):
     model: str | None = None
     query: str = Field(min_length=1, max_length=MAX_QUERY_CHARS)
-    documents: list[str | RerankDocument] = Field(min_length=1, max_length=MAX_CANDIDATES)
-    top_n: int | None = Field(default=None, ge=1)
-    return_documents: bool = False
+    documents: list[DocumentText | RerankDocument] = Field(min_length=1, max_length=MAX_CANDIDATES)
+    top_n: StrictInt | None = Field(default=None, ge=1)
+    return_documents: StrictBool = False
 
 
 def rerank_request(body: Any, config: ServeConfig) -> RerankRequest:
@@ -135,8 +138,8 @@ def rerank_texts(req: RerankRequest) -> list[str]:
 
 def rerank_to_rank(req: RerankRequest) -> RankRequest:
     """A rerank call is a passage-scenario ranking of its documents; ids are the documents' indices."""
-    cands = [Candidate(id=str(i), text=t) for i, t in enumerate(rerank_texts(req))]
     try:
+        cands = [Candidate(id=str(i), text=t) for i, t in enumerate(rerank_texts(req))]
         return RankRequest(scenario="passage", query=req.query, candidates=cands)
     except ValidationError as e:
         raise InvalidInput(describe_error(e)) from None
@@ -172,7 +175,7 @@ class ChatRequest(BaseModel):
     model_config = ConfigDict(extra="allow")
     model: str
     messages: list[ChatMessage] = Field(min_length=1)
-    stream: bool = False
+    stream: StrictBool = False
     preference: Literal["performance", "balance", "cost"] | None = None
 
 

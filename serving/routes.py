@@ -74,6 +74,13 @@ class Guard:
             if not message.get("more_body", False):
                 break
         whole = b"".join(body)
+        problem = body_problem(whole, headers)
+        if problem:
+            from serving import metrics as m
+
+            m.REQUESTS.labels("unknown", "invalid").inc()
+            await JSONResponse(status_code=400, content={"error": problem})(scope, receive, send)
+            return
         sent = False
 
         async def replay():
@@ -84,6 +91,66 @@ class Guard:
             return await receive()
 
         await self.app(scope, replay, send)
+
+
+MAX_JSON_DEPTH = 64  # objects and arrays inside one another: a RankRequest needs 5
+
+
+def body_problem(body: bytes, headers: dict[bytes, bytes]) -> str | None:
+    """Why a JSON body must be refused before any route reads it (None when it is fine): not UTF-8, nested deeper
+    than MAX_JSON_DEPTH (Python's parser would hit its recursion limit: a 500), NaN or Infinity (not JSON), or a
+    string holding a lone UTF-16 surrogate (`"\\ud800"`: no text encoding can carry it). Bodies that are not JSON
+    (KServe's binary tensor extension, an empty body) are left to their route."""
+    import json
+
+    if not body.strip() or b"inference-header-content-length" in headers:
+        return None
+    head = body.lstrip()[:1]
+    if head not in (b"{", b"["):
+        return None
+    depth = deepest = 0
+    in_string = escaped = False
+    for byte in body:  # the nesting depth, outside strings, before the parser recurses into it
+        if in_string:
+            if escaped:
+                escaped = False
+            elif byte == 0x5C:  # backslash
+                escaped = True
+            elif byte == 0x22:  # quote
+                in_string = False
+        elif byte == 0x22:
+            in_string = True
+        elif byte in (0x7B, 0x5B):
+            depth += 1
+            deepest = max(deepest, depth)
+            if deepest > MAX_JSON_DEPTH:
+                return f"body: JSON nested more than {MAX_JSON_DEPTH} levels deep"
+        elif byte in (0x7D, 0x5D):
+            depth -= 1
+
+    def constant(name: str):
+        raise ValueError(f"body: {name} is not a JSON number")
+
+    try:
+        parsed = json.loads(body.decode("utf-8"), parse_constant=constant)
+    except UnicodeDecodeError as e:
+        return f"body: not UTF-8 text ({e.reason} at byte {e.start})"
+    except ValueError as e:
+        return str(e) if str(e).startswith("body:") else None  # malformed JSON: the route says where
+    stack = [(parsed, "body")]
+    while stack:
+        item, at = stack.pop()
+        if isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                return f"{at}: holds a lone UTF-16 surrogate (such as \\ud800), which is not text"
+        elif isinstance(item, dict):
+            stack += [(v, f"{at}.{k}") for k, v in item.items()]
+            stack += [(k, f"{at} (a key)") for k in item]
+        elif isinstance(item, list):
+            stack += [(v, f"{at}[{i}]") for i, v in enumerate(item)]
+    return None
 
 
 def install(app, model: IRankerModel) -> None:

@@ -93,3 +93,14 @@ def test_print_prompts_shows_each_requests_first_prompt_as_the_model_sees_it(tmp
     assert first.rstrip("\n").endswith("assistant\n[")  # fast mode: ends where the label is read
     second = out.stderr.split("----- request 1: first step's prompt")[1]
     assert "rank ALL passages" in second
+
+
+def test_a_missing_model_folder_is_one_line_and_leaves_nothing_behind(tmp_path):
+    for args in (["rank", str(ROOT / "samples" / "request.json")],
+                 ["evaluate", "--data", "samples", "--out", str(tmp_path / "report"), "--baselines", ""]):
+        out = run(*args, "--model", "missing/")
+        assert out.returncode == 1
+        assert out.stderr.strip().splitlines()[-1] == \
+            "iranker: error: --model missing/: no such folder (and not a Hugging Face id such as org/name)"
+        assert "Traceback" not in out.stderr
+    assert not (tmp_path / "report").exists()

@@ -235,6 +235,62 @@ def test_bad_v2_inputs_are_4xx(server):
     assert r.status_code == 400 and "inputs[x][0]: not valid JSON" in r.json()["error"]
 
 
+def _deep(n: int) -> str:
+    return "[" * n + "]" * n
+
+
+HOSTILE = {  # route, raw body, the words the 400 must hold (each once answered with a 500)
+    "rerank: plain-string document over the limit": (
+        "/v1/rerank", json.dumps({"query": "q", "documents": ["a" * 8001, "b"]}), "documents.0"),
+    "rerank: JSON nested 10,000 deep": (
+        "/v1/rerank", '{"query": "q", "documents": ' + _deep(10_000) + "}", "nested more than 64 levels"),
+    "chat: JSON nested 10,000 deep in messages": (
+        "/openai/v1/chat/completions", '{"model": "m", "messages": ' + _deep(10_000) + "}", "nested more than 64"),
+    "v2: JSON nested 10,000 deep in a BYTES element": (
+        V2, json.dumps({"inputs": [{"name": "r", "shape": [1], "datatype": "BYTES", "data": [_deep(10_000)]}]})
+        .replace('"' + _deep(10_000) + '"', _deep(10_000)), "nested more than 64"),
+    "rerank: a lone surrogate in a document": (
+        "/v1/rerank", '{"query": "q", "documents": ["ok", "bad \\ud800"]}'.replace("\\\\", "\\"),
+        "body.documents[1]: holds a lone UTF-16 surrogate"),
+    "chat: a lone surrogate in a message": (
+        "/openai/v1/chat/completions",
+        '{"model": "m", "messages": [{"role": "user", "content": "\\udc00"}]}'.replace("\\\\", "\\"),
+        "lone UTF-16 surrogate"),
+    "v2: shape [NaN]": (V2, '{"inputs": [{"name": "r", "shape": [NaN], "datatype": "BYTES", "data": ["{}"]}]}',
+                        "NaN is not a JSON number"),
+    "chat: temperature Infinity": (
+        "/openai/v1/chat/completions",
+        '{"model": "m", "temperature": Infinity, "messages": [{"role": "user", "content": "hi"}]}',
+        "Infinity is not a JSON number"),
+    "v1: top_k as a string": (V1, json.dumps({"instances": [{**PASSAGE, "top_k": "3"}]}), "top_k"),
+    "v1: reasoning as a string": (V1, json.dumps({"instances": [{**PASSAGE, "options": {"reasoning": "yes"}}]}),
+                                  "options.reasoning"),
+    "rerank: return_documents as a string": (
+        "/v1/rerank", json.dumps({"query": "q", "documents": ["a", "b"], "return_documents": "yes"}),
+        "return_documents"),
+    "rerank: top_n as a string": ("/v1/rerank", json.dumps({"query": "q", "documents": ["a", "b"], "top_n": "1"}),
+                                  "top_n"),
+    "rerank: another model's name": (
+        "/v1/rerank", json.dumps({"model": "../../../../etc/passwd", "query": "q", "documents": ["a", "b"]}),
+        "model: this server reranks with model 'iranker'"),
+}
+
+
+@pytest.mark.parametrize("case", list(HOSTILE))
+def test_hostile_input_is_a_400_naming_the_field_and_harms_nothing(server, case):
+    path, body, words = HOSTILE[case]
+    r = server.post(path, body.encode("utf-8", "surrogatepass"))
+    assert r.status_code == 400, (r.status_code, r.text[:300])
+    err = r.json()["error"]
+    assert words in (err["message"] if isinstance(err, dict) else err), err
+    assert server.post(V1, {"instances": [PASSAGE]}).status_code == 200
+
+
+def test_a_v2_request_without_json_constants_still_ranks(server):
+    body = {"inputs": [{"name": "r", "shape": [1], "datatype": "BYTES", "data": [json.dumps(PASSAGE)]}]}
+    assert server.post(V2, body).status_code == 200
+
+
 def test_candidate_text_cannot_steer_the_ranker(tiny_model_dir, tmp_path):
     """Special tokens of the model's own tokenizer in a candidate (here `[INST]`-style ones, which no fixed list
     knows) reach the model defused: the served ranking is that of the same text with the tokens already defused,

@@ -176,8 +176,7 @@ def evaluate(data: EvalData, out: str | Path, model: str | None = None, base: st
         raise ValueError(f"baselines: unknown {', '.join(unknown)}; choose from {', '.join(BASELINES)}")
     if train_run is not None and not (Path(train_run) / "metrics.jsonl").exists():
         raise FileNotFoundError(f"--train-run {train_run}: no metrics.jsonl (is it an `iranker train --out` folder?)")
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = Path(out)  # made once there is something to write: a model that fails to load leaves nothing behind
     base = base or EMBEDDED_ALIAS
     instances = data.instances
     t0 = time.perf_counter()
@@ -258,6 +257,7 @@ def evaluate(data: EvalData, out: str | Path, model: str | None = None, base: st
                "seconds": round(time.perf_counter() - t0, 1), "results": results}
     from iranker.evaluate.report import write_report
 
+    out.mkdir(parents=True, exist_ok=True)
     tmp = out / ".metrics.json.tmp"
     tmp.write_text(json.dumps(metrics, indent=1))
     (out / "per_instance.jsonl").write_text("".join(json.dumps(r) + "\n" for r in per_instance))
