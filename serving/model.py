@@ -53,6 +53,15 @@ class IRankerModel(kserve.Model):
         self.candidate_features = None  # the candidates' first-stage signals from Feast's online store
         self.batcher: Batcher | None = None
 
+    def get_input_types(self) -> list[dict]:
+        """The v2 input generic clients (tritonclient, the v2 metadata route) read: one BYTES tensor whose elements
+        are RankRequest JSON."""
+        return [{"name": "request", "datatype": "BYTES", "shape": [-1]}]
+
+    def get_output_types(self) -> list[dict]:
+        """The v2 output: one BYTES tensor whose elements are RankResponse JSON, in request order."""
+        return [{"name": "response", "datatype": "BYTES", "shape": [-1]}]
+
     def load(self) -> bool:
         from dataclasses import replace
 

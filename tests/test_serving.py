@@ -123,6 +123,9 @@ def test_health_readiness_and_model_metadata(server):
     assert httpx.get(f"{server.url}/v2/health/live").status_code == 200
     assert httpx.get(f"{server.url}/v2/health/ready").status_code == 200
     assert httpx.get(f"{server.url}/v1/models/iranker").json()["ready"] is True
+    meta = httpx.get(f"{server.url}/v2/models/iranker").json()  # what generic v2 clients read
+    assert meta["inputs"] == [{"name": "request", "datatype": "BYTES", "shape": [-1]}]
+    assert meta["outputs"] == [{"name": "response", "datatype": "BYTES", "shape": [-1]}]
 
 
 def test_prometheus_metrics_count_requests_batches_and_calls(server):
