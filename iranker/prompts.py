@@ -29,6 +29,7 @@ ANSWER_PREFIX = "["  # fast mode: the assistant turn starts with "[", the next t
 DEFAULT_MAX_WORDS = 120  # per candidate text (~160 tokens); histories and queries get their own caps
 MAX_QUERY_WORDS = 200  # a longer query keeps its first QUERY_HEAD_WORDS and its end, where the question is
 QUERY_HEAD_WORDS = 30
+MAX_QUERY_SHOWN_CHARS = 2_000  # and at most this many characters (a word cap alone lets "x" * 8000 through)
 FEATURE_SEP = " \u00b7 "  # "Star Wars (1977) · 583 ratings · 4.4/5"
 
 
@@ -118,8 +119,13 @@ def sanitize(text: str, max_words: int = DEFAULT_MAX_WORDS, keep_head: int | Non
 
 def shorten_query(query: str, max_words: int = MAX_QUERY_WORDS) -> str:
     """The query as the model is shown it - the one function training, evaluation and serving shorten it with:
-    sanitised; over `max_words`, its first words (the instruction) and its end (the question), the middle cut."""
-    return sanitize(query, max_words, keep_head=min(QUERY_HEAD_WORDS, max_words // 4))
+    sanitised; over `max_words`, its first words (the instruction) and its end (the question), the middle cut;
+    then over MAX_QUERY_SHOWN_CHARS characters, its first eighth and its end likewise."""
+    text = sanitize(query, max_words, keep_head=min(QUERY_HEAD_WORDS, max_words // 4))
+    if len(text) > MAX_QUERY_SHOWN_CHARS:
+        head = MAX_QUERY_SHOWN_CHARS // 8
+        text = text[:head] + " ... " + text[len(text) - (MAX_QUERY_SHOWN_CHARS - head):]
+    return text
 
 
 def feature_text(features: CandidateFeatures | None) -> str:

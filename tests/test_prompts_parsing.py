@@ -111,5 +111,7 @@ def test_a_long_query_keeps_its_question(shared_data):
     assert shown.split("User query: ", 1)[1].startswith(" ".join(inst.query.split()[:10]))
     # the previous cut kept the first 200 words: the worked examples, not the question
     assert " ".join(sanitize(question, 10_000).split()) not in sanitize(inst.query, MAX_QUERY_WORDS)
-    # short queries are shown whole
+    # short queries are shown whole; one giant word is cut in characters, keeping its end
     assert shorten_query("what is a vaccine?") == "what is a vaccine?"
+    giant = shorten_query("x" * 8000 + " the question?")
+    assert len(giant) <= 2_005 and giant.endswith("x the question?") and " ... " in giant
