@@ -53,8 +53,8 @@ def select_checkpoint(run: str | Path, states: list[Path], pools: int = 64, out:
 def select_served(run: str | Path, states: list[Path], instances: int = 300, out: str | Path | None = None,
                   log: Callable[[str], None] | None = None, batch_size: int = 16) -> dict:
     """Score a run's checkpoints (and the base model) as they would serve: whole VALIDATION lists (up to the
-    window: 20 passages, 20 items, 11 models), at least `instances` of them spread over the datasets, ranked by the
-    serving ranker under the run's ranking settings and scored with the test metrics (each scenario's primary
+    window: 20 passages, 20 items, 11 models), about `instances` of them spread evenly over the datasets and both
+    listing orders (a dataset with fewer validation instances gives what it has), ranked by the serving ranker under the run's ranking settings and scored with the test metrics (each scenario's primary
     metric: MRR, nDCG@10, nDCG@3). Writes the best checkpoint as `out/final` (default `run/selected/final`) and
     `selection.json`: every checkpoint's mean with its standard error, and which others lie within one standard
     error of the chosen one (a choice the validation data cannot make)."""
@@ -71,9 +71,9 @@ def select_served(run: str | Path, states: list[Path], instances: int = 300, out
     cfg = TrainConfig.model_validate(json.loads((run / "config.json").read_text()))
     if not states:
         raise ValueError(f"{run}: no checkpoints to choose from")
-    datasets = len(cfg.data)
-    data = load_eval_data(cfg.data, split="validation", limit=math.ceil(instances / max(datasets, 1)),
-                          orders=("first-stage", "shuffled"))
+    orders = ("first-stage", "shuffled")
+    per_dataset = math.ceil(instances / (max(len(cfg.data), 1) * len(orders)))  # about `instances` lists in all
+    data = load_eval_data(cfg.data, split="validation", limit=per_dataset, orders=orders)
     todo = data.instances
     if not todo:
         raise ValueError(f"data: no validation-split instances in {', '.join(cfg.data)} to select a checkpoint on")
