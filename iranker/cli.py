@@ -430,6 +430,7 @@ def cmd_serve(args) -> None:
     try:
         config = ServeConfig(max_queue=args.max_queue, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
                              deadline_s=args.deadline, token=token, max_body_bytes=args.max_body_bytes,
+                             body_timeout_s=args.body_timeout,
                              methods=("iterative", *dict.fromkeys(args.allow_method)),
                              allow_reasoning=args.allow_reasoning, max_passes=args.max_passes)
     except ValueError as e:
@@ -625,6 +626,8 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--max-passes", type=int, default=None,
                     help="per-request budget in model passes (elimination decisions; direct: 1); beyond it: 400")
     sv.add_argument("--max-body-bytes", type=int, default=4_000_000, help="request body limit (default 4 MB; 413)")
+    sv.add_argument("--body-timeout", type=float, default=10.0,
+                    help="seconds a POST body may take to arrive after its headers (default 10; 408 beyond)")
     sv.add_argument("--routes", default=None, help="a routes file (YAML): answer OpenAI chat completions as an LLM "
                     "router over the LLMs it lists (README: Serving)")
     sv.set_defaults(func=cmd_serve)

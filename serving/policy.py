@@ -27,6 +27,7 @@ class ServeConfig:
     max_instances: int = 32      # requests in one HTTP call
     max_candidates: int = MAX_CANDIDATES
     max_body_bytes: int = 4_000_000
+    body_timeout_s: float = 10.0  # a POST body must arrive within this time once its headers have; beyond it: 408
     token: str | None = None     # bearer token; None: no auth (behind a gateway that does it)
     retry_after_s: int = 1
     # policy: what clients may ask for (the operator opts in to the slower modes)

@@ -11,6 +11,7 @@ stay as they are.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 
@@ -31,7 +32,8 @@ def openai_prefix() -> str:
 class Guard:
     """ASGI middleware in front of every route: the bearer token is checked before a POST body is read (401), and
     the body is refused with 413 once more than `max_body_bytes` have arrived - counted as read, so a chunked body
-    without a Content-Length is held to the limit too. Health, readiness and metrics (GET) stay open."""
+    without a Content-Length is held to the limit too - and with 408 when it has not all arrived within
+    `body_timeout_s`. Health, readiness and metrics (GET) stay open."""
 
     def __init__(self, app, model: IRankerModel):
         self.app = app
@@ -60,8 +62,18 @@ class Guard:
                 scope, receive, send)
             return
         body, size = [], 0
+        loop = asyncio.get_running_loop()
+        until = loop.time() + config.body_timeout_s
         while True:
-            message = await receive()
+            try:  # a body that trickles in (or a Content-Length that lies) holds a connection no longer than this
+                message = await asyncio.wait_for(receive(), timeout=max(until - loop.time(), 0.001))
+            except asyncio.TimeoutError:
+                from serving import metrics as m
+
+                m.REQUESTS.labels("unknown", "timeout").inc()
+                await JSONResponse(status_code=408, headers={"Connection": "close"}, content={
+                    "error": f"body: not received within {config.body_timeout_s:g} s"})(scope, receive, send)
+                return
             if message["type"] == "http.disconnect":
                 return
             chunk = message.get("body", b"")

@@ -289,6 +289,23 @@ def test_hostile_input_is_a_400_naming_the_field_and_harms_nothing(server, case)
     assert server.post(V1, {"instances": [PASSAGE]}).status_code == 200
 
 
+def test_a_body_that_never_arrives_is_cut_off_with_408(server):
+    """A Content-Length that lies (5000 declared, 13 sent) holds the connection no longer than --body-timeout
+    (10 s by default); the server answers 408 and closes, and valid requests are served meanwhile."""
+    import socket
+    import time
+
+    t0 = time.monotonic()
+    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
+        sock.sendall(b"POST " + V1.encode() + b" HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: 5000\r\n\r\n{\"instances\":")
+        assert server.post(V1, {"instances": [PASSAGE]}).status_code == 200  # others are served meanwhile
+        answer = sock.recv(4096).decode()
+    waited = time.monotonic() - t0
+    assert answer.startswith("HTTP/1.1 408") and "body: not received within 10 s" in answer
+    assert 9 < waited < 25
+
+
 def test_a_v2_request_without_json_constants_still_ranks(server):
     body = {"inputs": [{"name": "r", "shape": [1], "datatype": "BYTES", "data": [json.dumps(PASSAGE)]}]}
     assert server.post(V2, body).status_code == 200
