@@ -2,9 +2,9 @@
 
 `device`: auto (CUDA when torch sees a GPU, else the CPU), cpu or cuda (an error naming the setting when there is
 no GPU). `dtype`: auto is bfloat16 on CUDA and float32 on the CPU for ranking; for training (`training_dtype`) auto
-is bfloat16 also on a CPU that computes it natively (AMX or AVX-512 BF16: ~3x float32 for a forward and backward
-pass of SmolLM2 measured on such a machine) and float32 elsewhere (AVX2 only: bf16 is emulated, several times
-slower). `cpu_info()` is what result files record about the CPU.
+is bfloat16 also on a CPU that computes it natively (AMX or AVX-512 BF16: 1.8x float32 for the `cpu` profile's
+training on such a machine, benchmarks/results/bench_train_stages_bf16.json vs _float32.json) and float32 elsewhere
+(AVX2 only: bf16 is emulated there). `cpu_info()` is what result files record about the CPU.
 """
 
 from __future__ import annotations

@@ -20,9 +20,12 @@ another, e.g. a copy whose feature_store.yaml points at Redis on a cluster.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
+import shutil
+import sys
 from collections import Counter
 from collections.abc import Sequence
 from datetime import datetime, timedelta, timezone
@@ -71,18 +74,12 @@ def build_feature_tables(data_dir: str | Path | Sequence[str | Path], repo: str 
     if not rec:
         raise DataError(f"{', '.join(map(str, folders))}: user features come from recommendation data; no "
                         f"recommendation dataset folder among them (scenarios: {', '.join(map(str, scenarios.values()))})")
-    out = {"user_context": _user_context(rec[0], history, n_classes)}
-    per_view: dict[str, list[pd.DataFrame]] = {"item_attributes": [], "model_quality": []}
+    builds = [(load_tables(f), load_dataset_instances(f), read_manifest(f)) for f in folders
+              if scenarios[str(f)] in CANDIDATE_VIEWS]
+    out = {"user_context": _user_context(rec[0], history, n_classes), **candidate_sources(builds)}
     served: dict[str, str] = {}
-    for f in folders:
-        manifest = read_manifest(f)
-        if manifest.get("scenario") in CANDIDATE_VIEWS:
-            rows = candidate_feature_rows(load_tables(f), load_dataset_instances(f), manifest)
-            for view, df in rows.items():
-                per_view[view].append(df)
-            served.setdefault(manifest["scenario"], manifest.get("dataset", ""))
-    for view, frames in per_view.items():
-        out[view] = _concat(frames, view)
+    for _, _, manifest in builds:
+        served.setdefault(manifest["scenario"], manifest.get("dataset", ""))
     _write_sources(repo, out)
     # which dataset's figures the server shows for each scenario's candidates (the first folder of each)
     (repo / "data" / SERVED_DATASETS).write_text(json.dumps(served, indent=1, sort_keys=True) + "\n")
@@ -317,32 +314,34 @@ def load_with_features(sources: Sequence[str]) -> list:
         return with_candidate_features(builds, tmp)
 
 
+def candidate_sources(builds: Sequence) -> dict[str, pd.DataFrame]:
+    """The candidate views' source rows from datasets ((tables, instances, manifest) each): their training splits'
+    counts, means and prices (`candidate_feature_rows`); a source without the tables (instances only) adds none."""
+    needs = {"recommendation": {"interactions", "items"}, "routing": {"outcomes"}}
+    frames: dict[str, list[pd.DataFrame]] = {"item_attributes": [], "model_quality": []}
+    for tables, instances, manifest in builds:
+        if needs.get(manifest.get("scenario"), {"-"}) <= set(tables):
+            for view, df in candidate_feature_rows(tables, instances, manifest).items():
+                frames[view].append(df)
+    return {view: _concat(f, view) for view, f in frames.items()}
+
+
 def with_candidate_features(builds: Sequence, workdir: str | Path) -> list:
     """Every instance of `builds` ((tables, instances, manifest) per dataset) with its candidates' features, read
     from the offline store of a Feast repository made in `workdir` (this project's definitions, the candidate
     views written from these datasets' training splits): what training and evaluation rank."""
-    import shutil
-
     repo = Path(workdir) / "feature_repo"
     repo.mkdir(parents=True, exist_ok=True)
     for name in ("feature_store.yaml", "definitions.py"):
         shutil.copy(default_repo() / name, repo / name)
-    frames: dict[str, list[pd.DataFrame]] = {"item_attributes": [], "model_quality": []}
     times: dict[str, datetime] = {}
-    needs = {"recommendation": {"interactions", "items"}, "routing": {"outcomes"}}
-    for tables, instances, manifest in builds:
-        if needs.get(manifest.get("scenario"), {"-"}) <= set(tables):  # instances-only sources have no tables
-            for view, df in candidate_feature_rows(tables, instances, manifest).items():
-                frames[view].append(df)
+    for tables, instances, _ in builds:
         times.update(instance_times(tables, instances))
-    sources = {v: _concat(f, v) for v, f in frames.items()}
+    sources = candidate_sources(builds)
     sources["user_context"] = pd.DataFrame({"user_id": pd.Series(dtype="object"),
                                             "event_timestamp": pd.Series(dtype="datetime64[ns, UTC]")})
     _write_sources(repo, sources)
     objects = [o for o in _definitions(repo) if o.name != "user_context"]
-    import contextlib
-    import sys
-
     with contextlib.redirect_stdout(sys.stderr):
         store(repo).apply(objects)
     instances = [i for _, insts, _ in builds for i in insts]
