@@ -69,8 +69,27 @@ if [ "$ENGINE" = docker ]; then
     export DOCKER_BUILDKIT=1   # RUN --mount=type=secret
 fi
 
+# Disk: a build writes the builder stage (~3.3 GB), the image (~3 GB) and, with podman, a copy of its largest layer
+# under /var/tmp while committing it. Refuse early, with the way out, rather than fail after minutes of pip.
+need_gb=${IRANKER_BUILD_MIN_FREE_GB:-8}
+store=$("$ENGINE" info --format '{{.Store.GraphRoot}}' 2>/dev/null || true)
+for dir in ${store:+"$store"} /var/tmp; do
+    [ -d "$dir" ] || continue
+    free_gb=$(( $(df -Pk "$dir" | awk 'NR==2 {print $4}') / 1048576 ))
+    if [ "$free_gb" -lt "$need_gb" ]; then
+        echo "build: only $free_gb GB free under $dir; an image build needs about $need_gb GB" \
+             "(IRANKER_BUILD_MIN_FREE_GB). '$ENGINE system df' shows what images hold;" \
+             "'$ENGINE image prune -f' removes untagged ones" >&2
+        exit 1
+    fi
+done
+
 echo "build: $ENGINE build ${args[*]} ${extra[*]} ." >&2
 start=$(date +%s)
 "$ENGINE" build "${args[@]}" "${extra[@]}" .
 size=$("$ENGINE" image inspect --format '{{.Size}}' "$image")
 echo "build: $image built in $(( $(date +%s) - start )) s; $(( size / 1000000 )) MB" >&2
+# The previous build's image lost its tag to this one: remove the untagged images that earlier builds of this
+# project left (every stage carries the label io.iranker.build), so that rebuilding does not fill the disk.
+# This build's own layers stay as the cache of the next one.
+"$ENGINE" image prune -f --filter label=io.iranker.build >/dev/null || echo "build: could not prune old images" >&2
