@@ -453,7 +453,8 @@ def cmd_serve(args) -> None:
     try:
         config = ServeConfig(max_queue=args.max_queue, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
                              deadline_s=args.deadline, token=token, max_body_bytes=args.max_body_bytes,
-                             body_timeout_s=args.body_timeout,
+                             body_timeout_s=args.body_timeout, header_timeout_s=args.header_timeout,
+                             max_connections_per_client=args.max_connections_per_client,
                              methods=("iterative", *dict.fromkeys(args.allow_method)),
                              allow_reasoning=args.allow_reasoning, max_passes=args.max_passes)
     except ValueError as e:
@@ -661,6 +662,12 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--max-body-bytes", type=int, default=4_000_000, help="request body limit (default 4 MB; 413)")
     sv.add_argument("--body-timeout", type=float, default=10.0,
                     help="seconds a POST body may take to arrive after its headers (default 10; 408 beyond)")
+    sv.add_argument("--header-timeout", type=float, default=10.0,
+                    help="seconds a request's headers may take to arrive (default 10; the connection is closed "
+                    "beyond)")
+    sv.add_argument("--max-connections-per-client", type=int, default=64,
+                    help="open connections one client address may hold (default 64; more are closed at once; 0: no "
+                    "bound - behind a proxy every connection has the proxy's address)")
     sv.add_argument("--routes", default=None, help="a routes file (YAML): answer OpenAI chat completions as an LLM "
                     "router over the LLMs it lists (README: Serving)")
     sv.set_defaults(func=cmd_serve)

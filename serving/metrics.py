@@ -17,3 +17,6 @@ ROUTES = Counter("iranker_routes", "Chat completions answered, by the LLM that a
                  ["route", "preference"])
 ROUTE_FALLBACKS = Counter("iranker_route_fallbacks", "LLM attempts that failed (5xx or no answer) before another "
                           "LLM of the ranking answered")
+CONNECTIONS_CLOSED = Counter("iranker_connections_closed", "Connections the server closed before a request: headers "
+                             "not complete in time (header_timeout) or one connection too many from an address "
+                             "(per_client)", ["reason"])

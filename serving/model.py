@@ -239,8 +239,10 @@ def serve(model: IRankerModel, http_port: int = 8080) -> None:
     from kserve import ModelServer
     from kserve.model_server import app
 
+    from serving import connections
     from serving.routes import install
 
+    connections.install(model.config.header_timeout_s, model.config.max_connections_per_client)
     model.load()
     install(app, model)
     ModelServer(http_port=http_port, enable_grpc=False).start([model])

@@ -28,6 +28,8 @@ class ServeConfig:
     max_candidates: int = MAX_CANDIDATES
     max_body_bytes: int = 4_000_000
     body_timeout_s: float = 10.0  # a POST body must arrive within this time once its headers have; beyond it: 408
+    header_timeout_s: float = 10.0  # request headers must arrive within this time (serving/connections.py)
+    max_connections_per_client: int = 64  # open connections per client address; 0: no bound
     token: str | None = None     # bearer token; None: no auth (behind a gateway that does it)
     retry_after_s: int = 1
     # policy: what clients may ask for (the operator opts in to the slower modes)
@@ -41,6 +43,12 @@ class ServeConfig:
         unknown = [m for m in self.methods if m not in METHODS]
         if unknown or not self.methods:
             raise ValueError(f"methods: expected one or more of {', '.join(METHODS)}, got {list(self.methods)}")
+        for name in ("body_timeout_s", "header_timeout_s"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name}: must be > 0 seconds, got {getattr(self, name)}")
+        if self.max_connections_per_client < 0:
+            raise ValueError(f"max_connections_per_client: must be >= 0 (0: no bound), got "
+                             f"{self.max_connections_per_client}")
         if self.max_passes is not None and self.max_passes < 1:
             raise ValueError(f"max_passes: must be >= 1, got {self.max_passes}")
 

@@ -300,10 +300,56 @@ def test_a_body_that_never_arrives_is_cut_off_with_408(server):
         sock.sendall(b"POST " + V1.encode() + b" HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
                      b"Content-Length: 5000\r\n\r\n{\"instances\":")
         assert server.post(V1, {"instances": [PASSAGE]}).status_code == 200  # others are served meanwhile
-        answer = sock.recv(4096).decode()
+        chunks = []
+        while chunk := sock.recv(4096):  # the answer, to the close that follows it
+            chunks.append(chunk)
+        answer = b"".join(chunks).decode()
     waited = time.monotonic() - t0
     assert answer.startswith("HTTP/1.1 408") and "body: not received within 10 s" in answer
     assert 9 < waited < 25
+
+
+def test_slow_headers_and_connection_floods_are_cut_off(tiny_model_dir):
+    """Headers that never complete lose their connection after --header-timeout; an address holding
+    --max-connections-per-client connections gets the next one closed at once; both are counted, and valid requests
+    are served throughout."""
+    import socket
+
+    s = Server("--model", str(tiny_model_dir), "--no-features", "--header-timeout", "2",
+               "--max-connections-per-client", "4")
+    try:
+        t0 = time.monotonic()
+        slow = socket.create_connection(("127.0.0.1", s.port), timeout=30)
+        slow.sendall(b"POST " + V1.encode() + b" HTTP/1.1\r\nHost: 127.0.0.1\r\n")  # and then nothing
+        assert slow.recv(4096) == b""  # closed by the server
+        assert 1.5 < time.monotonic() - t0 < 10
+        slow.close()
+        # a connection that sends nothing at all is closed the same way
+        idle = socket.create_connection(("127.0.0.1", s.port), timeout=30)
+        assert idle.recv(4096) == b""
+        idle.close()
+
+        body = json.dumps({"instances": [PASSAGE]}).encode()
+        held = []
+        for _ in range(4):  # four connections, each sending a whole request at once
+            sock = socket.create_connection(("127.0.0.1", s.port), timeout=30)
+            sock.sendall(b"POST " + V1.encode() + b" HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json"
+                         b"\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+            held.append(sock)
+        extra = socket.create_connection(("127.0.0.1", s.port), timeout=30)
+        assert extra.recv(4096) == b""  # the fifth from this address: closed at once
+        extra.close()
+        for sock in held:  # the four are served
+            assert sock.recv(65536).startswith(b"HTTP/1.1 200")
+        for sock in held:
+            sock.close()
+        time.sleep(0.5)
+        assert s.post(V1, {"instances": [PASSAGE]}).status_code == 200
+        metrics = httpx.get(s.url + "/metrics", timeout=10).text
+        assert 'iranker_connections_closed_total{reason="header_timeout"} 2.0' in metrics
+        assert 'iranker_connections_closed_total{reason="per_client"} 1.0' in metrics
+    finally:
+        s.close()
 
 
 def test_a_v2_request_without_json_constants_still_ranks(server):
