@@ -456,7 +456,8 @@ def cmd_serve(args) -> None:
                              body_timeout_s=args.body_timeout, header_timeout_s=args.header_timeout,
                              max_connections_per_client=args.max_connections_per_client,
                              methods=("iterative", *dict.fromkeys(args.allow_method)),
-                             allow_reasoning=args.allow_reasoning, max_passes=args.max_passes)
+                             allow_reasoning=args.allow_reasoning, max_passes=args.max_passes,
+                             max_request_tokens=args.max_request_tokens, max_batch_tokens=args.max_batch_tokens)
     except ValueError as e:
         _die(str(e))
     if args.backend == "openai" and not args.base_url:
@@ -659,6 +660,12 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--allow-reasoning", action="store_true", help="let clients ask for reasoning mode")
     sv.add_argument("--max-passes", type=int, default=None,
                     help="per-request budget in model passes (elimination decisions; direct: 1); beyond it: 400")
+    sv.add_argument("--max-request-tokens", type=int, default=16_384,
+                    help="per-request budget in estimated prompt tokens (all sliding windows; default 16384; 400 "
+                    "beyond; 0: no cap)")
+    sv.add_argument("--max-batch-tokens", type=int, default=16_384,
+                    help="a batch takes requests up to this many estimated prompt tokens (default 16384; a larger "
+                    "request is ranked alone)")
     sv.add_argument("--max-body-bytes", type=int, default=4_000_000, help="request body limit (default 4 MB; 413)")
     sv.add_argument("--body-timeout", type=float, default=10.0,
                     help="seconds a POST body may take to arrive after its headers (default 10; 408 beyond)")

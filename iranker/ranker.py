@@ -23,6 +23,7 @@ eliminations, numbered across windows.
 
 from __future__ import annotations
 
+import math
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -335,6 +336,57 @@ def first_prompt(backend: Backend, config: RankerConfig, req: RankRequest) -> st
     if encoder is None:
         return render_plain(prompt)
     return encoder.tokenizer.decode(encoder.encode(prompt).ids)
+
+
+@dataclass(frozen=True)
+class RequestCost:
+    """What ranking a request costs the model: the prompt tokens it prefills and the passes it makes."""
+
+    tokens: int
+    passes: int
+
+
+def estimate_cost(backend: Backend, config: RankerConfig, req: RankRequest) -> RequestCost:
+    """The prompt tokens and model passes ranking `req` will take under `config`, before it runs (the server's
+    admission and batching use it; serving/policy.py).
+
+    Candidates are encoded as the model will see them (the backend's tokenizer, the per-candidate token cap), in
+    prompts of at most `window`; the estimate then follows the ranker: the cached layout prefills each sliding
+    window's prompt once and re-reads its closing cue per decision, the relist layout (and reasoning mode) prefills the
+    remaining pool at every step, and reasoning mode adds up to `max_new_tokens` generated per step. Without a
+    tokenizer (a test backend), four characters count as a token."""
+    ctx = build_context(req, config.max_words)
+    n, w = len(req.candidates), config.window
+    encoder = getattr(backend, "encoder", None)
+    overhead, tail, item_tokens = 0, 4, []
+    for start in range(0, max(n, 1), w):
+        pool = list(range(start, min(start + w, n)))
+        prompt = (direct_prompt(ctx, pool) if req.options.method == "direct" else
+                  iterative_prompt(ctx, pool, alphabet=LABELS))
+        if encoder is not None:
+            enc = encoder.encode(prompt)
+            overhead = max(overhead, len(enc.head) + len(enc.tail))
+            tail = len(enc.tail)
+            item_tokens += [len(i) for i in enc.items]
+        else:
+            overhead = max(overhead, (len(prompt.head) + len(prompt.tail) + len(prompt.system or "")) // 4 + 1)
+            item_tokens += [len(line) // 4 + 1 for line in prompt.items]
+    mean_item = sum(item_tokens) / max(len(item_tokens), 1)
+    reasoning = req.options.reasoning
+    if req.options.method == "direct":
+        generated = (config.max_new_tokens if reasoning else 4 * n)
+        return RequestCost(overhead + sum(item_tokens) + generated, 1)
+    if n < 2:
+        return RequestCost(0, 0)
+    windows = 1 if n <= w else math.ceil((n - w) / config.stride) + 1
+    size = min(n, w)
+    if reasoning or config.layout == "relist" or not hasattr(backend, "open_pools"):
+        per_window = sum(overhead + k * mean_item for k in range(2, size + 1))  # the remaining pool, every step
+    else:
+        per_window = overhead + size * mean_item + tail * (size - 1)  # listed once; each decision re-reads the cue
+    passes = windows * (size - 1)
+    tokens = windows * per_window + (passes * config.max_new_tokens if reasoning else 0)
+    return RequestCost(math.ceil(tokens), passes)
 
 
 def open_model(model: str | None = None, backend: str = "transformers", explicit: dict | None = None,

@@ -1,7 +1,9 @@
 """The ranking queue: concurrent requests are ranked together, and no request can spoil another's answer.
 
 `Batcher` holds a bounded queue in front of one ranking worker. While the worker ranks one batch, new requests
-queue up and form the next one, so the model sees up to `max_batch` requests at a time under load.
+queue up and form the next one, so the model sees up to `max_batch` requests at a time under load - and at most
+`max_batch_tokens` estimated prompt tokens (`iranker.ranker.estimate_cost`; the first request of a batch always
+goes), so that one batch, and the wait of a request queued behind it, stays short.
 
 - A full queue answers 503 with Retry-After; a request past its deadline answers 504 with Retry-After.
 - The ranking function gets, beside the requests, one `alive()` callable per request: the ranker asks it between
@@ -35,6 +37,7 @@ class _Item:
     request: RankRequest
     future: asyncio.Future
     deadline: float
+    cost: int = 0  # estimated prompt tokens
 
     def alive(self) -> bool:
         return not self.future.done() and time.monotonic() < self.deadline
@@ -47,13 +50,15 @@ class Batcher:
         self.queue: asyncio.Queue[_Item] | None = None
         self.executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="iranker-rank")
         self.worker: asyncio.Task | None = None
+        self._held: _Item | None = None  # taken from the queue but over the last batch's budget: first of the next
 
     def _start(self) -> None:
         if self.worker is None or self.worker.done():
             self.queue = asyncio.Queue()
             self.worker = asyncio.get_running_loop().create_task(self._work())
 
-    async def submit(self, requests: Sequence[RankRequest], deadline_s: float | None = None) -> list[RankResponse]:
+    async def submit(self, requests: Sequence[RankRequest], deadline_s: float | None = None,
+                     costs: Sequence[int] | None = None) -> list[RankResponse]:
         self._start()
         assert self.queue is not None
         if self.queue.qsize() + len(requests) > self.config.max_queue:
@@ -61,7 +66,8 @@ class Batcher:
         loop = asyncio.get_running_loop()
         limit = deadline_s or self.config.deadline_s
         deadline = time.monotonic() + limit
-        items = [_Item(r, loop.create_future(), deadline) for r in requests]
+        items = [_Item(r, loop.create_future(), deadline, c) for r, c in zip(requests, costs or [0] * len(requests),
+                                                                              strict=True)]
         for item in items:
             self.queue.put_nowait(item)
         m.QUEUE_DEPTH.set(self.queue.qsize())
@@ -77,21 +83,26 @@ class Batcher:
 
     async def _collect(self) -> list[_Item]:
         assert self.queue is not None
-        batch = [await self.queue.get()]
+        held, self._held = self._held, None
+        batch = [held if held is not None else await self.queue.get()]
+        tokens = batch[0].cost
         wait_until = time.monotonic() + self.config.max_wait_ms / 1000
         while len(batch) < self.config.max_batch:
             try:
-                batch.append(self.queue.get_nowait())
-                continue
+                item = self.queue.get_nowait()
             except asyncio.QueueEmpty:
-                pass
-            remaining = wait_until - time.monotonic()
-            if remaining <= 0:
+                remaining = wait_until - time.monotonic()
+                if remaining <= 0:
+                    break
+                try:
+                    item = await asyncio.wait_for(self.queue.get(), remaining)
+                except asyncio.TimeoutError:
+                    break
+            if tokens + item.cost > self.config.max_batch_tokens:
+                self._held = item  # over this batch's budget: it opens the next one
                 break
-            try:
-                batch.append(await asyncio.wait_for(self.queue.get(), remaining))
-            except asyncio.TimeoutError:
-                break
+            batch.append(item)
+            tokens += item.cost
         return batch
 
     async def _work(self) -> None:

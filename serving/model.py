@@ -23,7 +23,7 @@ from iranker.schema import RankRequest, RankResponse
 from serving import metrics as m
 from serving import protocol
 from serving.batching import Batcher
-from serving.policy import DeadlineExceeded, Overloaded, ServeConfig, Unauthorized, authorized, check_policy
+from serving.policy import DeadlineExceeded, Overloaded, ServeConfig, Unauthorized, authorized, check_cost, check_policy
 
 __all__ = ["IRankerModel", "ServeConfig", "serve"]
 
@@ -52,6 +52,7 @@ class IRankerModel(kserve.Model):
         self.features = None
         self.candidate_features = None  # the candidates' first-stage signals from Feast's online store
         self.batcher: Batcher | None = None
+        self.ranker_config = None  # what the loaded model ranks under (load())
 
     def get_input_types(self) -> list[dict]:
         """The v2 input generic clients (tritonclient, the v2 metadata route) read: one BYTES tensor whose elements
@@ -89,6 +90,7 @@ class IRankerModel(kserve.Model):
             self.router = Router(load_routes(self.routes_file))
         config = replace(ranker_config, batch_size=self.config.max_batch)
         self.config.window, self.config.stride = config.window, config.stride
+        self.ranker_config = config
         backend = self.backend
         self.batcher = Batcher(lambda reqs, alive: rank_requests(backend, reqs, config, alive=alive), self.config)
         self.ready = True
@@ -111,6 +113,16 @@ class IRankerModel(kserve.Model):
                     raise InvalidInput(f"{where}[{k}].candidates: {e}") from None
         return [await self._with_candidate_features(await self._with_history(req, f"{where}[{k}]"))
                 for k, req in enumerate(requests)]
+
+    async def _costs(self, requests: list[RankRequest], where: str) -> list[int]:
+        """Each request's estimated prompt tokens (tokenised off the event loop); over the cap: 400."""
+        from iranker.ranker import estimate_cost
+
+        costs = await asyncio.to_thread(lambda: [estimate_cost(self.backend, self.ranker_config, r).tokens
+                                                 for r in requests])
+        for k, (req, tokens) in enumerate(zip(requests, costs, strict=True)):
+            check_cost(tokens, len(req.candidates), self.config, f"{where}[{k}]")
+        return costs
 
     async def _with_candidate_features(self, req: RankRequest) -> RankRequest:
         """Candidates without features get those the online store holds for their ids (what training showed)."""
@@ -143,12 +155,13 @@ class IRankerModel(kserve.Model):
         assert self.batcher is not None
         try:
             requests = await self._admit(requests, where)
+            costs = await self._costs(requests, where)
         except InvalidInput:
             _count(requests, "bad_request")
             raise
         t0 = time.perf_counter()
         try:
-            responses = await self.batcher.submit(requests)
+            responses = await self.batcher.submit(requests, costs=costs)
         except Overloaded:
             _count(requests, "overloaded")
             raise

@@ -36,6 +36,9 @@ class ServeConfig:
     methods: tuple[str, ...] = ("iterative",)
     allow_reasoning: bool = False
     max_passes: int | None = None  # per request: model passes (elimination decisions; direct: one); None = no cap
+    # per request: prompt tokens the model prefills (iranker.ranker.estimate_cost); beyond it: 400. 0: no cap
+    max_request_tokens: int = 16_384
+    max_batch_tokens: int = 16_384  # a batch is formed up to this many estimated tokens (at least one request)
     window: int = 20             # the ranker's window and stride (to count the passes a request needs)
     stride: int = 10
 
@@ -49,6 +52,9 @@ class ServeConfig:
         if self.max_connections_per_client < 0:
             raise ValueError(f"max_connections_per_client: must be >= 0 (0: no bound), got "
                              f"{self.max_connections_per_client}")
+        if self.max_request_tokens < 0 or self.max_batch_tokens < 1:
+            raise ValueError(f"max_request_tokens: must be >= 0 (0: no cap) and max_batch_tokens >= 1, got "
+                             f"{self.max_request_tokens} and {self.max_batch_tokens}")
         if self.max_passes is not None and self.max_passes < 1:
             raise ValueError(f"max_passes: must be >= 1, got {self.max_passes}")
 
@@ -103,3 +109,11 @@ def check_policy(req: RankRequest, config: ServeConfig, at: str) -> None:
         if need > config.max_passes:
             raise InvalidInput(f"{at}: needs {need} model passes ({len(req.candidates)} candidates, {method}); this "
                                f"server allows at most {config.max_passes} per request (--max-passes)")
+
+
+def check_cost(tokens: int, n_candidates: int, config: ServeConfig, at: str) -> None:
+    """Refuse a request whose estimated prompt tokens exceed the server's per-request cap, saying both numbers."""
+    if config.max_request_tokens and tokens > config.max_request_tokens:
+        raise InvalidInput(f"{at}: ranking it would take about {tokens} prompt tokens ({n_candidates} candidates); "
+                           f"this server allows at most {config.max_request_tokens} per request "
+                           "(--max-request-tokens): send fewer or shorter candidates, or split the request")

@@ -219,3 +219,20 @@ def test_candidate_text_is_capped_in_tokens(tiny_tokenizer):
 def test_window_out_of_range_is_rejected():
     with pytest.raises(ValueError, match="window"):
         RankerConfig(window=40)
+
+
+@pytest.mark.parametrize("n", [5, 20, 45])
+@pytest.mark.parametrize("layout", ["cached", "relist"])
+def test_the_cost_estimate_is_the_prompt_tokens_ranking_takes(tiny_backend, n, layout):
+    """What the server admits and batches by (`estimate_cost`) is, before ranking, within a fifth of the prompt
+    tokens the ranking then reports, and counts its model passes exactly where no decision is speculated."""
+    from iranker.ranker import estimate_cost
+
+    config = RankerConfig(layout=layout, speculate=0)
+    req = passage_request(n)
+    cost = estimate_cost(tiny_backend, config, req)
+    resp = IterativeRanker(tiny_backend, config).rank(req)
+    assert cost.passes == resp.usage.llm_calls
+    assert 0.8 < cost.tokens / resp.usage.prompt_tokens < 1.25, (cost, resp.usage)
+    # more or longer candidates cost more
+    assert estimate_cost(tiny_backend, config, passage_request(n + 5)).tokens > cost.tokens

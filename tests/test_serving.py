@@ -529,3 +529,43 @@ def test_a_failed_batch_fails_its_requests_and_the_worker_goes_on():
         return await b.submit(_reqs(2))
 
     assert len(asyncio.run(main())) == 2 and calls == [1, 2]
+
+
+def test_batches_are_formed_by_token_budget():
+    """A batch takes queued requests up to max_batch_tokens of estimated cost; the request that would exceed it
+    opens the next batch, and one request over the budget is ranked alone."""
+    sys.path.insert(0, str(ROOT))
+    from serving.batching import Batcher
+    from serving.policy import ServeConfig
+
+    batches = []
+
+    def rank(reqs, alive):
+        batches.append(len(reqs))
+        return _answer(reqs)
+
+    async def main():
+        b = Batcher(rank, ServeConfig(max_wait_ms=50, max_batch_tokens=1000))
+        return await asyncio.gather(b.submit(_reqs(1), costs=[5000]), b.submit(_reqs(3), costs=[400, 400, 400]),
+                                    b.submit(_reqs(2), costs=[100, 100]))
+
+    results = asyncio.run(main())
+    assert [len(r) for r in results] == [1, 3, 2]
+    assert batches == [1, 2, 3]  # [5000] alone, [400, 400], [400, 100, 100]
+
+
+def test_a_request_over_the_token_budget_is_refused_before_it_queues(tiny_model_dir):
+    s = Server("--model", str(tiny_model_dir), "--no-features", "--max-request-tokens", "1500")
+    try:
+        big = {**PASSAGE, "candidates": [{"id": f"d{i}", "text": "vaccines train the immune system " * 8}
+                                         for i in range(40)]}
+        r = s.post(V1, {"instances": [PASSAGE, big]})
+        assert r.status_code == 400, r.text
+        msg = r.json()["error"]
+        assert "instances[1]" in msg and "prompt tokens (40 candidates)" in msg and "at most 1500" in msg
+        assert "--max-request-tokens" in msg
+        assert s.post(V1, {"instances": [PASSAGE]}).status_code == 200
+        metrics = httpx.get(s.url + "/metrics", timeout=10).text
+        assert 'iranker_requests_total{scenario="passage",status="bad_request"} 2.0' in metrics
+    finally:
+        s.close()
