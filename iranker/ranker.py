@@ -217,7 +217,7 @@ class IterativeRanker(_Ranker):
         if not tasks:
             return
         session = self.backend.open_pools([iterative_prompt(t.ctx, t.pool, alphabet=self.alphabet) for t in tasks],
-                                          speculate=self.config.speculate)
+                                          speculate=self.config.speculate, alive=[t.alive for t in tasks])
         first = [list(t.pool) for t in tasks]  # item position i of prompt b is candidate first[b][i]
         for t, n in zip(tasks, session.prompt_tokens):
             t.usage.prompt_tokens += n

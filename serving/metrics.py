@@ -20,3 +20,5 @@ ROUTE_FALLBACKS = Counter("iranker_route_fallbacks", "LLM attempts that failed (
 CONNECTIONS_CLOSED = Counter("iranker_connections_closed", "Connections the server closed before a request: headers "
                              "not complete in time (header_timeout) or one connection too many from an address "
                              "(per_client)", ["reason"])
+RESPONSES = Counter("iranker_http_responses", "Answers to POST requests by route family (v1, v2, rerank, chat, other) "
+                    "and status code, whoever gave them (the guard, KServe, the routes)", ["route", "code"])

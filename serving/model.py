@@ -221,6 +221,9 @@ class IRankerModel(kserve.Model):
     async def route(self, body: Any, headers: dict[str, str]):
         """Rank the routes for the chat request, then forward it down the ranking. Returns (Upstream, ranking,
         failed attempts)."""
+        from pydantic import ValidationError
+
+        from iranker.schema import describe_error
         from serving.router import routing_request
 
         if self.router is None:
@@ -231,7 +234,10 @@ class IRankerModel(kserve.Model):
             raise InvalidInput(f"model: this server routes chat completions for model "
                                f"{self.router.routes.router!r}, got {req.model!r}")
         preference = protocol.preference_of(req, headers, self.router.routes.default_preference)
-        rank_req = routing_request(self.router.routes, protocol.last_user_text(req), preference)
+        try:
+            rank_req = routing_request(self.router.routes, protocol.last_user_text(req), preference)
+        except ValidationError as e:  # the query the routing request was built from
+            raise InvalidInput(f"messages: {describe_error(e)}") from None
         (resp,) = await self.rank([rank_req], "messages")
         forward = req.model_dump(exclude_none=True, exclude={"preference"})
         upstream, failed = await self.router.forward(forward, resp.ranking, req.stream)

@@ -39,12 +39,99 @@ PREFERENCE_HEADER = "x-iranker-preference"
 ROUTE_HEADER = "x-iranker-route"
 
 
+MAX_JSON_DEPTH = 64  # objects and arrays inside one another: a RankRequest needs 5
+
+
+class JSONProblem(ValueError):
+    """JSON text that must be refused; the message says where and why."""
+
+
+class MalformedJSON(JSONProblem):
+    """Text that is not JSON at all (a syntax error)."""
+
+
+def json_depth_problem(text: str | bytes, at: str = "body") -> str | None:
+    """JSON nested deeper than MAX_JSON_DEPTH (counted outside strings, before a parser recurses into it: Python's
+    would hit its recursion limit)."""
+    data = text.encode("utf-8", "surrogatepass") if isinstance(text, str) else text
+    depth = 0
+    in_string = escaped = False
+    for byte in data:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif byte == 0x5C:  # backslash
+                escaped = True
+            elif byte == 0x22:  # quote
+                in_string = False
+        elif byte == 0x22:
+            in_string = True
+        elif byte in (0x7B, 0x5B):
+            depth += 1
+            if depth > MAX_JSON_DEPTH:
+                return f"{at}: JSON nested more than {MAX_JSON_DEPTH} levels deep"
+        elif byte in (0x7D, 0x5D):
+            depth -= 1
+    return None
+
+
+def strict_json(text: str | bytes, at: str = "body") -> Any:
+    """Parse JSON the way every route must, or raise JSONProblem naming `at`: UTF-8 without a byte order mark,
+    nested at most MAX_JSON_DEPTH deep, no NaN / Infinity and no number past the float range (not JSON), integers
+    of at most 4,300 digits (Python's limit), no lone UTF-16 surrogate in a string (no encoding carries it)."""
+    if isinstance(text, bytes):
+        if text.startswith((b"\xef\xbb\xbf", b"\xff\xfe", b"\xfe\xff")) or b"\x00" in text[:4]:
+            raise JSONProblem(f"{at}: JSON must be UTF-8 text without a byte order mark")
+        try:
+            text = text.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise JSONProblem(f"{at}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    if text.startswith("\ufeff"):
+        raise JSONProblem(f"{at}: JSON must not start with a byte order mark")
+    problem = json_depth_problem(text, at)
+    if problem:
+        raise JSONProblem(problem)
+
+    def constant(name: str):
+        raise JSONProblem(f"{at}: {name} is not a JSON number")
+
+    def number(literal: str) -> float:
+        value = float(literal)
+        if value in (float("inf"), float("-inf")):
+            raise JSONProblem(f"{at}: the number {literal[:40]} is out of the range of a float")
+        return value
+
+    try:
+        parsed = json.loads(text, parse_constant=constant, parse_float=number)
+    except JSONProblem:
+        raise
+    except json.JSONDecodeError as e:
+        raise MalformedJSON(f"{at}: not valid JSON ({e})") from None
+    except (ValueError, RecursionError) as e:  # an integer past Python's digit limit
+        raise JSONProblem(f"{at}: not valid JSON ({str(e).splitlines()[0][:120]})") from None
+    stack = [(parsed, at)]
+    while stack:
+        item, where = stack.pop()
+        if isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                raise JSONProblem(f"{where}: holds a lone UTF-16 surrogate (such as \\ud800), which is not "
+                                  "text") from None
+        elif isinstance(item, dict):
+            stack += [(v, f"{where}.{k}") for k, v in item.items()]
+            stack += [(k, f"{where} (a key)") for k in item]
+        elif isinstance(item, list):
+            stack += [(v, f"{where}[{i}]") for i, v in enumerate(item)]
+    return parsed
+
+
 def _json(item: Any, at: str) -> Any:
     if isinstance(item, (bytes, str)):
         try:
-            return json.loads(item)
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise InvalidInput(f"{at}: not valid JSON ({e})") from None
+            return strict_json(item, at)
+        except JSONProblem as e:
+            raise InvalidInput(str(e)) from None
     return item
 
 
@@ -193,7 +280,7 @@ def last_user_text(req: ChatRequest) -> str:
         else:
             text = " ".join(str(p.get("text", "")) for p in msg.content or [] if p.get("type") == "text")
         if text.strip():
-            return text[-MAX_QUERY_CHARS:]
+            return text.strip()[-MAX_QUERY_CHARS:]
     raise InvalidInput("messages: the router needs a user message with text to choose an LLM for")
 
 

@@ -20,7 +20,7 @@ from kserve.errors import InvalidInput
 
 from serving.model import IRankerModel
 from serving.policy import DeadlineExceeded, Overloaded, Unauthorized, authorized
-from serving.protocol import ROUTE_HEADER
+from serving.protocol import ROUTE_HEADER, JSONProblem, MalformedJSON, strict_json
 from serving.router import NoRoute
 
 
@@ -45,12 +45,28 @@ class Guard:
             return
         from starlette.responses import JSONResponse
 
+        from serving import metrics as m
+
+        path = scope.get("path", "")
+        kind = route_kind(path)
+        send_on = send
+
+        async def send(message):  # every POST answer counted by route and status, whoever gives it
+            if message["type"] == "http.response.start":
+                m.RESPONSES.labels(kind, str(message["status"])).inc()
+            await send_on(message)
+
+        if ":explain" in path or path.startswith("/v2/repository"):
+            # no explainer, and the model repository is fixed at start: loading or unloading through the API
+            # would only take the served model down
+            await JSONResponse(status_code=404, content={"error": f"{path}: not served here (this server ranks with "
+                                                                  "the one model it was started with)"})(
+                scope, receive, send)
+            return
         config = self.model.config
         headers = dict(scope.get("headers") or [])
         auth = headers.get(b"authorization", b"").decode("latin-1") or None
         if not authorized(config, auth):
-            from serving import metrics as m
-
             m.REQUESTS.labels("unknown", "unauthorized").inc()
             await JSONResponse(status_code=401, headers={"WWW-Authenticate": "Bearer"}, content={
                 "error": "missing or wrong bearer token (header Authorization: Bearer TOKEN)"})(scope, receive, send)
@@ -68,8 +84,6 @@ class Guard:
             try:  # a body that trickles in (or a Content-Length that lies) holds a connection no longer than this
                 message = await asyncio.wait_for(receive(), timeout=max(until - loop.time(), 0.001))
             except asyncio.TimeoutError:
-                from serving import metrics as m
-
                 m.REQUESTS.labels("unknown", "timeout").inc()
                 await JSONResponse(status_code=408, headers={"Connection": "close"}, content={
                     "error": f"body: not received within {config.body_timeout_s:g} s"})(scope, receive, send)
@@ -88,8 +102,6 @@ class Guard:
         whole = b"".join(body)
         problem = body_problem(whole, headers)
         if problem:
-            from serving import metrics as m
-
             m.REQUESTS.labels("unknown", "invalid").inc()
             await JSONResponse(status_code=400, content={"error": problem})(scope, receive, send)
             return
@@ -105,63 +117,38 @@ class Guard:
         await self.app(scope, replay, send)
 
 
-MAX_JSON_DEPTH = 64  # objects and arrays inside one another: a RankRequest needs 5
+def route_kind(path: str) -> str:
+    """The route family a path belongs to (the label of iranker_http_responses_total: a bounded set)."""
+    if path.endswith("/rerank"):
+        return "rerank"
+    if path.endswith("/chat/completions"):
+        return "chat"
+    if path.startswith("/v1/models/") and path.endswith(":predict"):
+        return "v1"
+    if path.startswith("/v2/models/") and path.endswith("/infer"):
+        return "v2"
+    return "other"
 
 
 def body_problem(body: bytes, headers: dict[bytes, bytes]) -> str | None:
-    """Why a JSON body must be refused before any route reads it (None when it is fine): not UTF-8, nested deeper
-    than MAX_JSON_DEPTH (Python's parser would hit its recursion limit: a 500), NaN or Infinity (not JSON), or a
-    string holding a lone UTF-16 surrogate (`"\\ud800"`: no text encoding can carry it). Bodies that are not JSON
-    (KServe's binary tensor extension, an empty body) are left to their route."""
-    import json
-
+    """Why a JSON body must be refused before any route reads it (None when it is fine): what
+    `serving.protocol.strict_json` refuses - not UTF-8 or behind a byte order mark, nested deeper than
+    MAX_JSON_DEPTH (Python's parser would hit its recursion limit: a 500), NaN, Infinity or a number past the float
+    range (not JSON), an integer of more than 4,300 digits, a string holding a lone UTF-16 surrogate
+    (`"\\ud800"`). Bodies that are not JSON (KServe's binary tensor extension, an empty body, text that is not
+    JSON) are left to their route, which says what it expected."""
     if not body.strip() or b"inference-header-content-length" in headers:
         return None
-    head = body.lstrip()[:1]
-    if head not in (b"{", b"["):
+    bom = body.startswith((b"\xef\xbb\xbf", b"\xff\xfe", b"\xfe\xff")) or b"\x00" in body[:4]
+    declared = b"json" in headers.get(b"content-type", b"").lower()
+    if not (bom or declared or body.lstrip()[:1] in (b"{", b"[")):
         return None
-    depth = deepest = 0
-    in_string = escaped = False
-    for byte in body:  # the nesting depth, outside strings, before the parser recurses into it
-        if in_string:
-            if escaped:
-                escaped = False
-            elif byte == 0x5C:  # backslash
-                escaped = True
-            elif byte == 0x22:  # quote
-                in_string = False
-        elif byte == 0x22:
-            in_string = True
-        elif byte in (0x7B, 0x5B):
-            depth += 1
-            deepest = max(deepest, depth)
-            if deepest > MAX_JSON_DEPTH:
-                return f"body: JSON nested more than {MAX_JSON_DEPTH} levels deep"
-        elif byte in (0x7D, 0x5D):
-            depth -= 1
-
-    def constant(name: str):
-        raise ValueError(f"body: {name} is not a JSON number")
-
     try:
-        parsed = json.loads(body.decode("utf-8"), parse_constant=constant)
-    except UnicodeDecodeError as e:
-        return f"body: not UTF-8 text ({e.reason} at byte {e.start})"
-    except ValueError as e:
-        return str(e) if str(e).startswith("body:") else None  # malformed JSON: the route says where
-    stack = [(parsed, "body")]
-    while stack:
-        item, at = stack.pop()
-        if isinstance(item, str):
-            try:
-                item.encode("utf-8")
-            except UnicodeEncodeError:
-                return f"{at}: holds a lone UTF-16 surrogate (such as \\ud800), which is not text"
-        elif isinstance(item, dict):
-            stack += [(v, f"{at}.{k}") for k, v in item.items()]
-            stack += [(k, f"{at} (a key)") for k in item]
-        elif isinstance(item, list):
-            stack += [(v, f"{at}[{i}]") for i, v in enumerate(item)]
+        strict_json(body)
+    except MalformedJSON:
+        return None  # the route says where
+    except JSONProblem as e:
+        return str(e)
     return None
 
 

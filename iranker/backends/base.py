@@ -3,9 +3,10 @@
 - `choose(prompts)`: fast mode. One forward pass per prompt; the choice is restricted to the prompt's labels.
 - `generate(prompts, ...)`: reasoning mode and direct ranking. Free text, parsed strictly by the ranker.
 
-A backend may also offer `open_pools(prompts, speculate)` returning a `PoolSession` (the cached elimination
-layout): encode each prompt once with every candidate, then answer each elimination step by masking the
-eliminated candidates out of the key/value cache and re-reading only the short cue. Only the in-process transformers backend has it; the rankers fall back
+A backend may also offer `open_pools(prompts, speculate, alive=None)` returning a `PoolSession` (the cached
+elimination layout): encode each prompt once with every candidate, then answer each elimination step by masking the
+eliminated candidates out of the key/value cache and re-reading only the short cue. `alive[i]()`, asked during the
+encoding, says whether prompt i's answer is still wanted (an abandoned one is not computed further). Only the in-process transformers backend has it; the rankers fall back
 to re-listing the pool when a backend lacks it.
 """
 

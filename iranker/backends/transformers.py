@@ -6,7 +6,7 @@ decision is valid. `open_pools` gives the cached elimination layout (see `Cached
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from transformers import StaticCache
@@ -15,6 +15,8 @@ from iranker.backends.base import Choice, Generation, choice_from_scores
 from iranker.backends.tokens import EncodedPrompt, PromptEncoder
 from iranker.prompts import Prompt
 
+# a prompt is prefilled in chunks of this many tokens: an abandoned request stops at the next one (serving)
+PREFILL_CHUNK = 1_024
 CPU_STEP_TOKENS = 4_500  # cached-layout batch on a CPU: ~6 short (600-token) prompts, 2 long ones; README
 
 
@@ -100,10 +102,17 @@ class TransformersBackend:
             logits = logits + self._head_b
         return logits.float(), out.past_key_values
 
-    def encode_cache(self, ids: list[int]):
-        """Run a prompt prefix through the model (no output layer) and return its key/value cache."""
-        out = self.model.base_model(input_ids=torch.tensor([ids], device=self.device), use_cache=True)
-        return out.past_key_values
+    def encode_cache(self, ids: list[int], alive: Callable[[], bool] | None = None):
+        """Run a prompt prefix through the model (no output layer) and return its key/value cache; in chunks of
+        PREFILL_CHUNK tokens, asking `alive()` before each: None once it says the answer is no longer wanted."""
+        cache = None
+        for start in range(0, len(ids), PREFILL_CHUNK):
+            if alive is not None and not alive():
+                return None
+            out = self.model.base_model(input_ids=torch.tensor([ids[start: start + PREFILL_CHUNK]], device=self.device),
+                                        past_key_values=cache, use_cache=True)
+            cache = out.past_key_values
+        return cache
 
     # -- fast mode, one full prompt per decision ---------------------------------------------------------------
 
@@ -164,8 +173,9 @@ class TransformersBackend:
 
     # -- the cached elimination layout -------------------------------------------------------------------------
 
-    def open_pools(self, prompts: Sequence[Prompt], speculate: int = 0) -> CachedPools:
-        return CachedPools(self, prompts, speculate)
+    def open_pools(self, prompts: Sequence[Prompt], speculate: int = 0,
+                   alive: Sequence[Callable[[], bool]] | None = None) -> CachedPools:
+        return CachedPools(self, prompts, speculate, alive)
 
 
 class CachedPools:
@@ -188,7 +198,8 @@ class CachedPools:
     """
 
     @torch.inference_mode()
-    def __init__(self, backend: TransformersBackend, prompts: Sequence[Prompt], speculate: int = 0):
+    def __init__(self, backend: TransformersBackend, prompts: Sequence[Prompt], speculate: int = 0,
+                 alive: Sequence[Callable[[], bool]] | None = None):
         self.backend = backend
         self.prompts = list(prompts)
         enc = [backend.encoder.encode(p) for p in prompts]
@@ -205,10 +216,10 @@ class CachedPools:
         for i in sorted(range(len(enc)), key=lambda i: len(enc[i])):
             width = max([len(enc[j]) for j in rows] + [len(enc[i])])
             if rows and width * (len(rows) + 1) * self.k > budget:
-                self.groups.append(_PoolGroup(backend, [enc[j] for j in rows], rows, self.k))
+                self.groups.append(_PoolGroup(backend, [enc[j] for j in rows], rows, self.k, alive))
                 rows = []
             rows.append(i)
-        self.groups.append(_PoolGroup(backend, [enc[j] for j in rows], rows, self.k))
+        self.groups.append(_PoolGroup(backend, [enc[j] for j in rows], rows, self.k, alive))
 
     @torch.inference_mode()
     def decide(self, remaining: Sequence[Sequence[int]]) -> list[list[tuple[int, Choice]]]:
@@ -246,10 +257,20 @@ class CachedPools:
         return out
 
 
+def _zeros_kv(backend: TransformersBackend, length: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Key/value placeholders of a prompt of `length` tokens, one pair per layer."""
+    config = backend.model.config
+    heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+    dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    zeros = torch.zeros(1, heads, length, dim, dtype=backend.model.dtype, device=backend.device)
+    return [(zeros, zeros) for _ in range(config.num_hidden_layers)]
+
+
 class _PoolGroup:
     """Prompts whose steps run as one batch over one preallocated (static) key/value cache, `k` rows a prompt."""
 
-    def __init__(self, backend: TransformersBackend, enc: Sequence[EncodedPrompt], rows: list[int], k: int = 1):
+    def __init__(self, backend: TransformersBackend, enc: Sequence[EncodedPrompt], rows: list[int], k: int = 1,
+                 alive: Sequence[Callable[[], bool]] | None = None):
         self.backend, self.rows = backend, rows
         prefixes = [e.head + [t for item in e.items for t in item] for e in enc]
         self.width = max(len(p) for p in prefixes)
@@ -269,8 +290,12 @@ class _PoolGroup:
         self.tail_pos = _positions(self.tail_mask, self.prefix_mask.sum(-1))
         self.cache = StaticCache(config=backend.model.config, max_cache_len=self.width + self.tail_ids.shape[1])
         per_prompt = []
-        for p in prefixes:
-            kv = [(layer.keys, layer.values) for layer in backend.encode_cache(p).layers]
+        for row, p in zip(rows, prefixes):
+            # a prompt whose request was abandoned meanwhile is not computed: zeros hold its place (its row's
+            # decisions are never read), and a long prefill stops at its next chunk
+            cache = backend.encode_cache(p, alive[row] if alive is not None else None)
+            kv = [(layer.keys, layer.values) for layer in cache.layers] if cache is not None else _zeros_kv(backend,
+                                                                                                          len(p))
             pad = self.width - len(p)
             per_prompt.append([tuple(torch.nn.functional.pad(t, (0, 0, pad, 0)) if pad else t for t in pair)
                                for pair in kv])
