@@ -236,3 +236,38 @@ def test_the_cost_estimate_is_the_prompt_tokens_ranking_takes(tiny_backend, n, l
     assert 0.8 < cost.tokens / resp.usage.prompt_tokens < 1.25, (cost, resp.usage)
     # more or longer candidates cost more
     assert estimate_cost(tiny_backend, config, passage_request(n + 5)).tokens > cost.tokens
+
+
+def test_an_abandoned_request_stops_inside_its_prefill(tiny_backend):
+    """Cancellation reaches the prefill: a long prompt is encoded in PREFILL_CHUNK-token chunks, `alive` is asked
+    before each, and once it says no the rest is not computed (counted by a forward hook on the real model); a
+    prompt already abandoned costs no forward pass at all, and its neighbours' decisions are unchanged."""
+    from iranker.backends.transformers import PREFILL_CHUNK
+
+    long = RankRequest(scenario="passage", query="q", candidates=[
+        {"id": f"d{i}", "text": "a long passage about many things " * 6} for i in range(20)])
+    short = passage_request(4)
+    prompts = [iterative_prompt(build_context(r), list(range(len(r.candidates)))) for r in (long, short)]
+    n_tokens = len(tiny_backend.encoder.encode(prompts[0]))
+    assert n_tokens > 2 * PREFILL_CHUNK  # several chunks
+    calls = []
+    hook = tiny_backend.model.base_model.register_forward_hook(lambda *a: calls.append(1))
+    try:
+        asked = []
+
+        def alive_once():  # wanted for the first chunk only
+            asked.append(1)
+            return len(asked) == 1
+
+        session = tiny_backend.open_pools(prompts, alive=[alive_once, lambda: True])
+        prefill_calls = len(calls)
+        assert len(asked) == 2 and prefill_calls == 1 + 1  # one chunk of the long prompt, the short one whole
+        kept = session.decide([[], list(range(4))])[1]
+        calls.clear()
+        whole = tiny_backend.open_pools(prompts[1:]).decide([list(range(4))])[0]
+        assert [(i, c.label) for i, c in kept] == [(i, c.label) for i, c in whole]
+        calls.clear()
+        tiny_backend.open_pools(prompts[:1], alive=[lambda: False])
+        assert calls == []
+    finally:
+        hook.remove()
