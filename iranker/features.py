@@ -200,6 +200,38 @@ def candidate_feature_rows(tables: dict[str, pd.DataFrame], instances, manifest:
             if out else _empty("item_attributes")}
 
 
+def instance_feature_rows(instances, dataset: str) -> dict[str, pd.DataFrame]:
+    """The candidate-feature rows of a dataset given as instances only (the generic `instances` adapter: no tables),
+    from its training split, stamped UNDATED (known before every instance):
+    - recommendation: an item's `ratings` = how often it appears in the training users' histories (histories name
+      items by their text: matched to the ids the candidates give those texts; targets are labels, not counted);
+      no mean rating (instances carry none);
+    - routing: a model's `quality` = its mean relevance grade over the training instances (no price: instances carry
+      none, unless their candidates give features themselves)."""
+    train = [i for i in instances if i.split == "train"]
+    scenario = instances[0].scenario if instances else None
+    if scenario == "recommendation":
+        id_of: dict[str, str] = {}
+        for inst in instances:
+            for c in inst.candidates:
+                id_of.setdefault(c.text, c.id)
+        seen = Counter(id_of[h] for inst in train for h in inst.history if h in id_of)
+        rows = [{"dataset": dataset, "item_id": item, "event_timestamp": UNDATED, "title": "", "classes": [],
+                 "ratings": int(n), "mean_rating": None} for item, n in sorted(seen.items())]
+        return {"item_attributes": pd.DataFrame(rows, columns=_COLUMNS["item_attributes"]).astype(
+            {"mean_rating": "float64"}) if rows else _empty("item_attributes")}
+    if scenario == "routing":
+        grades: dict[str, list[float]] = {}
+        for inst in train:
+            for c in inst.candidates:
+                grades.setdefault(c.id, []).append(float(inst.relevance.get(c.id, 0.0)))
+        rows = [{"dataset": dataset, "model_id": m, "event_timestamp": UNDATED, "price": None,
+                 "quality": sum(g) / len(g), "queries": len(g)} for m, g in sorted(grades.items())]
+        return {"model_quality": pd.DataFrame(rows, columns=_COLUMNS["model_quality"]).astype({"price": "float64"})
+                if rows else _empty("model_quality")}
+    return {}
+
+
 def instance_times(tables: dict[str, pd.DataFrame], instances) -> dict[str, datetime]:
     """When each instance's decision is made: a RecBole-protocol target's own timestamp (its features count only
     what came before), else just after the undated rows."""
@@ -316,13 +348,23 @@ def load_with_features(sources: Sequence[str]) -> list:
 
 def candidate_sources(builds: Sequence) -> dict[str, pd.DataFrame]:
     """The candidate views' source rows from datasets ((tables, instances, manifest) each): their training splits'
-    counts, means and prices (`candidate_feature_rows`); a source without the tables (instances only) adds none."""
+    counts, means and prices (`candidate_feature_rows`); from a source of instances only, what its training
+    instances tell (`instance_feature_rows`)."""
     needs = {"recommendation": {"interactions", "items"}, "routing": {"outcomes"}}
     frames: dict[str, list[pd.DataFrame]] = {"item_attributes": [], "model_quality": []}
     for tables, instances, manifest in builds:
         if needs.get(manifest.get("scenario"), {"-"}) <= set(tables):
-            for view, df in candidate_feature_rows(tables, instances, manifest).items():
-                frames[view].append(df)
+            rows = candidate_feature_rows(tables, instances, manifest)
+        elif not tables and instances:
+            datasets = sorted({i.dataset for i in instances})
+            rows = {}
+            for dataset in datasets:
+                for view, df in instance_feature_rows([i for i in instances if i.dataset == dataset], dataset).items():
+                    rows[view] = _concat([rows[view], df], view) if view in rows else df
+        else:
+            rows = {}
+        for view, df in rows.items():
+            frames[view].append(df)
     return {view: _concat(f, view) for view, f in frames.items()}
 
 

@@ -61,6 +61,31 @@ def test_undated_data_counts_training_histories_only(tmp_path):
             assert c.features.ratings == counts.get(c.id, 0) and c.features.mean_rating is None
 
 
+@pytest.mark.parametrize("source", ["llmrank", "routerbench"])
+def test_instances_alone_get_features_from_their_training_split(tmp_path, source):
+    """A dataset that comes as instances only (the generic `instances` adapter, no tables) gets what its training
+    instances tell: an item's count in the training histories, a model's mean grade over the training queries."""
+    built = build(source, SAMPLES / source)
+    path = tmp_path / "instances.jsonl"
+    path.write_text("".join(i.model_dump_json(exclude_none=True) + "\n" for i in built.instances))
+    (tables, instances, manifest), = _builds(("instances", path))
+    assert not tables
+    out = with_candidate_features([(tables, instances, manifest)], tmp_path / "work")
+    train = [i for i in instances if i.split == "train"]
+    checked = 0
+    for inst in out:
+        for c in inst.candidates:
+            if source == "llmrank":
+                count = sum(h == c.text for t in train for h in t.history)
+                assert c.features.ratings == count and c.features.mean_rating is None
+                checked += count > 0
+            else:
+                grades = [t.relevance.get(c.id, 0.0) for t in train if any(x.id == c.id for x in t.candidates)]
+                assert c.features.price is None and c.features.quality == pytest.approx(sum(grades) / len(grades))
+                checked += 1
+    assert checked > 5
+
+
 def test_requests_and_instances_without_features_still_rank_on_text():
     from iranker.schema import RankRequest
 
