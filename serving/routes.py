@@ -105,6 +105,12 @@ class Guard:
             m.REQUESTS.labels("unknown", "invalid").inc()
             await JSONResponse(status_code=400, content={"error": problem})(scope, receive, send)
             return
+        if (kind == "v2" and b"inference-header-content-length" not in headers
+                and b"json" not in headers.get(b"content-type", b"").lower() and whole.lstrip()[:1] == b"{"):
+            # a v2 request in JSON sent without a JSON content type (tritonclient's JSON mode sends none): KServe
+            # would read it as the binary tensor extension and refuse it; it is JSON, so say so
+            scope = {**scope, "headers": [(k, v) for k, v in scope.get("headers") or [] if k.lower() != b"content-type"]
+                     + [(b"content-type", b"application/json")]}
         sent = False
 
         async def replay():

@@ -119,6 +119,29 @@ def test_v2_carries_request_json_in_a_bytes_tensor_and_agrees_with_v1(server):
     assert first["ranking"] == server.post(V1, {"instances": [PASSAGE]}).json()["predictions"][0]["ranking"]
 
 
+@pytest.mark.parametrize("binary", [True, False], ids=["binary", "json"])
+def test_the_standard_triton_client_ranks_in_binary_and_json_mode(server, binary):
+    """tritonclient's HTTP client, as a generic v2 user would call it: the metadata names the input and output, and
+    both of its encodings rank (its JSON mode sends no JSON content type; the guard tells KServe it is JSON)."""
+    import numpy as np
+    import tritonclient.http as triton
+
+    client = triton.InferenceServerClient(f"127.0.0.1:{server.port}")
+    meta = client.get_model_metadata("iranker")
+    assert [i["name"] for i in meta["inputs"]] == ["request"] and [o["name"] for o in meta["outputs"]] == ["response"]
+    inp = triton.InferInput("request", [2], "BYTES")
+    inp.set_data_from_numpy(np.array([json.dumps(PASSAGE).encode(), json.dumps({**PASSAGE, "top_k": 2}).encode()],
+                                     dtype=object), binary_data=binary)
+    result = client.infer("iranker", [inp], outputs=[triton.InferRequestedOutput("response", binary_data=binary)])
+    first, second = (json.loads(x) for x in result.as_numpy("response"))
+    assert first["ranking"] == server.post(V1, {"instances": [PASSAGE]}).json()["predictions"][0]["ranking"]
+    assert second["ranking"] == first["ranking"][:2]
+    bad = triton.InferInput("request", [1], "BYTES")
+    bad.set_data_from_numpy(np.array([b'{"scenario": "passage"}'], dtype=object), binary_data=binary)
+    with pytest.raises(triton.InferenceServerException, match="candidates"):  # the 400's message reaches the user
+        client.infer("iranker", [bad])
+
+
 def test_health_readiness_and_model_metadata(server):
     assert httpx.get(f"{server.url}/v2/health/live").status_code == 200
     assert httpx.get(f"{server.url}/v2/health/ready").status_code == 200
