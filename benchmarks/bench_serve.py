@@ -10,8 +10,31 @@ users (20 candidates), TREC DL 2019 queries with their BM25 top-20 passages, Rou
   scenarios (KServe v1), rerank calls (/v1/rerank), routed chat completions (/openai/v1/chat/completions, over two
   loopback stand-in LLMs), and invalid, oversize and over-budget ones. Goal: no 5xx other than 503/504 with
   Retry-After; every valid request answered 200 or refused 503/504 with Retry-After; every bad one a 4xx.
+- hostile (on a server of its own, in process: `--model`, default the embedded one, also with `--vllm`;
+  `--deadline 60`; `--max-request-tokens` and `--max-batch-tokens` at the server's defaults unless
+  `--hostile-max-request-tokens`/`--hostile-max-batch-tokens` say otherwise), in three parts:
+  1. memory per token: the server's peak resident memory (VmHWM) idle, then after each of a ladder of single
+     passage requests (`--hostile-ladder`: 5, 10, 20 real DL19 passages, then 40, 60 made of repeated passages under
+     new ids, then the largest request under the token cap); each request's prompt tokens estimated as the server
+     does (`iranker.ranker.estimate_cost` on the same model, loaded here). Reports rss_idle_mib, rss_peak_mib,
+     mib_per_1k_tokens (least-squares slope of peak memory over estimated tokens; a window's prompt, not the whole
+     request, is what the model holds at once, so the slope flattens past one window) and prefill_tokens_per_s
+     (estimated tokens / latency of the largest admitted request: how long one request may hold the model);
+  2. giants beside small requests: `--hostile-small` small valid requests (the three scenarios, 3-5 candidates)
+     from 4 clients while 2 more send, in turn and for as long, a giant just over the token cap (a 400 naming
+     --max-request-tokens is expected) and a giant just under it (200, or 503/504 with Retry-After); statuses per
+     kind and the small requests' p50/p95/p99 latency;
+  3. clients that leave: `--hostile-disconnects` giants under the cap sent on raw sockets closed 0.5 s later; the
+     server's CPU seconds (/proc/PID/stat) over `--hostile-cpu-window` s from 2 s after the disconnects, and the
+     latency of one small request sent right after them.
+  Goals: no 5xx other than 503/504 with Retry-After in the whole phase; small requests' p99 under 5 s; peak
+  memory under the limit k8s/base/inferenceservice.yaml sets for the kserve-container; CPU busy share after the
+  disconnects under 0.25; every giant over the cap answered 400 naming --max-request-tokens. Its results go under
+  "hostile" (alone: benchmarks/results/bench_serve_hostile.json), with the server's counters
+  (iranker_http_responses_total, iranker_requests_total, iranker_connections_closed_total) over the phase.
 It writes JSON: throughput (requests/s), p50/p95 latency, errors and HTTP statuses per phase, the ratio of the two
-throughputs, the server's own batch-size histogram, and the mixed phase's statuses per kind of request.
+throughputs, the server's own batch-size histogram, the mixed phase's statuses per kind of request, the hostile
+phase's results, and the machine (CPU model included).
 
 Goal: no errors; throughput at concurrency 8 at least 3x the sequential throughput.
 
@@ -21,6 +44,7 @@ deploys (vLLM has no masked cache: re-listing layout).
 
     python benchmarks/bench_serve.py [--requests 200] [--clients 8] [--mixed 200] [--phases throughput,mixed]
                                      [--vllm .venv-vllm/bin/python]
+    python benchmarks/bench_serve.py --phases hostile [--hostile-small 60] [--hostile-ladder 5,10,20,40,60]
 """
 
 from __future__ import annotations
@@ -232,6 +256,306 @@ def batch_histogram(url: str) -> dict[str, float]:
     return out
 
 
+# ------------------------------------------------------------------------------------------------ hostile phase
+
+MANIFEST = ROOT / "k8s" / "base" / "inferenceservice.yaml"
+HOSTILE_METRICS = ("iranker_http_responses_total", "iranker_requests_total", "iranker_connections_closed_total")
+_BINARY = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60}
+_DECIMAL = {"k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "P": 1e15, "E": 1e18}
+
+
+def quantity_mib(quantity: str) -> float:
+    """A Kubernetes memory quantity ("4Gi", "512Mi", "4G", "129e6", plain bytes) in MiB."""
+    q = str(quantity).strip()
+    for units in (_BINARY, _DECIMAL):
+        for suffix, factor in units.items():
+            if q.endswith(suffix) and not q[: -len(suffix)].lower().endswith("e"):
+                return float(q[: -len(suffix)]) * factor / 2**20
+    return float(q) / 2**20
+
+
+def memory_limit(manifest: Path, container: str = "kserve-container") -> tuple[str | None, float | None]:
+    """resources.limits.memory of `container` in the InferenceService manifest: (as written, in MiB)."""
+    import yaml
+
+    spec = yaml.safe_load(manifest.read_text())
+    for c in (spec.get("spec", {}).get("predictor", {}).get("containers") or []):
+        if c.get("name") == container:
+            limit = ((c.get("resources") or {}).get("limits") or {}).get("memory")
+            return (str(limit), quantity_mib(limit)) if limit is not None else (None, None)
+    return None, None
+
+
+def peak_rss_mib(pid: int) -> float:
+    """The process's peak resident memory so far (VmHWM), MiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmHWM in /proc/{pid}/status")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds the process (all its threads) has used."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime: fields 14 and 15
+
+
+def counters(url: str, names: tuple[str, ...]) -> dict[str, float]:
+    out = {}
+    for line in httpx.get(url + "/metrics", timeout=30).text.splitlines():
+        if line.startswith(names):
+            name, value = line.rsplit(" ", 1)
+            out[name] = float(value)
+    return out
+
+
+def percentile(values: list[float], p: float) -> float | None:
+    v = sorted(values)
+    return round(v[min(len(v) - 1, round(p * (len(v) - 1)))], 3) if v else None
+
+
+def slope(xs: list[float], ys: list[float]) -> float | None:
+    """Least-squares slope of ys over xs (None with fewer than two distinct xs)."""
+    if len(set(xs)) < 2:
+        return None
+    mx, my = statistics.fmean(xs), statistics.fmean(ys)
+    return sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sum((x - mx) ** 2 for x in xs)
+
+
+def giant_request(query: str, pool: list[dict], n: int, tag: str, join: int = 1) -> dict:
+    """A passage request of `n` candidates made of the pool's real passages, repeated under new ids (each text the
+    concatenation of `join` passages, to make candidates longer)."""
+    cands = []
+    for k in range(n):
+        first = pool[(k * join) % len(pool)]
+        text = " ".join(pool[(k * join + j) % len(pool)]["text"] for j in range(join))
+        cands.append(dict(first, id=f"{tag}{k}-{first['id']}", text=text))
+    return {"scenario": "passage", "query": query, "candidates": cands}
+
+
+def abandoned_request(port: int, body: bytes) -> socket.socket:
+    """Send a whole POST on a raw socket and return the socket, unread (the caller closes it: a client that left)."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=10)
+    s.sendall(f"POST {V1} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n"
+              f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+    return s
+
+
+def run_hostile(args, shared: Path) -> dict:
+    """The hostile phase on its own server (module docstring): memory per token, giants beside small requests,
+    clients that leave; returns its results and goals."""
+    from iranker.devices import cpu_info
+    from iranker.ranker import estimate_cost, open_model
+    from iranker.schema import MAX_CANDIDATES, RankRequest
+    from serving.policy import ServeConfig
+
+    cap = args.hostile_max_request_tokens if args.hostile_max_request_tokens is not None else \
+        ServeConfig().max_request_tokens
+    timeout = args.hostile_deadline + 60
+    backend, ranker_config = open_model(args.model)  # the served model's tokenizer and settings, as the server has
+
+    def tokens(req: dict) -> int:
+        return estimate_cost(backend, ranker_config, RankRequest.model_validate(req)).tokens
+
+    valid, _ = build_requests(shared, 60)
+    passages = [r for r in valid if r["scenario"] == "passage"]
+    pool = [c for r in passages for c in r["candidates"]]
+    query = max(passages, key=lambda r: len(r["candidates"]))
+    # the giants: the fewest candidates over the cap, the most under it (longer candidates if 100 stay under)
+    for join in (1, 2, 3, 4):
+        sizes = {n: tokens(giant_request(query["query"], pool, n, "g", join)) for n in range(2, MAX_CANDIDATES + 1)}
+        if not cap or sizes[MAX_CANDIDATES] > cap:
+            break
+    legal_n = max((n for n, t in sizes.items() if not cap or t <= cap), default=None)
+    over_n = min((n for n, t in sizes.items() if cap and t > cap), default=None)
+    if legal_n is None:
+        raise SystemExit(f"hostile: --max-request-tokens {cap} admits no request of 2 passages")
+    legal = giant_request(query["query"], pool, legal_n, "g", join)
+    over = giant_request(query["query"], pool, over_n, "g", join) if over_n else None
+    legal_body = json.dumps({"instances": [legal]}).encode()
+    over_body = json.dumps({"instances": [over]}).encode() if over else None
+    giants = {"join": join, "legal": {"candidates": legal_n, "estimated_tokens": sizes[legal_n],
+                                      "body_bytes": len(legal_body)},
+              "over_cap": {"candidates": over_n, "estimated_tokens": sizes[over_n],
+                           "body_bytes": len(over_body)} if over else None}
+    smalls = [dict(r, candidates=r["candidates"][:3 + k % 3]) for k, r in enumerate(valid)]
+    smalls = [smalls[k % len(smalls)] for k in range(args.hostile_small)]
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"http://127.0.0.1:{port}"
+    server_args = ["--deadline", f"{args.hostile_deadline:g}", "--max-batch", str(args.max_batch)]
+    if args.hostile_max_request_tokens is not None:
+        server_args += ["--max-request-tokens", str(args.hostile_max_request_tokens)]
+    if args.hostile_max_batch_tokens is not None:
+        server_args += ["--max-batch-tokens", str(args.hostile_max_batch_tokens)]
+    server_args += ["--model", args.model] if args.model else []
+    print(f"[bench] hostile: starting the server ({' '.join(server_args)}); request cap {cap} tokens; giants "
+          f"{json.dumps(giants)}", file=sys.stderr, flush=True)
+    proc = start_server(port, server_args)
+    seen: list[tuple[str, int, bool]] = []  # (kind, status, Retry-After) of every answer in the phase
+
+    def post(http: httpx.Client, body: dict | bytes, kind: str) -> tuple[int, float, str]:
+        data = body if isinstance(body, bytes) else json.dumps(body).encode()
+        t = time.perf_counter()
+        try:
+            r = http.post(url + V1, content=data, headers={"Content-Type": "application/json"})
+            status, retry, text = r.status_code, "retry-after" in r.headers, r.text
+        except httpx.HTTPError as e:
+            status, retry, text = 0, False, type(e).__name__
+        seen.append((kind, status, retry))
+        return status, time.perf_counter() - t, text
+
+    try:
+        before = counters(url, HOSTILE_METRICS)
+        pid = proc.pid
+        # 1. memory per token: a ladder of single requests, growing up to the largest legal one
+        rss_idle = peak_rss_mib(pid)
+        ladder = sorted({n for n in (int(x) for x in args.hostile_ladder.split(",") if x) if 2 <= n < legal_n}
+                        | {legal_n})
+        steps = []
+        with httpx.Client(timeout=timeout) as http:
+            for n in ladder:
+                real = next((r for r in passages if len(r["candidates"]) >= n), None)
+                req = legal if n == legal_n else dict(real, candidates=real["candidates"][:n]) if real else \
+                    giant_request(query["query"], pool, n, "g", join)
+                est = tokens(req)
+                status, lat, _ = post(http, {"instances": [req]}, "ladder")
+                steps.append({"candidates": n, "estimated_tokens": est, "status": status, "latency_s": round(lat, 3),
+                              "rss_peak_mib": round(peak_rss_mib(pid), 1)})
+                print(f"[bench] hostile ladder: {steps[-1]}", file=sys.stderr, flush=True)
+        per_token = slope([s["estimated_tokens"] for s in steps], [s["rss_peak_mib"] for s in steps])
+        admitted = [s for s in steps if s["status"] == 200]
+        biggest = max(admitted, key=lambda s: s["estimated_tokens"]) if admitted else None
+
+        # 2. giants over and under the cap beside small requests
+        print(f"[bench] hostile: {len(smalls)} small requests from 4 clients beside 2 giant senders",
+              file=sys.stderr, flush=True)
+        stop = threading.Event()
+        until = time.monotonic() + args.hostile_seconds
+        small_results: list[tuple[int, float] | None] = [None] * len(smalls)
+        giant_results: list[tuple[str, int, float, bool]] = []
+        next_small = iter(range(len(smalls)))
+        lock = threading.Lock()
+
+        def small_client():
+            with httpx.Client(timeout=timeout) as http:
+                while time.monotonic() < until:
+                    with lock:
+                        k = next(next_small, None)
+                    if k is None:
+                        return
+                    status, lat, _ = post(http, {"instances": [smalls[k]]}, "small")
+                    small_results[k] = (status, lat)
+
+        def giant_client(first: int):
+            with httpx.Client(timeout=timeout) as http:
+                j = first
+                while not stop.is_set() and time.monotonic() < until:
+                    kind = "giant_over_cap" if j % 2 == 0 and over_body else "giant_legal"
+                    j += 1
+                    status, lat, text = post(http, over_body if kind == "giant_over_cap" else legal_body, kind)
+                    giant_results.append((kind, status, lat, "--max-request-tokens" in text))
+
+        t0 = time.perf_counter()
+        giant_threads = [threading.Thread(target=giant_client, args=(k,)) for k in range(2)]
+        small_threads = [threading.Thread(target=small_client) for _ in range(4)]
+        for th in giant_threads + small_threads:
+            th.start()
+        for th in small_threads:
+            th.join()
+        smalls_done = time.perf_counter() - t0
+        stop.set()
+        for th in giant_threads:
+            th.join()
+        statuses: dict[str, dict[str, int]] = {}
+        for kind, status in [("small", r[0]) for r in small_results if r] + [(g[0], g[1]) for g in giant_results]:
+            statuses.setdefault(kind, {})
+            statuses[kind][str(status)] = statuses[kind].get(str(status), 0) + 1
+        small_lat = [r[1] for r in small_results if r]
+        over_results = [g for g in giant_results if g[0] == "giant_over_cap"]
+        together = {"small_sent": len(small_lat), "small_not_sent": len(smalls) - len(small_lat),
+                    "seconds_smalls": round(smalls_done, 2), "seconds": round(time.perf_counter() - t0, 2),
+                    "statuses": statuses, "small_p50_s": percentile(small_lat, 0.5),
+                    "small_p95_s": percentile(small_lat, 0.95), "small_p99_s": percentile(small_lat, 0.99),
+                    "small_max_s": percentile(small_lat, 1.0),
+                    "giant_legal_latency_s": [round(g[2], 2) for g in giant_results if g[0] == "giant_legal"],
+                    "giant_over_cap_p50_s": percentile([g[2] for g in over_results], 0.5)}
+        print(f"[bench] hostile together: {json.dumps(together)}", file=sys.stderr, flush=True)
+
+        # 3. clients that leave: legal giants whose connections close 0.5 s after sending
+        time.sleep(1)
+        c0, w0 = cpu_seconds(pid), time.monotonic()
+        time.sleep(2)
+        busy_before = (cpu_seconds(pid) - c0) / (time.monotonic() - w0)
+        socks = [abandoned_request(port, legal_body) for _ in range(args.hostile_disconnects)]
+        time.sleep(0.5)
+        for s in socks:
+            s.close()
+        left = time.monotonic()
+        after: dict[str, float] = {}
+
+        def small_after():
+            with httpx.Client(timeout=timeout) as http:
+                status, lat, _ = post(http, {"instances": [smalls[0]]}, "small_after_disconnect")
+            after.update(status=status, latency_s=round(lat, 3), done=time.monotonic())
+
+        th = threading.Thread(target=small_after)
+        th.start()
+        time.sleep(max(0.0, left + 2 - time.monotonic()))
+        c0, w0 = cpu_seconds(pid), time.monotonic()
+        time.sleep(args.hostile_cpu_window)
+        c1, w1 = cpu_seconds(pid), time.monotonic()
+        th.join()
+        busy = (c1 - c0) / (w1 - w0)
+        disconnect = {"abandoned": len(socks), "cpu_busy_share_before": round(busy_before, 3),
+                      "cpu_window_s": [round(w0 - left, 2), round(w1 - left, 2)],
+                      "cpu_seconds_in_window": round(c1 - c0, 3), "cpu_busy_share_after_disconnect": round(busy, 3),
+                      "small_after_disconnect": {"status": after.get("status"), "latency_s": after.get("latency_s"),
+                                                 "overlapped_cpu_window": after.get("done", w1) > w0}}
+        print(f"[bench] hostile disconnects: {json.dumps(disconnect)}", file=sys.stderr, flush=True)
+        rss_peak = peak_rss_mib(pid)
+        end = counters(url, HOSTILE_METRICS)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+    limit_text, limit_mib = memory_limit(MANIFEST)
+    bad: dict[str, int] = {}
+    for kind, status, retry in seen:
+        if (status >= 500 or status <= 0) and not (status in (503, 504) and retry):
+            bad[f"{kind}:{status}"] = bad.get(f"{kind}:{status}", 0) + 1
+    p99 = together["small_p99_s"]
+    over_ok = bool(over_results) and all(g[1] == 400 and g[3] for g in over_results)
+    return {
+        "backend": "transformers (in process), fast mode, " + ranker_config.layout + " layout",
+        "model": args.model or "smollm2-135m", "cpu": cpu_info(), "server_args": server_args,
+        "max_request_tokens": cap, "giants": giants,
+        "ladder": steps, "rss_idle_mib": round(rss_idle, 1), "rss_peak_mib": round(rss_peak, 1),
+        "mib_per_1k_tokens": round(per_token * 1000, 2) if per_token is not None else None,
+        "prefill_tokens_per_s": round(biggest["estimated_tokens"] / biggest["latency_s"], 1) if biggest else None,
+        "prefill_request": {k: biggest[k] for k in ("candidates", "estimated_tokens", "latency_s")} if biggest else None,
+        "together": together, "disconnect": disconnect,
+        "cpu_busy_share_after_disconnect": round(busy, 3),
+        "small_after_disconnect_latency_s": after.get("latency_s"),
+        "metrics": {k: v - before.get(k, 0) for k, v in end.items() if v != before.get(k, 0)},
+        "goals": {
+            "no_5xx_except_503_504_with_retry_after": {"value": bad, "ok": not bad},
+            "small_p99_under_5_s": {"value": p99, "ok": p99 is not None and p99 < 5},
+            "rss_peak_under_memory_limit": {"value": round(rss_peak, 1), "limit": limit_text,
+                                            "limit_mib": limit_mib, "ok": limit_mib is not None and rss_peak < limit_mib},
+            "cpu_busy_share_after_disconnect_under_0.25": {"value": round(busy, 3), "ok": busy < 0.25},
+            "giants_over_cap_all_400": {"value": {str(s): sum(1 for g in over_results if g[1] == s)
+                                                  for s in sorted({g[1] for g in over_results})},
+                                        "naming_max_request_tokens": sum(g[3] for g in over_results),
+                                        "ok": over_ok}},
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shared", default=str(ROOT.parent / "shared" / "data"))
@@ -241,16 +565,55 @@ def main() -> None:
     ap.add_argument("--max-batch", type=int, default=16)
     ap.add_argument("--mixed", type=int, default=200, help="requests of the mixed phase")
     ap.add_argument("--mixed-clients", type=int, default=16)
-    ap.add_argument("--phases", default="throughput,mixed", help="which phases to run (comma-separated)")
+    ap.add_argument("--phases", default="throughput,mixed",
+                    help="which phases to run (comma-separated: throughput, mixed, hostile)")
+    ap.add_argument("--hostile-small", type=int, default=60, help="hostile phase: small requests beside the giants")
+    ap.add_argument("--hostile-seconds", type=float, default=900,
+                    help="hostile phase: no small or giant request starts after this many seconds of its second "
+                         "part (default 900)")
+    ap.add_argument("--hostile-ladder", default="5,10,20,40,60",
+                    help="hostile phase: candidates of the memory ladder's requests (the largest legal request "
+                         "is added)")
+    ap.add_argument("--hostile-disconnects", type=int, default=3, help="hostile phase: giants whose client leaves")
+    ap.add_argument("--hostile-cpu-window", type=float, default=5.0,
+                    help="hostile phase: seconds of the CPU window after the disconnects (from 2 s after them)")
+    ap.add_argument("--hostile-deadline", type=float, default=60.0, help="hostile phase: the server's --deadline")
+    ap.add_argument("--hostile-max-request-tokens", type=int, default=None,
+                    help="hostile phase: the server's --max-request-tokens (default: the server's default)")
+    ap.add_argument("--hostile-max-batch-tokens", type=int, default=None,
+                    help="hostile phase: the server's --max-batch-tokens (default: the server's default)")
     ap.add_argument("--vllm", default=None, metavar="PYTHON",
                     help="rank through a real vLLM server started with this Python (e.g. .venv-vllm/bin/python)")
     ap.add_argument("--out", default=None, help="JSON result (default benchmarks/results/bench_serve.json, "
-                                                "bench_serve_vllm.json with --vllm)")
+                                                "bench_serve_vllm.json with --vllm, bench_serve_hostile.json with "
+                                                "--phases hostile)")
     args = ap.parse_args()
-    args.out = args.out or str(ROOT / "benchmarks" / "results" /
-                               ("bench_serve_vllm.json" if args.vllm else "bench_serve.json"))
-    phases = set(args.phases.split(","))
+    phases = {p.strip() for p in args.phases.split(",") if p.strip()}
+    if not phases or phases - {"throughput", "mixed", "hostile"}:
+        ap.error(f"--phases: expected one or more of throughput, mixed, hostile, got {args.phases!r}")
+    args.out = args.out or str(ROOT / "benchmarks" / "results" / (
+        "bench_serve_hostile.json" if phases == {"hostile"} else
+        "bench_serve_vllm.json" if args.vllm else "bench_serve.json"))
+    from iranker.devices import cpu_info
 
+    machine = {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version(),
+               "cpu": cpu_info()}
+    command = "python benchmarks/bench_serve.py " + " ".join(sys.argv[1:])
+    result: dict = {"benchmark": "bench_serve", "command": command, "machine": machine}
+    if phases & {"throughput", "mixed"}:
+        result.update(run_load(args, phases))
+    if "hostile" in phases:
+        result["hostile"] = run_hostile(args, Path(args.shared))
+        print(json.dumps({k: result["hostile"][k] for k in (
+            "rss_idle_mib", "rss_peak_mib", "mib_per_1k_tokens", "prefill_tokens_per_s",
+            "cpu_busy_share_after_disconnect", "small_after_disconnect_latency_s")}))
+        print(json.dumps({k: v["ok"] for k, v in result["hostile"]["goals"].items()}))
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=1))
+
+
+def run_load(args, phases: set[str]) -> dict:
+    """The throughput (sequential, concurrent) and mixed phases on one server; returns their part of the result."""
     requests, sizes = build_requests(Path(args.shared), args.requests)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -317,18 +680,11 @@ def main() -> None:
             except subprocess.TimeoutExpired:
                 p.kill()
     if seq is None:
-        result = {"benchmark": "bench_serve", "command": "python benchmarks/bench_serve.py " + " ".join(sys.argv[1:]),
-                  "machine": {"platform": platform.platform(), "cpus": os.cpu_count()}, "backend": backend,
-                  "mixed": mixed}
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(result, indent=1))
-        print(json.dumps(result["mixed"]))
-        return
+        print(json.dumps(mixed))
+        return {"backend": backend, "mixed": mixed}
     ratio = conc["throughput_rps"] / seq["throughput_rps"] if seq["throughput_rps"] else None
     batches = {k: after.get(k, 0) - mid.get(k, 0) for k in after}
     result = {
-        "benchmark": "bench_serve", "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
-                                                "python": platform.python_version()},
         "model": args.model or "smollm2-135m", "backend": backend,
         "candidates": sizes, "sequential": seq, "concurrent": conc,
         "throughput_ratio": round(ratio, 3) if ratio else None,
@@ -339,16 +695,14 @@ def main() -> None:
                                             / max(1, batches.get("iranker_batch_size_count", 0)), 2),
         "goals": {"no_errors": seq["errors"] == 0 and conc["errors"] == 0,
                   "throughput_ratio_at_least_3": bool(ratio and ratio >= 3)},
-        "mixed": mixed, "command": "python benchmarks/bench_serve.py " + " ".join(sys.argv[1:]),
+        "mixed": mixed,
     }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=1))
     print(json.dumps({k: result[k] for k in ("throughput_ratio", "mean_batch_size_concurrent", "goals")}))
     print(f"sequential {seq['throughput_rps']} req/s (p50 {seq['p50_s']:.2f} s, p95 {seq['p95_s']:.2f} s); "
           f"concurrent x{args.clients} {conc['throughput_rps']} req/s (p50 {conc['p50_s']:.2f} s, "
           f"p95 {conc['p95_s']:.2f} s); ratio {ratio:.2f}; errors {seq['errors']} + {conc['errors']}",
           file=sys.stderr)
-
+    return result
 
 if __name__ == "__main__":
     main()

@@ -26,8 +26,8 @@ def _diff(d, interval) -> str:
 
 
 def table(result: dict) -> str:
-    rows = ["| test set | n | metric | random | first stage | best simple baseline | base | trained | "
-            "trained − base [95%] | trained − first stage [95%] | bar |",
+    rows = [("| test set | n | metric | random | first stage | best simple baseline | base | trained | "
+             "trained − base [95%] | trained − first stage [95%] | bar |"),
             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for key, g in result["goals"].items():
         dataset = key.rsplit("/", 1)[0]

@@ -17,8 +17,9 @@ ROUTES = Counter("iranker_routes", "Chat completions answered, by the LLM that a
                  ["route", "preference"])
 ROUTE_FALLBACKS = Counter("iranker_route_fallbacks", "LLM attempts that failed (5xx or no answer) before another "
                           "LLM of the ranking answered")
-CONNECTIONS_CLOSED = Counter("iranker_connections_closed", "Connections the server closed before a request: headers "
-                             "not complete in time (header_timeout) or one connection too many from an address "
-                             "(per_client)", ["reason"])
+CONNECTIONS_CLOSED = Counter("iranker_connections_closed", "Connections closed before their answer: headers not "
+                             "complete in time (header_timeout), one connection too many from an address (per_client), "
+                             "the client gone while its request was ranked (client_left: the work is cancelled)",
+                             ["reason"])
 RESPONSES = Counter("iranker_http_responses", "Answers to POST requests by route family (v1, v2, rerank, chat, other) "
                     "and status code, whoever gave them (the guard, KServe, the routes)", ["route", "code"])

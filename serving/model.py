@@ -168,6 +168,9 @@ class IRankerModel(kserve.Model):
         except DeadlineExceeded:
             _count(requests, "deadline")
             raise
+        except asyncio.CancelledError:  # the client went away (serving/routes.py: Guard)
+            _count(requests, "client_left")
+            raise
         except InvalidInput:
             _count(requests, "bad_request")
             raise

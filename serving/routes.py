@@ -12,6 +12,7 @@ stay as they are.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import time
 
@@ -111,16 +112,46 @@ class Guard:
             # would read it as the binary tensor extension and refuse it; it is JSON, so say so
             scope = {**scope, "headers": [(k, v) for k, v in scope.get("headers") or [] if k.lower() != b"content-type"]
                      + [(b"content-type", b"application/json")]}
+        await self._answer(scope, whole, receive, send)
+
+    async def _answer(self, scope, body: bytes, receive, send) -> None:
+        """Run the route with the body already read, while watching the connection: a client that goes away
+        cancels the route's work (the ranking queue then drops its requests, between steps and inside a prefill),
+        instead of ranking them for nobody. The route sees the disconnect too, if it listens (a streamed answer)."""
+        from serving import metrics as m
+
         sent = False
+        gone = asyncio.Event()
 
         async def replay():
             nonlocal sent
             if not sent:
                 sent = True
-                return {"type": "http.request", "body": whole, "more_body": False}
-            return await receive()
+                return {"type": "http.request", "body": body, "more_body": False}
+            await gone.wait()
+            return {"type": "http.disconnect"}
 
-        await self.app(scope, replay, send)
+        async def watch():
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            gone.set()
+
+        route = asyncio.ensure_future(self.app(scope, replay, send))
+        watcher = asyncio.ensure_future(watch())
+        try:
+            await asyncio.wait({route, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            route.cancel()
+            raise
+        finally:
+            watcher.cancel()
+        if route.done():
+            route.result()  # the route's own error, if any, as before
+            return
+        route.cancel()  # the client left first
+        m.CONNECTIONS_CLOSED.labels("client_left").inc()
+        with contextlib.suppress(asyncio.CancelledError):
+            await route
 
 
 def route_kind(path: str) -> str:

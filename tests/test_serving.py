@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -590,5 +591,42 @@ def test_a_request_over_the_token_budget_is_refused_before_it_queues(tiny_model_
         assert s.post(V1, {"instances": [PASSAGE]}).status_code == 200
         metrics = httpx.get(s.url + "/metrics", timeout=10).text
         assert 'iranker_requests_total{scenario="passage",status="bad_request"} 2.0' in metrics
+    finally:
+        s.close()
+
+
+def test_a_client_that_leaves_stops_its_ranking(tiny_model_dir):
+    """A client that closes its connection while its request is ranked cancels the work: it is counted as
+    client_left (not ok), and the server's CPU falls idle at once instead of ranking for nobody."""
+    import socket
+
+    s = Server("--model", str(tiny_model_dir), "--no-features", "--deadline", "600", "--max-request-tokens", "0")
+    try:
+        big = {**PASSAGE, "candidates": [{"id": f"d{i}", "text": f"passage {i} on how vaccines train the immune "
+                                                                 "system to fight disease " * 3} for i in range(100)]}
+        body = json.dumps({"instances": [big] * 4}).encode()
+        t0 = time.monotonic()
+        assert s.post(V1, {"instances": [big]}).status_code == 200  # alone, answered
+        alone = time.monotonic() - t0
+        assert alone > 1.0  # long enough to leave in the middle of
+
+        def cpu_seconds() -> float:
+            fields = Path(f"/proc/{s.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+            return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+        sock = socket.create_connection(("127.0.0.1", s.port), timeout=30)
+        sock.sendall(b"POST " + V1.encode() + b" HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+        time.sleep(0.5)
+        sock.close()
+        time.sleep(1.0)
+        c0, w0 = cpu_seconds(), time.monotonic()
+        time.sleep(2.0)
+        busy = (cpu_seconds() - c0) / (time.monotonic() - w0)
+        assert busy < 0.3, f"the server kept {busy:.0%} of a core busy after its client left"
+        metrics = httpx.get(s.url + "/metrics", timeout=10).text
+        assert 'iranker_connections_closed_total{reason="client_left"} 1.0' in metrics
+        assert 'iranker_requests_total{scenario="passage",status="client_left"} 4.0' in metrics
+        assert s.post(V1, {"instances": [PASSAGE]}).status_code == 200
     finally:
         s.close()
