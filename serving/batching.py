@@ -3,7 +3,9 @@
 `Batcher` holds a bounded queue in front of one ranking worker. While the worker ranks one batch, new requests
 queue up and form the next one, so the model sees up to `max_batch` requests at a time under load - and at most
 `max_batch_tokens` estimated prompt tokens (`iranker.ranker.estimate_cost`; the first request of a batch always
-goes), so that one batch, and the wait of a request queued behind it, stays short.
+goes), so that one batch, and the wait of a request queued behind it, stays short. The next batch takes the
+waiting requests cheapest first (those waiting over AGING_S first of all): a small request does not wait behind
+queued large ones.
 
 - A full queue answers 503 with Retry-After; a request past its deadline answers 504 with Retry-After.
 - The ranking function gets, beside the requests, one `alive()` callable per request: the ranker asks it between
@@ -28,6 +30,7 @@ from serving import metrics as m
 from serving.policy import DeadlineExceeded, Overloaded, ServeConfig
 
 logger = logging.getLogger("iranker.serving")
+AGING_S = 5.0  # a request queued longer than this is batched before cheaper ones (no starvation of large requests)
 
 RankFn = Callable[[list[RankRequest], list[Callable[[], bool]]], list[RankResponse]]
 
@@ -38,6 +41,7 @@ class _Item:
     future: asyncio.Future
     deadline: float
     cost: int = 0  # estimated prompt tokens
+    arrived: float = dataclasses.field(default_factory=time.monotonic)
 
     def alive(self) -> bool:
         return not self.future.done() and time.monotonic() < self.deadline
@@ -50,7 +54,7 @@ class Batcher:
         self.queue: asyncio.Queue[_Item] | None = None
         self.executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="iranker-rank")
         self.worker: asyncio.Task | None = None
-        self._held: _Item | None = None  # taken from the queue but over the last batch's budget: first of the next
+        self._waiting: list[_Item] = []  # taken from the queue, not yet in a batch
 
     def _start(self) -> None:
         if self.worker is None or self.worker.done():
@@ -61,7 +65,7 @@ class Batcher:
                      costs: Sequence[int] | None = None) -> list[RankResponse]:
         self._start()
         assert self.queue is not None
-        if self.queue.qsize() + len(requests) > self.config.max_queue:
+        if self.waiting() + len(requests) > self.config.max_queue:
             raise Overloaded(self.config.retry_after_s)
         loop = asyncio.get_running_loop()
         limit = deadline_s or self.config.deadline_s
@@ -70,7 +74,7 @@ class Batcher:
                                                                               strict=True)]
         for item in items:
             self.queue.put_nowait(item)
-        m.QUEUE_DEPTH.set(self.queue.qsize())
+        m.QUEUE_DEPTH.set(self.waiting())
         try:
             return list(await asyncio.wait_for(asyncio.gather(*(i.future for i in items)),
                                                timeout=max(0.0, deadline - time.monotonic())))
@@ -81,36 +85,61 @@ class Batcher:
                 if not i.future.done():
                     i.future.cancel()
 
-    async def _collect(self) -> list[_Item]:
+    def _drain(self) -> None:
         assert self.queue is not None
-        held, self._held = self._held, None
-        batch = [held if held is not None else await self.queue.get()]
-        tokens = batch[0].cost
-        wait_until = time.monotonic() + self.config.max_wait_ms / 1000
-        while len(batch) < self.config.max_batch:
+        while True:
             try:
-                item = self.queue.get_nowait()
+                self._waiting.append(self.queue.get_nowait())
             except asyncio.QueueEmpty:
-                remaining = wait_until - time.monotonic()
-                if remaining <= 0:
-                    break
-                try:
-                    item = await asyncio.wait_for(self.queue.get(), remaining)
-                except asyncio.TimeoutError:
-                    break
-            if tokens + item.cost > self.config.max_batch_tokens:
-                self._held = item  # over this batch's budget: it opens the next one
+                return
+
+    async def _collect(self) -> list[_Item]:
+        """The next batch: the waiting requests cheapest first (a request waiting longer than AGING_S goes first,
+        so that large ones are not starved), up to `max_batch` requests and `max_batch_tokens` estimated tokens; the
+        first always goes. A small request thus never waits behind queued giants, only behind the batch running."""
+        assert self.queue is not None
+        self._drain()
+        if not self._waiting:
+            self._waiting.append(await self.queue.get())
+            self._drain()
+        wait_until = time.monotonic() + self.config.max_wait_ms / 1000
+        while len(self._waiting) < self.config.max_batch:  # a moment for company
+            remaining = wait_until - time.monotonic()
+            if remaining <= 0:
                 break
+            try:
+                self._waiting.append(await asyncio.wait_for(self.queue.get(), remaining))
+            except asyncio.TimeoutError:
+                break
+            self._drain()
+        self._waiting = [i for i in self._waiting if i.alive()]  # the abandoned and the late leave the line
+        if not self._waiting:
+            return []
+        now = time.monotonic()
+        order = sorted(self._waiting, key=lambda i: (now - i.arrived < AGING_S, i.cost if now - i.arrived < AGING_S
+                                                      else 0, i.arrived))
+        batch, tokens = [], 0
+        for item in order:
+            if len(batch) == self.config.max_batch:
+                break
+            if batch and tokens + item.cost > self.config.max_batch_tokens:
+                continue
             batch.append(item)
             tokens += item.cost
+        chosen = {id(i) for i in batch}
+        self._waiting = [i for i in self._waiting if id(i) not in chosen]
         return batch
+
+    def waiting(self) -> int:
+        """Requests queued or taken from the queue but not yet ranked."""
+        return (self.queue.qsize() if self.queue is not None else 0) + len(self._waiting)
 
     async def _work(self) -> None:
         assert self.queue is not None
         loop = asyncio.get_running_loop()
         while True:
             batch = await self._collect()
-            m.QUEUE_DEPTH.set(self.queue.qsize())
+            m.QUEUE_DEPTH.set(self.waiting())
             live = [i for i in batch if i.alive()]
             if not live:
                 continue

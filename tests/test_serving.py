@@ -555,27 +555,46 @@ def test_a_failed_batch_fails_its_requests_and_the_worker_goes_on():
     assert len(asyncio.run(main())) == 2 and calls == [1, 2]
 
 
-def test_batches_are_formed_by_token_budget():
-    """A batch takes queued requests up to max_batch_tokens of estimated cost; the request that would exceed it
-    opens the next batch, and one request over the budget is ranked alone."""
+def test_batches_are_formed_by_token_budget_cheapest_first():
+    """A batch takes the waiting requests cheapest first, up to max_batch_tokens of estimated cost (the first always
+    goes): small requests do not wait behind a queued giant, which is ranked alone; one waiting longer than
+    AGING_S goes first whatever its cost."""
     sys.path.insert(0, str(ROOT))
+    from serving import batching
     from serving.batching import Batcher
     from serving.policy import ServeConfig
 
     batches = []
 
     def rank(reqs, alive):
-        batches.append(len(reqs))
+        batches.append(sorted(int(r.query[1:]) for r in reqs))
         return _answer(reqs)
+
+    def reqs(*costs):
+        return [RankRequest.model_validate({**PASSAGE, "query": f"q{c}"}) for c in costs]
 
     async def main():
         b = Batcher(rank, ServeConfig(max_wait_ms=50, max_batch_tokens=1000))
-        return await asyncio.gather(b.submit(_reqs(1), costs=[5000]), b.submit(_reqs(3), costs=[400, 400, 400]),
-                                    b.submit(_reqs(2), costs=[100, 100]))
+        return await asyncio.gather(b.submit(reqs(5000), costs=[5000]), b.submit(reqs(400, 401, 402),
+                                                                                 costs=[400, 401, 402]),
+                                    b.submit(reqs(100, 101), costs=[100, 101]))
 
     results = asyncio.run(main())
     assert [len(r) for r in results] == [1, 3, 2]
-    assert batches == [1, 2, 3]  # [5000] alone, [400, 400], [400, 100, 100]
+    assert batches == [[100, 101, 400], [401, 402], [5000]]
+
+    batches.clear()
+    aging, batching.AGING_S = batching.AGING_S, 0.0  # everyone overdue: first come, first served
+
+    async def fifo():
+        b = Batcher(rank, ServeConfig(max_wait_ms=50, max_batch_tokens=1000))
+        return await asyncio.gather(b.submit(reqs(5000), costs=[5000]), b.submit(reqs(100), costs=[100]))
+
+    try:
+        asyncio.run(fifo())
+    finally:
+        batching.AGING_S = aging
+    assert batches == [[5000], [100]]
 
 
 def test_a_request_over_the_token_budget_is_refused_before_it_queues(tiny_model_dir):
