@@ -5,9 +5,11 @@ request line and then nothing keeps its connection, and its slot, for as long as
 may open any number of connections. `install(header_timeout_s, max_per_client)` replaces uvicorn's "auto" HTTP
 protocol, for this process, with a subclass of it that:
 
-- closes a connection whose request headers have not all arrived `header_timeout_s` after it opened, or after its
-  first byte of a next request on a kept-alive connection (`iranker_connections_closed_total{reason="header_timeout"}`);
-  the body has its own deadline (`--body-timeout`, the guard middleware in serving/routes.py: 408);
+- closes a connection whose request headers have not all arrived `header_timeout_s` after the request's first byte
+  (`iranker_connections_closed_total{reason="header_timeout"}`), and one that sends nothing at all within uvicorn's
+  keep-alive timeout (`reason="idle"`; a proxy's pre-opened connections are not cut sooner); the body has its own
+  deadline (`--body-timeout`, the guard middleware in serving/routes.py: 408);
+- takes no websocket upgrade (no route serves one);
 - refuses (closes at once) a connection from an address that already holds `max_per_client` open connections
   (`reason="per_client"`). Behind a proxy or a sidecar every connection comes from the proxy's address: set the
   bound above the proxy's connection pool, or 0 (off).
@@ -31,6 +33,11 @@ class GuardedHTTPProtocol(AutoHTTPProtocol):  # type: ignore[misc, valid-type]
     header_timeout_s: float = 10.0
     max_per_client: int = 0  # 0: no bound
 
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        # no websocket upgrades (no route takes one): an upgraded connection would leave this protocol's books
+        self.ws_protocol_class = None
+
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         self._header_timer: asyncio.TimerHandle | None = None
         self._waiting_on = None
@@ -43,13 +50,16 @@ class GuardedHTTPProtocol(AutoHTTPProtocol):  # type: ignore[misc, valid-type]
                 m.CONNECTIONS_CLOSED.labels("per_client").inc()
                 transport.close()
                 return
-        self._arm()
+        # until its first byte, an idle connection is held as a kept-alive one is (uvicorn's keep-alive timeout)
+        self._arm(self.timeout_keep_alive, "idle")
 
     def data_received(self, data: bytes) -> None:
-        # the first bytes of a next request on a kept-alive connection: its headers are due within the deadline
-        if self._header_timer is None and (self.cycle is None or self.cycle.response_complete):
-            self._arm()
+        between = self.cycle is None or self.cycle.response_complete
+        if between and (self._header_timer is None or self._reason == "idle" or self._waiting_on is not self.cycle):
+            self._arm(self.header_timeout_s, "header_timeout")  # a request's first bytes: its headers are due
         super().data_received(data)
+        if self._header_timer is not None and self.cycle is not self._waiting_on:
+            self._disarm()  # its headers are complete
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
@@ -60,10 +70,11 @@ class GuardedHTTPProtocol(AutoHTTPProtocol):  # type: ignore[misc, valid-type]
             self._peer = None
         super().connection_lost(exc)
 
-    def _arm(self) -> None:
+    def _arm(self, seconds: float, reason: str) -> None:
         self._disarm()
         self._waiting_on = self.cycle  # the cycle before the request whose headers are awaited (None at first)
-        self._header_timer = self.loop.call_later(self.header_timeout_s, self._headers_late)
+        self._reason = reason
+        self._header_timer = self.loop.call_later(seconds, self._headers_late)
 
     def _disarm(self) -> None:
         if self._header_timer is not None:
@@ -76,7 +87,7 @@ class GuardedHTTPProtocol(AutoHTTPProtocol):  # type: ignore[misc, valid-type]
             return  # a new request's headers arrived in time
         if self.cycle is not None and not self.cycle.response_complete:
             return  # a request still in flight on this connection
-        m.CONNECTIONS_CLOSED.labels("header_timeout").inc()
+        m.CONNECTIONS_CLOSED.labels(self._reason).inc()
         self.transport.close()
 
 

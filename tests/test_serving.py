@@ -348,12 +348,31 @@ def test_slow_headers_and_connection_floods_are_cut_off(tiny_model_dir):
         assert slow.recv(4096) == b""  # closed by the server
         assert 1.5 < time.monotonic() - t0 < 10
         slow.close()
-        # a connection that sends nothing at all is closed the same way
-        idle = socket.create_connection(("127.0.0.1", s.port), timeout=30)
-        assert idle.recv(4096) == b""
+        # a kept-alive connection: a whole first request, then half the headers of a second - closed as well
+        body = json.dumps({"instances": [PASSAGE]}).encode()
+        request = (b"POST " + V1.encode() + b" HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json"
+                   b"\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+        kept = socket.create_connection(("127.0.0.1", s.port), timeout=30)
+        kept.sendall(request)
+        answer = b""
+        while b"\r\n\r\n" not in answer:
+            answer += kept.recv(65536)
+        head, rest = answer.split(b"\r\n\r\n", 1)
+        length = int(next(v for k, v in (line.split(b": ", 1) for line in head.split(b"\r\n")[1:])
+                          if k.lower() == b"content-length"))
+        while len(rest) < length:
+            rest += kept.recv(65536)
+        assert head.startswith(b"HTTP/1.1 200")
+        kept.sendall(b"POST " + V1.encode() + b" HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+        t1 = time.monotonic()
+        assert kept.recv(4096) == b"" and time.monotonic() - t1 < 10
+        kept.close()
+        # a connection that has sent nothing yet is held like a kept-alive one (a proxy's pre-opened connection)
+        idle = socket.create_connection(("127.0.0.1", s.port), timeout=4)
+        with pytest.raises(TimeoutError):
+            idle.recv(4096)
         idle.close()
 
-        body = json.dumps({"instances": [PASSAGE]}).encode()
         held = []
         for _ in range(4):  # four connections, each sending a whole request at once
             sock = socket.create_connection(("127.0.0.1", s.port), timeout=30)
