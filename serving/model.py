@@ -118,8 +118,16 @@ class IRankerModel(kserve.Model):
         """Each request's estimated prompt tokens (tokenised off the event loop); over the cap: 400."""
         from iranker.ranker import estimate_cost
 
-        costs = await asyncio.to_thread(lambda: [estimate_cost(self.backend, self.ranker_config, r).tokens
-                                                 for r in requests])
+        def cost(k: int, req: RankRequest) -> int:
+            try:
+                return estimate_cost(self.backend, self.ranker_config, req).tokens
+            except ValueError as e:  # the request's content (the ranker would refuse it too)
+                raise InvalidInput(f"{where}[{k}]: {e}") from None
+            except Exception as e:  # noqa: BLE001 - an estimate is no reason to fail a request: rank it uncapped
+                logger.warning("iranker: no cost estimate for %s[%d] (%s); admitted without one", where, k, e)
+                return 0
+
+        costs = await asyncio.to_thread(lambda: [cost(k, r) for k, r in enumerate(requests)])
         for k, (req, tokens) in enumerate(zip(requests, costs, strict=True)):
             check_cost(tokens, len(req.candidates), self.config, f"{where}[{k}]")
         return costs

@@ -44,18 +44,34 @@ class Guard:
         if scope["type"] != "http" or scope.get("method") != "POST":
             await self.app(scope, receive, send)
             return
-        from starlette.responses import JSONResponse
-
         from serving import metrics as m
 
         path = scope.get("path", "")
         kind = route_kind(path)
         send_on = send
 
+        started = finished = False
+
         async def send(message):  # every POST answer counted by route and status, whoever gives it
+            nonlocal started, finished
             if message["type"] == "http.response.start":
+                started = True
                 m.RESPONSES.labels(kind, str(message["status"])).inc()
+            elif message["type"] == "http.response.body" and not message.get("more_body", False):
+                finished = True
             await send_on(message)
+
+        try:
+            await self._guarded(scope, receive, send, path, kind, lambda: finished)
+        except Exception:
+            if not started:  # answered 500 by the server's outermost handler, outside this wrapper
+                m.RESPONSES.labels(kind, "500").inc()
+            raise
+
+    async def _guarded(self, scope, receive, send, path: str, kind: str, finished) -> None:
+        from starlette.responses import JSONResponse
+
+        from serving import metrics as m
 
         if ":explain" in path or path.startswith("/v2/repository"):
             # no explainer, and the model repository is fixed at start: loading or unloading through the API
@@ -112,9 +128,9 @@ class Guard:
             # would read it as the binary tensor extension and refuse it; it is JSON, so say so
             scope = {**scope, "headers": [(k, v) for k, v in scope.get("headers") or [] if k.lower() != b"content-type"]
                      + [(b"content-type", b"application/json")]}
-        await self._answer(scope, whole, receive, send)
+        await self._answer(scope, whole, receive, send, finished)
 
-    async def _answer(self, scope, body: bytes, receive, send) -> None:
+    async def _answer(self, scope, body: bytes, receive, send, finished) -> None:
         """Run the route with the body already read, while watching the connection: a client that goes away
         cancels the route's work (the ranking queue then drops its requests, between steps and inside a prefill),
         instead of ranking them for nobody. The route sees the disconnect too, if it listens (a streamed answer)."""
@@ -145,8 +161,8 @@ class Guard:
             raise
         finally:
             watcher.cancel()
-        if route.done():
-            route.result()  # the route's own error, if any, as before
+        if route.done() or finished():  # answered (work after the answer, if any, is not cut short)
+            await route
             return
         route.cancel()  # the client left first
         m.CONNECTIONS_CLOSED.labels("client_left").inc()
