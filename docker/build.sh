@@ -45,7 +45,7 @@ fi
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/iranker-build.XXXXXX")
 trap 'rm -rf "$work"' EXIT
-args=(--network host -f "$dockerfile" -t "$image" --build-arg "GIT_SHA=$(git rev-parse HEAD 2>/dev/null || echo unknown)")
+args=(--network host -f "$dockerfile" --build-arg "GIT_SHA=$(git rev-parse HEAD 2>/dev/null || echo unknown)")
 [ "$gpu" = 1 ] || args+=(--build-arg "WITH_MODEL=$model")
 
 pipconf=${IRANKER_PIP_CONF:-host}
@@ -72,8 +72,12 @@ fi
 # Disk: a build writes the builder stage (~3.3 GB), the image (~3 GB) and, with podman, a copy of its largest layer
 # under /var/tmp while committing it. Refuse early, with the way out, rather than fail after minutes of pip.
 need_gb=${IRANKER_BUILD_MIN_FREE_GB:-8}
-store=$("$ENGINE" info --format '{{.Store.GraphRoot}}' 2>/dev/null || true)
-for dir in ${store:+"$store"} /var/tmp; do
+if [ "$ENGINE" = podman ]; then
+    store=$(podman info --format '{{.Store.GraphRoot}}' 2>/dev/null || true); scratch=/var/tmp
+else
+    store=$(docker info --format '{{.DockerRootDir}}' 2>/dev/null || true); scratch=
+fi
+for dir in ${store:+"$store"} ${scratch:+"$scratch"}; do
     [ -d "$dir" ] || continue
     free_gb=$(( $(df -Pk "$dir" | awk 'NR==2 {print $4}') / 1048576 ))
     if [ "$free_gb" -lt "$need_gb" ]; then
@@ -84,12 +88,15 @@ for dir in ${store:+"$store"} /var/tmp; do
     fi
 done
 
-echo "build: $ENGINE build ${args[*]} ${extra[*]} ." >&2
+echo "build: $ENGINE build -t $image ${args[*]} ${extra[*]} ." >&2
 start=$(date +%s)
-"$ENGINE" build "${args[@]}" "${extra[@]}" .
+"$ENGINE" build -t "$image" "${args[@]}" "${extra[@]}" .
 size=$("$ENGINE" image inspect --format '{{.Size}}' "$image")
 echo "build: $image built in $(( $(date +%s) - start )) s; $(( size / 1000000 )) MB" >&2
-# The previous build's image lost its tag to this one: remove the untagged images that earlier builds of this
-# project left (every stage carries the label io.iranker.build), so that rebuilding does not fill the disk.
-# This build's own layers stay as the cache of the next one.
+# The builder stage gets a tag too (all its steps cached: seconds), so that it is not untagged and stays the cache
+# of the next build. Then the untagged images earlier builds of this project left (every stage carries the label
+# io.iranker.build; the previous image and builder lost their tags to these) are removed, so that rebuilding does
+# not fill the disk.
+"$ENGINE" build "${args[@]}" "${extra[@]}" --target builder -t "${image%:*}-builder:cache" . >/dev/null \
+    || echo "build: could not tag the builder stage (the next build starts without its cache)" >&2
 "$ENGINE" image prune -f --filter label=io.iranker.build >/dev/null || echo "build: could not prune old images" >&2
