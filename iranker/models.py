@@ -20,6 +20,7 @@ a local folder, or a Hugging Face id (hub access needed, e.g. Qwen/Qwen2.5-3B-In
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -177,7 +178,8 @@ def shipped_models() -> dict[str, Path]:
     """Name -> adapter folder of every model this package ships."""
     if not SHIPPED_DIR.is_dir():
         return {}
-    return {p.name: p for p in sorted(SHIPPED_DIR.iterdir()) if (p / "adapter_config.json").is_file()}
+    files = ("adapter_config.json", "adapter_model.safetensors", "iranker-ranking.json", _CARD)
+    return {p.name: p for p in sorted(SHIPPED_DIR.iterdir()) if all((p / f).is_file() for f in files)}
 
 
 def shipped_card(name: str) -> dict:
@@ -185,8 +187,6 @@ def shipped_card(name: str) -> dict:
 
 
 def _adapter_digest(folder: Path) -> str:
-    import hashlib
-
     h = hashlib.sha256()
     for f in sorted(folder.iterdir()):
         if f.is_file():
@@ -200,14 +200,17 @@ def materialize_shipped(name: str) -> Path:
     under, so `rank`, `serve`, `evaluate` and vLLM load it like any trained model."""
     adapter = shipped_models()[name]
     card = shipped_card(name)
-    target = cache_dir() / "models" / f"{name}-{_adapter_digest(adapter)}"
+    base = resolve_model(card.get("base") or EMBEDDED_ALIAS)
+    marker = Path(base) / _MARKER  # the base's own identity (the embedded model's marker) joins the cache key
+    key = _adapter_digest(adapter) + (f"-{hashlib.sha256(marker.read_bytes()).hexdigest()[:8]}" if marker.is_file()
+                                      else "")
+    target = cache_dir() / "models" / f"{name}-{key}"
     if (target / _MARKER).exists():
         return target
     import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    base = resolve_model(card.get("base") or EMBEDDED_ALIAS)
     _say(f"merging the shipped adapter {name} into {card.get('base') or EMBEDDED_ALIAS} (once; cached at {target})")
     model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
     merged = PeftModel.from_pretrained(model, str(adapter), torch_device="cpu").merge_and_unload()
@@ -220,9 +223,15 @@ def materialize_shipped(name: str) -> Path:
             shutil.copy2(adapter / extra, staged / extra)
         (staged / _MARKER).write_text(json.dumps({"alias": name, "source": f"{adapter} merged into {base}"},
                                                  indent=1))
+        if (target / _MARKER).exists():
+            return target  # another process finished first: its copy is the same
         if target.exists():
             shutil.rmtree(target)
-        staged.rename(target)
+        try:
+            staged.rename(target)
+        except OSError:
+            if not (target / _MARKER).exists():
+                raise
     return target
 
 

@@ -37,8 +37,16 @@ def export_adapter(run: str | Path, state: str | Path, out: str | Path, card: di
         raise FileNotFoundError(f"--checkpoint {state}: no such file; expected a checkpoint's state.pt")
     model, _ = load_model(cfg)
     peft_model = get_peft_model(model, lora_config(cfg, model))
+    if out.exists() and not (out / "adapter_config.json").is_file():
+        raise ValueError(f"--out {out}: exists and is not an adapter folder; give a new folder (e.g. "
+                         "iranker/shipped/NAME)")
     saved = torch.load(state, weights_only=False, map_location="cpu")
-    set_peft_model_state_dict(peft_model, saved["policy"])
+    result = set_peft_model_state_dict(peft_model, saved["policy"])
+    lora_keys = {k for k, _ in peft_model.named_parameters() if "lora_" in k}
+    if result.unexpected_keys or len(saved["policy"]) != len(lora_keys):
+        raise ValueError(f"{state}: its weights do not fit this run's adapter ({len(saved['policy'])} saved, "
+                         f"{len(lora_keys)} adapter weights, {len(result.unexpected_keys)} unexpected); was it saved "
+                         "by this run?")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
