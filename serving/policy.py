@@ -37,8 +37,8 @@ class ServeConfig:
     allow_reasoning: bool = False
     max_passes: int | None = None  # per request: model passes (elimination decisions; direct: one); None = no cap
     # per request: prompt tokens the model prefills (iranker.ranker.estimate_cost); beyond it: 400. 0: no cap
-    max_request_tokens: int = 16_384
-    max_batch_tokens: int = 16_384  # a batch is formed up to this many estimated tokens (at least one request)
+    max_request_tokens: int = 6_144
+    max_batch_tokens: int = 6_144  # a batch is formed up to this many estimated tokens (at least one request)
     window: int = 20             # the ranker's window and stride (to count the passes a request needs)
     stride: int = 10
 
