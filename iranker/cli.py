@@ -660,12 +660,13 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--allow-reasoning", action="store_true", help="let clients ask for reasoning mode")
     sv.add_argument("--max-passes", type=int, default=None,
                     help="per-request budget in model passes (elimination decisions; direct: 1); beyond it: 400")
-    sv.add_argument("--max-request-tokens", type=int, default=6_144,
-                    help="per-request budget in estimated prompt tokens, all sliding windows (default 6144: one "
-                    "window of 20 candidates at the per-candidate token cap; 400 beyond; 0: no cap)")
-    sv.add_argument("--max-batch-tokens", type=int, default=6_144,
-                    help="a batch takes requests up to this many estimated prompt tokens (default 6144; a larger "
-                    "request is ranked alone)")
+    sv.add_argument("--max-request-tokens", type=int, default=None,
+                    help="per-request budget in estimated prompt tokens, all sliding windows; 400 beyond; 0: no cap "
+                    "(default: 6144 with the transformers backend - one window of 20 candidates at the per-candidate "
+                    "token cap - and no cap with vllm or openai)")
+    sv.add_argument("--max-batch-tokens", type=int, default=None,
+                    help="a batch takes requests up to this many estimated prompt tokens (a larger request is ranked "
+                    "alone; default: as --max-request-tokens)")
     sv.add_argument("--max-body-bytes", type=int, default=4_000_000, help="request body limit (default 4 MB; 413)")
     sv.add_argument("--body-timeout", type=float, default=10.0,
                     help="seconds a POST body may take to arrive after its headers (default 10; 408 beyond)")

@@ -122,7 +122,7 @@ class Batcher:
         for item in order:
             if len(batch) == self.config.max_batch:
                 break
-            if batch and tokens + item.cost > self.config.max_batch_tokens:
+            if batch and tokens + item.cost > (self.config.max_batch_tokens or 1 << 30):
                 continue
             batch.append(item)
             tokens += item.cost

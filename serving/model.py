@@ -45,6 +45,7 @@ class IRankerModel(kserve.Model):
         self.backend_options = backend_options or {}
         self.feature_repo = feature_repo
         self.config = config or ServeConfig()
+        self.config.token_limits_for(backend)
         self.ranker_options = ranker_options or {}
         self.routes_file = routes
         self.router = None

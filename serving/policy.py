@@ -16,6 +16,7 @@ from iranker.prompts import MAX_POOL
 from iranker.schema import MAX_CANDIDATES, RankRequest
 
 METHODS = ("iterative", "direct")
+CPU_REQUEST_TOKENS = 6_144  # one window of 20 candidates at the 192-token cap, with its header and cue
 
 
 @dataclasses.dataclass
@@ -36,9 +37,10 @@ class ServeConfig:
     methods: tuple[str, ...] = ("iterative",)
     allow_reasoning: bool = False
     max_passes: int | None = None  # per request: model passes (elimination decisions; direct: one); None = no cap
-    # per request: prompt tokens the model prefills (iranker.ranker.estimate_cost); beyond it: 400. 0: no cap
-    max_request_tokens: int = 6_144
-    max_batch_tokens: int = 6_144  # a batch is formed up to this many estimated tokens (at least one request)
+    # per request: prompt tokens the model prefills (iranker.ranker.estimate_cost); beyond it: 400. 0: no cap;
+    # None: CPU_REQUEST_TOKENS with the in-process transformers backend, no cap with vLLM or a remote endpoint
+    max_request_tokens: int | None = None
+    max_batch_tokens: int | None = None  # a batch is formed up to this many estimated tokens (None: as above)
     window: int = 20             # the ranker's window and stride (to count the passes a request needs)
     stride: int = 10
 
@@ -52,9 +54,19 @@ class ServeConfig:
         if self.max_connections_per_client < 0:
             raise ValueError(f"max_connections_per_client: must be >= 0 (0: no bound), got "
                              f"{self.max_connections_per_client}")
-        if self.max_request_tokens < 0 or self.max_batch_tokens < 1:
+        if (self.max_request_tokens or 0) < 0 or (self.max_batch_tokens is not None and self.max_batch_tokens < 1):
             raise ValueError(f"max_request_tokens: must be >= 0 (0: no cap) and max_batch_tokens >= 1, got "
                              f"{self.max_request_tokens} and {self.max_batch_tokens}")
+
+    def token_limits_for(self, backend: str) -> None:
+        """Fill the token limits left to the backend: one window of 20 candidates at the per-candidate token cap
+        (CPU_REQUEST_TOKENS) for the in-process transformers backend, which ranks on the CPU by default; none for
+        vLLM and remote endpoints (GPUs: the operator sets them)."""
+        default = CPU_REQUEST_TOKENS if backend == "transformers" else 0
+        if self.max_request_tokens is None:
+            self.max_request_tokens = default
+        if self.max_batch_tokens is None:
+            self.max_batch_tokens = self.max_request_tokens or 1 << 30
         if self.max_passes is not None and self.max_passes < 1:
             raise ValueError(f"max_passes: must be >= 1, got {self.max_passes}")
 
