@@ -91,3 +91,26 @@ def test_export_refuses_what_it_cannot_ship(tmp_path, lora_run, tiny_model_dir):
                            "--checkpoint", str(full_state),
                            "--out", str(tmp_path / "c")], check=False, capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0 and "without LoRA" in proc.stderr
+
+
+def test_every_shipped_model_is_small_cites_its_result_and_ranks():
+    """What the package ships: each adapter is at most 20 MB, its card names the result file that evaluated it
+    (committed, with the same bar verdict), and `--model NAME` loads and ranks a request."""
+    from iranker.models import embedded_model_dir, shipped_card, shipped_models
+    from iranker.ranker import open_model, rank_requests
+    from iranker.schema import RankRequest
+    from iranker.train.adapter import MAX_ADAPTER_MB
+
+    shipped = shipped_models()
+    assert shipped, "no shipped model (iranker/shipped/NAME)"
+    if not (embedded_model_dir() / "config.json").exists():
+        pytest.skip("embedded model not pulled: run `iranker model pull` (make test does)")
+    request = RankRequest.model_validate(json.loads((ROOT / "samples" / "request.json").read_text()))
+    for name, folder in shipped.items():
+        assert sum(f.stat().st_size for f in folder.iterdir()) / 1e6 <= MAX_ADAPTER_MB
+        card = shipped_card(name)
+        result = json.loads((ROOT / card["result"]).read_text())
+        assert card["bar_met"] == result["bar_met"]
+        backend, config = open_model(name)
+        resp = rank_requests(backend, [request], config)[0]
+        assert resp.model == name and sorted(resp.ranking) == sorted(c.id for c in request.candidates)
