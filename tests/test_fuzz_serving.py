@@ -35,7 +35,7 @@ import pytest
 from hypothesis import HealthCheck, event, given, note, settings
 from hypothesis import strategies as st
 from test_serving import PASSAGE, V1, V2, Server, feature_repo  # noqa: F401 - feature_repo: the module's Feast fixture
-from test_serving_api import ChatStandIn
+from test_serving_api import llms  # noqa: F401 - the module's loopback stand-in LLMs
 
 pytestmark = pytest.mark.slow  # a real server and ~600 fuzzed requests: 1-2 minutes on two cores
 
@@ -61,22 +61,14 @@ NOT_FUZZED = {
 
 # -------------------------------------------------------------------------------------------- the server
 
-@pytest.fixture(scope="module")
-def llms():
-    out = {n: ChatStandIn(n) for n in ("alpha", "beta")}
-    yield out
-    for s in out.values():
-        s.close()
-
-
-def _routes_file(folder, llms) -> str:
+def _routes_file(folder, stand_ins) -> str:
     path = folder / "routes.json"
     path.write_text(json.dumps({
         "router": ROUTER, "default_preference": "balance", "timeout_s": 10,
         "routes": [{"name": "alpha", "description": "a small fast model for short factual answers",
-                    "cost_per_million_tokens": 0.2, "base_url": llms["alpha"].url},
+                    "cost_per_million_tokens": 0.2, "base_url": stand_ins["alpha"].url},
                    {"name": "beta", "description": "a large model for hard reasoning and code",
-                    "cost_per_million_tokens": 15, "base_url": llms["beta"].url, "model": "beta-large"}]}))
+                    "cost_per_million_tokens": 15, "base_url": stand_ins["beta"].url, "model": "beta-large"}]}))
     return str(path)
 
 
