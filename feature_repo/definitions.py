@@ -1,5 +1,6 @@
 """Feast definitions: the user context the ranker reads for recommendation, and the candidates' first-stage
-signals: item attributes (interaction count, mean rating, classes) and routed models (price, measured quality).
+signals: item attributes (interaction count, mean rating, classes) and routed models (price, measured quality,
+overall and per task family).
 
 The parquet sources under data/ are written by `iranker features apply --data DIR [DIR ...]` from dataset folders
 (written by `iranker data ingest`); `iranker features materialize` loads them into the online store. Candidate
@@ -65,6 +66,24 @@ model_quality = FeatureView(
         Field(name="queries", dtype=Int64, description="training queries measured"),
     ],
     source=FileSource(name="model_quality_source", path="data/model_quality.parquet",
+                      timestamp_field="event_timestamp"),
+    online=True,
+    tags={"owner": "iranker"},
+)
+
+task = Entity(name="task", join_keys=["task"], value_type=ValueType.STRING,
+              description="a routing query's task family (e.g. RouterBench's eval_name: mmlu, gsm8k, ...)")
+
+model_task_quality = FeatureView(
+    name="model_task_quality",
+    entities=[dataset, llm, task],
+    ttl=TTL,
+    schema=[
+        Field(name="price", dtype=Float64, description="mean USD per query of the family on the training split"),
+        Field(name="quality", dtype=Float64, description="share of the family's training queries answered well"),
+        Field(name="queries", dtype=Int64, description="training queries of the family measured"),
+    ],
+    source=FileSource(name="model_task_quality_source", path="data/model_task_quality.parquet",
                       timestamp_field="event_timestamp"),
     online=True,
     tags={"owner": "iranker"},

@@ -35,11 +35,14 @@ import pandas as pd
 
 from iranker.data.base import DataError
 
-FEATURE_VIEWS = ("user_context", "item_attributes", "model_quality")
+FEATURE_VIEWS = ("user_context", "item_attributes", "model_quality", "model_task_quality")
 USER_FEATURES = ("history_titles", "history_item_ids", "n_interactions", "mean_rating", "favourite_classes")
 # the candidate-feature view of each scenario, its entity key and the CandidateFeatures fields it holds
 CANDIDATE_VIEWS = {"recommendation": ("item_attributes", "item_id", ("ratings", "mean_rating", "classes")),
                    "routing": ("model_quality", "model_id", ("price", "quality"))}
+# routing per task family: a request or instance that names its `task` sees the models' price and quality on that
+# family where the training split has it (else the overall figures above)
+TASK_VIEW = "model_task_quality"
 # Rows of data without timestamps (e.g. LLMRank files) are stamped with this fixed time, so that builds repeat;
 # instances without a time of their own are looked up just after it.
 UNDATED = datetime(2000, 1, 1, tzinfo=timezone.utc)
@@ -132,13 +135,18 @@ def _user_context(data_dir, history: int, n_classes: int) -> pd.DataFrame:
 
 _COLUMNS = {"item_attributes": ["dataset", "item_id", "event_timestamp", "title", "classes", "ratings",
                                 "mean_rating"],
-            "model_quality": ["dataset", "model_id", "event_timestamp", "price", "quality", "queries"]}
+            "model_quality": ["dataset", "model_id", "event_timestamp", "price", "quality", "queries"],
+            TASK_VIEW: ["dataset", "model_id", "task", "event_timestamp", "price", "quality", "queries"]}
 
 
 def _empty(view: str) -> pd.DataFrame:
     df = pd.DataFrame({c: pd.Series(dtype="object") for c in _COLUMNS[view]})
     df["event_timestamp"] = pd.Series(dtype="datetime64[ns, UTC]")
     return df
+
+
+def _frame(rows: list[dict], view: str) -> pd.DataFrame:
+    return pd.DataFrame(rows, columns=_COLUMNS[view]).astype({"price": "float64"}) if rows else _empty(view)
 
 
 def _concat(frames: list[pd.DataFrame], view: str) -> pd.DataFrame:
@@ -163,8 +171,14 @@ def candidate_feature_rows(tables: dict[str, pd.DataFrame], instances, manifest:
         rows = [{"dataset": dataset, "model_id": m, "event_timestamp": UNDATED, "price": float(g["cost"].mean()),
                  "quality": float(g["quality"].mean()), "queries": len(g)}
                 for m, g in o.groupby("model", sort=True)]
-        return {"model_quality": pd.DataFrame(rows, columns=_COLUMNS["model_quality"]) if rows
-                else _empty("model_quality")}
+        task_of = dict(zip(tables["queries"]["query_id"], tables["queries"]["task"], strict=True)) \
+            if "queries" in tables else {}
+        o = o.assign(task=o["query_id"].map(task_of))
+        o = o[o["task"].notna() & (o["task"] != "")]
+        per_task = [{"dataset": dataset, "model_id": m, "task": str(t), "event_timestamp": UNDATED,
+                     "price": float(g["cost"].mean()), "quality": float(g["quality"].mean()), "queries": len(g)}
+                    for (m, t), g in o.groupby(["model", "task"], sort=True)]
+        return {"model_quality": _frame(rows, "model_quality"), TASK_VIEW: _frame(per_task, TASK_VIEW)}
     inter, items = tables["interactions"], tables["items"]
     with_classes = bool(manifest.get("params", {}).get("with_classes"))
     info = {r["item_id"]: r for r in items.to_dict("records")}
@@ -207,7 +221,7 @@ def instance_feature_rows(instances, dataset: str) -> dict[str, pd.DataFrame]:
       items by their text: matched to the ids the candidates give those texts; targets are labels, not counted);
       no mean rating (instances carry none);
     - routing: a model's `quality` = its mean relevance grade over the training instances (no price: instances carry
-      none, unless their candidates give features themselves)."""
+      none, unless their candidates give features themselves); per task family too, for instances that name one."""
     train = [i for i in instances if i.split == "train"]
     scenario = instances[0].scenario if instances else None
     if scenario == "recommendation":
@@ -221,14 +235,20 @@ def instance_feature_rows(instances, dataset: str) -> dict[str, pd.DataFrame]:
         return {"item_attributes": pd.DataFrame(rows, columns=_COLUMNS["item_attributes"]).astype(
             {"mean_rating": "float64"}) if rows else _empty("item_attributes")}
     if scenario == "routing":
-        grades: dict[str, list[float]] = {}
+        grades: dict[tuple[str, str | None], list[float]] = {}
         for inst in train:
             for c in inst.candidates:
-                grades.setdefault(c.id, []).append(float(inst.relevance.get(c.id, 0.0)))
+                grade = float(inst.relevance.get(c.id, 0.0))
+                grades.setdefault((c.id, None), []).append(grade)
+                if inst.task:
+                    grades.setdefault((c.id, inst.task), []).append(grade)
         rows = [{"dataset": dataset, "model_id": m, "event_timestamp": UNDATED, "price": None,
-                 "quality": sum(g) / len(g), "queries": len(g)} for m, g in sorted(grades.items())]
-        return {"model_quality": pd.DataFrame(rows, columns=_COLUMNS["model_quality"]).astype({"price": "float64"})
-                if rows else _empty("model_quality")}
+                 "quality": sum(g) / len(g), "queries": len(g)} for (m, t), g in sorted(grades.items(), key=str)
+                if t is None]
+        per_task = [{"dataset": dataset, "model_id": m, "task": t, "event_timestamp": UNDATED, "price": None,
+                     "quality": sum(g) / len(g), "queries": len(g)}
+                    for (m, t), g in sorted(grades.items(), key=str) if t is not None]
+        return {"model_quality": _frame(rows, "model_quality"), TASK_VIEW: _frame(per_task, TASK_VIEW)}
     return {}
 
 
@@ -311,6 +331,8 @@ def attach_offline(instances, times: dict[str, datetime], repo: str | Path) -> l
     instance's time (`instance_times`); other candidates (passages, features already given) stay as they are."""
     fs = store(repo)
     out = list(instances)
+    on_task = [(k, j) for k, inst in enumerate(out) if inst.scenario == "routing" and inst.task
+               for j, c in enumerate(inst.candidates) if c.features is None]
     for scenario, (view, key, fields) in CANDIDATE_VIEWS.items():
         where = [(k, j) for k, inst in enumerate(out) if inst.scenario == scenario
                  for j, c in enumerate(inst.candidates) if c.features is None]
@@ -331,19 +353,55 @@ def attach_offline(instances, times: dict[str, datetime], repo: str | Path) -> l
                 update={"features": feats})
         for k, cs in cands.items():
             out[k] = out[k].model_copy(update={"candidates": cs})
+    if on_task:
+        asked = [(out[k].dataset, out[k].candidates[j].id, out[k].task, times[out[k].id]) for k, j in on_task]
+        unique = sorted(set(asked))
+        entity = pd.DataFrame({"dataset": [a[0] for a in unique], "model_id": [a[1] for a in unique],
+                               "task": [a[2] for a in unique], "event_timestamp": [a[3] for a in unique]})
+        got = fs.get_historical_features(entity_df=entity, features=[f"{TASK_VIEW}:{f}" for f in TASK_FIELDS]).to_df()
+        found = {(r["dataset"], r["model_id"], r["task"], pd.Timestamp(r["event_timestamp"]).to_pydatetime()): r
+                 for r in got.to_dict("records")}
+        cands = {}
+        for (k, j), a in zip(on_task, asked, strict=True):
+            c = out[k].candidates[j]
+            row = found.get((a[0], a[1], a[2], pd.Timestamp(a[3]).to_pydatetime()))
+            cands.setdefault(k, list(out[k].candidates))[j] = c.model_copy(
+                update={"features": _on_task(c.features, row)})
+        for k, cs in cands.items():
+            out[k] = out[k].model_copy(update={"candidates": cs})
     return out
 
 
-def load_with_features(sources: Sequence[str]) -> list:
+TASK_FIELDS = ("price", "quality")
+
+
+def _on_task(features, row: dict | None):
+    """A routed model's features with its price and quality on the request's task family where the store has them
+    (a missing per-family price keeps the overall one)."""
+    from iranker.schema import CandidateFeatures
+
+    def value(f):
+        v = (row or {}).get(f)
+        return None if v is None or (isinstance(v, float) and pd.isna(v)) else float(v)
+
+    if value("quality") is None:
+        return features
+    price = value("price")
+    base = features.model_dump(exclude_none=True) if features is not None else {}
+    return CandidateFeatures(**{**base, "quality": value("quality"), **({"price": price} if price is not None else {})})
+
+
+def load_with_features(sources: Sequence[str], hide_task: float = 0.0, seed: int = 0) -> list:
     """The instances of `sources` (dataset folders, instances JSONL files, 'samples') with their candidates'
-    features from Feast's offline store - the one way training and evaluation load what they rank."""
+    features from Feast's offline store - the one way training and evaluation load what they rank. A seeded share
+    `hide_task` of the routing instances that name a task family lose it (training: requests need not name one)."""
     import tempfile
 
     from iranker.data import load_sources
 
     builds = load_sources(list(sources))
     with tempfile.TemporaryDirectory(prefix="iranker-features-") as tmp:
-        return with_candidate_features(builds, tmp)
+        return with_candidate_features(builds, tmp, hide_task, seed)
 
 
 def candidate_sources(builds: Sequence) -> dict[str, pd.DataFrame]:
@@ -351,7 +409,7 @@ def candidate_sources(builds: Sequence) -> dict[str, pd.DataFrame]:
     counts, means and prices (`candidate_feature_rows`); from a source of instances only, what its training
     instances tell (`instance_feature_rows`)."""
     needs = {"recommendation": {"interactions", "items"}, "routing": {"outcomes"}}
-    frames: dict[str, list[pd.DataFrame]] = {"item_attributes": [], "model_quality": []}
+    frames: dict[str, list[pd.DataFrame]] = {"item_attributes": [], "model_quality": [], TASK_VIEW: []}
     for tables, instances, manifest in builds:
         if needs.get(manifest.get("scenario"), {"-"}) <= set(tables):
             rows = candidate_feature_rows(tables, instances, manifest)
@@ -368,7 +426,7 @@ def candidate_sources(builds: Sequence) -> dict[str, pd.DataFrame]:
     return {view: _concat(f, view) for view, f in frames.items()}
 
 
-def with_candidate_features(builds: Sequence, workdir: str | Path) -> list:
+def with_candidate_features(builds: Sequence, workdir: str | Path, hide_task: float = 0.0, seed: int = 0) -> list:
     """Every instance of `builds` ((tables, instances, manifest) per dataset) with its candidates' features, read
     from the offline store of a Feast repository made in `workdir` (this project's definitions, the candidate
     views written from these datasets' training splits): what training and evaluation rank."""
@@ -387,6 +445,11 @@ def with_candidate_features(builds: Sequence, workdir: str | Path) -> list:
     with contextlib.redirect_stdout(sys.stderr):
         store(repo).apply(objects)
     instances = [i for _, insts, _ in builds for i in insts]
+    if hide_task > 0:
+        from iranker.io import seeded_rng
+
+        instances = [i.model_copy(update={"task": None})
+                     if i.task and seeded_rng(seed, "hide-task", i.id).random() < hide_task else i for i in instances]
     return attach_offline(instances, times, repo)
 
 
@@ -397,8 +460,9 @@ class CandidateFeatureStore:
         self.store = store(repo)
         self.datasets = datasets or {}
 
-    def lookup(self, scenario: str, ids: list[str], dataset: str | None = None) -> list:
-        """Per candidate id: its CandidateFeatures from the online store, or None where none is known."""
+    def lookup(self, scenario: str, ids: list[str], dataset: str | None = None, task: str | None = None) -> list:
+        """Per candidate id: its CandidateFeatures from the online store, or None where none is known; a routing
+        request's `task` family picks the models' figures on that family where the store has them."""
         dataset = dataset or self.datasets.get(scenario)
         if scenario not in CANDIDATE_VIEWS or not dataset or not ids:
             return [None] * len(ids)
@@ -409,6 +473,11 @@ class CandidateFeatureStore:
         for k in range(len(ids)):
             row = {f: resp[f][k] for f in fields}
             out.append(None if all(v is None for v in row.values()) else _features_of(scenario, row))
+        if scenario == "routing" and task:
+            resp = self.store.get_online_features(
+                features=[f"{TASK_VIEW}:{f}" for f in TASK_FIELDS],
+                entity_rows=[{"dataset": dataset, "model_id": i, "task": task} for i in ids]).to_dict()
+            out = [_on_task(f, {k: resp[k][n] for k in TASK_FIELDS}) for n, f in enumerate(out)]
         return out
 
 

@@ -37,6 +37,7 @@ MAX_ID_CHARS = 200
 MAX_TEXT_CHARS = 8_000
 MAX_QUERY_CHARS = 8_000
 MAX_HISTORY_ITEMS = 200
+MAX_TASK_CHARS = 100
 
 
 class _Strict(BaseModel):
@@ -97,7 +98,11 @@ def _check_candidates(candidates: list[Candidate]) -> None:
 
 
 def _check_scenario_fields(scenario: str, query: str | None, history: list[str] | None, user_id: str | None,
-                           preference: str | None, need_context: bool) -> None:
+                           preference: str | None, need_context: bool, task: str | None = None) -> None:
+    if task is not None and scenario != "routing":
+        raise ValueError(f"task: only routing takes a task family, not scenario {scenario!r}")
+    if task is not None and not task.strip():
+        raise ValueError("task: a task family name, or leave it out")
     if scenario == "routing" and preference is None:
         raise ValueError("preference: a routing request needs a preference (performance, balance or cost)")
     if scenario != "routing" and preference is not None:
@@ -118,6 +123,9 @@ class RankingInstance(_Strict):
     user_id: str | None = None
     history: list[str] = Field(default_factory=list, max_length=MAX_HISTORY_ITEMS)
     preference: Preference | None = None
+    task: str | None = Field(default=None, max_length=MAX_TASK_CHARS,
+                             description="routing: the query's task family (e.g. 'mmlu'); candidates' measured quality "
+                                         "and price are then those on that family where known")
     candidates: list[Candidate] = Field(max_length=MAX_CANDIDATES)
     relevance: dict[str, float] = Field(default_factory=dict, description="candidate id -> grade; missing = 0")
     split: Split = "test"
@@ -126,7 +134,7 @@ class RankingInstance(_Strict):
     def _consistent(self) -> RankingInstance:
         _check_candidates(self.candidates)
         _check_scenario_fields(self.scenario, self.query, self.history, self.user_id, self.preference,
-                               need_context=True)
+                               need_context=True, task=self.task)
         ids = {c.id for c in self.candidates}
         for cid, grade in self.relevance.items():
             if cid not in ids:
@@ -141,7 +149,7 @@ class RankingInstance(_Strict):
     def to_request(self, **options) -> RankRequest:
         return RankRequest(scenario=self.scenario, query=self.query, user_id=self.user_id,
                            history=self.history or None, preference=self.preference,
-                           candidates=self.candidates, options=RankOptions(**options))
+                           task=self.task, candidates=self.candidates, options=RankOptions(**options))
 
 
 class RankOptions(_Strict):
@@ -158,6 +166,9 @@ class RankRequest(_Strict):
     user_id: str | None = Field(default=None, max_length=MAX_ID_CHARS)
     history: list[str] | None = Field(default=None, max_length=MAX_HISTORY_ITEMS)
     preference: Preference | None = None
+    task: str | None = Field(default=None, max_length=MAX_TASK_CHARS,
+                             description="routing: the query's task family (e.g. 'mmlu'); candidates' measured quality "
+                                         "and price are then those on that family where known")
     candidates: list[Candidate] = Field(max_length=MAX_CANDIDATES)
     top_k: StrictInt | None = Field(default=None, ge=1)
     options: RankOptions = Field(default_factory=RankOptions)
@@ -167,7 +178,7 @@ class RankRequest(_Strict):
         _check_candidates(self.candidates)
         # A recommendation request may arrive with only a user id: the server fills the history from Feast.
         _check_scenario_fields(self.scenario, self.query, self.history, self.user_id, self.preference,
-                               need_context=True)
+                               need_context=True, task=self.task)
         for i, h in enumerate(self.history or []):
             if len(h) > MAX_TEXT_CHARS:
                 raise ValueError(f"history[{i}]: at most {MAX_TEXT_CHARS} characters")

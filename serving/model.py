@@ -138,7 +138,8 @@ class IRankerModel(kserve.Model):
         missing = [c.id for c in req.candidates if c.features is None]
         if self.candidate_features is None or not missing:
             return req
-        found = dict(zip(missing, await asyncio.to_thread(self.candidate_features.lookup, req.scenario, missing),
+        found = dict(zip(missing, await asyncio.to_thread(self.candidate_features.lookup, req.scenario, missing,
+                                                                     task=req.task),
                          strict=True))
         if not any(found.values()):
             return req
@@ -247,11 +248,12 @@ class IRankerModel(kserve.Model):
                                f"{self.router.routes.router!r}, got {req.model!r}")
         preference = protocol.preference_of(req, headers, self.router.routes.default_preference)
         try:
-            rank_req = routing_request(self.router.routes, protocol.last_user_text(req), preference)
+            rank_req = routing_request(self.router.routes, protocol.last_user_text(req), preference,
+                                       protocol.task_of(req, headers))
         except ValidationError as e:  # the query the routing request was built from
             raise InvalidInput(f"messages: {describe_error(e)}") from None
         (resp,) = await self.rank([rank_req], "messages")
-        forward = req.model_dump(exclude_none=True, exclude={"preference"})
+        forward = req.model_dump(exclude_none=True, exclude={"preference", "task"})
         upstream, failed = await self.router.forward(forward, resp.ranking, req.stream)
         m.ROUTES.labels(upstream.route.name, preference).inc()
         if failed:

@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, Valida
 from iranker.schema import (
     MAX_CANDIDATES,
     MAX_QUERY_CHARS,
+    MAX_TASK_CHARS,
     MAX_TEXT_CHARS,
     PREFERENCES,
     Candidate,
@@ -36,6 +37,7 @@ from iranker.schema import (
 from serving.policy import ServeConfig
 
 PREFERENCE_HEADER = "x-iranker-preference"
+TASK_HEADER = "x-iranker-task"
 ROUTE_HEADER = "x-iranker-route"
 
 
@@ -264,6 +266,8 @@ class ChatRequest(BaseModel):
     messages: list[ChatMessage] = Field(min_length=1)
     stream: StrictBool = False
     preference: Literal["performance", "balance", "cost"] | None = None
+    task: str | None = Field(default=None, min_length=1, max_length=MAX_TASK_CHARS,
+                             description="the query's task family (also the x-iranker-task header)")
 
 
 def chat_request(body: Any) -> ChatRequest:
@@ -282,6 +286,15 @@ def last_user_text(req: ChatRequest) -> str:
         if text.strip():
             return text.strip()[-MAX_QUERY_CHARS:]
     raise InvalidInput("messages: the router needs a user message with text to choose an LLM for")
+
+
+def task_of(req: ChatRequest, headers: dict[str, str]) -> str | None:
+    """The request's task family: its task field, else the x-iranker-task header, else none."""
+    value = req.task or headers.get(TASK_HEADER) or None
+    if value is not None and not (value.strip() and len(value) <= MAX_TASK_CHARS):
+        raise InvalidInput(f"task ({TASK_HEADER} header or the request's task field): a task family name of at most "
+                           f"{MAX_TASK_CHARS} characters, got {value[:40]!r}")
+    return value
 
 
 def preference_of(req: ChatRequest, headers: dict[str, str], default: str) -> str:

@@ -85,8 +85,8 @@ def load_routes(path: str | Path) -> Routes:
     return routes
 
 
-def routing_request(routes: Routes, query: str, preference: str) -> RankRequest:
-    return RankRequest(scenario="routing", query=query, preference=preference,
+def routing_request(routes: Routes, query: str, preference: str, task: str | None = None) -> RankRequest:
+    return RankRequest(scenario="routing", query=query, preference=preference, task=task,
                        candidates=[Candidate(id=r.name, text=r.text()) for r in routes.routes])
 
 

@@ -64,7 +64,8 @@ def test_undated_data_counts_training_histories_only(tmp_path):
 @pytest.mark.parametrize("source", ["llmrank", "routerbench"])
 def test_instances_alone_get_features_from_their_training_split(tmp_path, source):
     """A dataset that comes as instances only (the generic `instances` adapter, no tables) gets what its training
-    instances tell: an item's count in the training histories, a model's mean grade over the training queries."""
+    instances tell: an item's count in the training histories, a model's mean grade over the training queries of
+    the instance's task family."""
     built = build(source, SAMPLES / source)
     path = tmp_path / "instances.jsonl"
     path.write_text("".join(i.model_dump_json(exclude_none=True) + "\n" for i in built.instances))
@@ -80,10 +81,47 @@ def test_instances_alone_get_features_from_their_training_split(tmp_path, source
                 assert c.features.ratings == count and c.features.mean_rating is None
                 checked += count > 0
             else:
-                grades = [t.relevance.get(c.id, 0.0) for t in train if any(x.id == c.id for x in t.candidates)]
+                grades = [t.relevance.get(c.id, 0.0) for t in train if any(x.id == c.id for x in t.candidates)
+                          and t.task == inst.task]  # the family's training instances
                 assert c.features.price is None and c.features.quality == pytest.approx(sum(grades) / len(grades))
                 checked += 1
     assert checked > 5
+
+
+def test_routed_models_show_their_quality_on_the_query_task_family(tmp_path):
+    """A routing instance that names its task family sees each model's price and quality on that family's training
+    queries; one whose family training has not measured, or that names none, sees the overall figures."""
+    (tables, instances, manifest), = _builds(("routerbench", SAMPLES / "routerbench"))
+    assert {i.task for i in instances} == {"arc-challenge", "mbpp", "winogrande"}
+    out = with_candidate_features([(tables, instances, manifest)], tmp_path / "a")
+    q, o = tables["queries"], tables["outcomes"]
+    train_q = {i.id[len(i.dataset) + 1: i.id.rindex("-")] for i in instances if i.split == "train"}
+    o = o[o["query_id"].isin(train_q) & o["quality"].notna() & o["cost"].notna()]
+    o = o.assign(task=o["query_id"].map(dict(zip(q["query_id"], q["task"], strict=True))))
+    differs = 0
+    for inst in out:
+        for c in inst.candidates:
+            mine = o[(o["model"] == c.id) & (o["task"] == inst.task)]
+            assert len(mine), (inst.task, c.id)
+            assert c.features.quality == pytest.approx(mine["quality"].mean())
+            assert c.features.price == pytest.approx(mine["cost"].mean())
+            overall = o[o["model"] == c.id]["quality"].mean()
+            differs += abs(overall - c.features.quality) > 0.05
+    assert differs > 10  # the families really differ, so the test can tell them apart
+    # hidden (training shows a share so) or unknown: the overall figures
+    hidden = with_candidate_features([(tables, instances, manifest)], tmp_path / "b", hide_task=1.0)
+    unknown = [i.model_copy(update={"task": "no-such-family"}) for i in instances]
+    for insts in (hidden, with_candidate_features([(tables, unknown, manifest)], tmp_path / "c")):
+        for inst in insts:
+            for c in inst.candidates:
+                assert c.features.quality == pytest.approx(o[o["model"] == c.id]["quality"].mean())
+    assert all(i.task is None for i in hidden)
+    some = with_candidate_features([(tables, instances, manifest)], tmp_path / "d", hide_task=0.3, seed=1)
+    assert 0 < sum(i.task is None for i in some) < len(some)
+    with pytest.raises(ValueError, match="task: only routing"):
+        from iranker.schema import RankRequest
+
+        RankRequest(scenario="passage", query="q", task="mmlu", candidates=[{"id": "a", "text": "t"}])
 
 
 def test_requests_and_instances_without_features_still_rank_on_text():

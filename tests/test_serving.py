@@ -192,7 +192,7 @@ def test_candidates_are_shown_the_same_features_in_training_evaluation_and_servi
 
     repo = feature_repo[0]
     routing = repo.parent / "routing"
-    cfg = TrainConfig.model_validate({"model": "tiny-random", "data": [str(routing)], "steps": 1})
+    cfg = TrainConfig.model_validate({"model": "tiny-random", "data": [str(routing)], "steps": 1, "hide_task": 0})
     trained = {i.id: i for i in load_training_instances(cfg)}
     evaluated = {i.id: i for i in load_eval_data([str(routing)], split=None).instances}
     shared = [i for i in trained if i in evaluated]  # the same instances, each listed in its own order
@@ -202,8 +202,14 @@ def test_candidates_are_shown_the_same_features_in_training_evaluation_and_servi
     assert all(c.features and c.features.price > 0 and 0 <= c.features.quality <= 1 for c in test.candidates)
     # the online store holds the figures training read (routing's are measured once, on the training split)
     assert served_datasets(repo) == {"recommendation": "recbole", "routing": "routerbench"}
-    online = CandidateFeatureStore(repo, served_datasets(repo)).lookup("routing", [c.id for c in test.candidates])
-    assert online == [c.features for c in test.candidates]
+    online = CandidateFeatureStore(repo, served_datasets(repo))
+    assert test.task and online.lookup("routing", [c.id for c in test.candidates], task=test.task) == \
+        [c.features for c in test.candidates]
+    # what training shows when it hides the task family (a share of its instances) is what a request without one gets
+    hidden = [i for i in load_training_instances(cfg.model_copy(update={"hide_task": 1.0}))]
+    assert hidden and all(i.task is None for i in hidden)
+    for inst in hidden[:3]:
+        assert online.lookup("routing", [c.id for c in inst.candidates]) == [c.features for c in inst.candidates]
     shown = build_context(test.to_request()).texts
     assert all(" \u00b7 quality " in t and " per 1M queries" in t for t in shown)
     given = test.to_request().model_dump(exclude_none=True)

@@ -157,13 +157,13 @@ def test_router_answers_through_the_openai_sdk_and_falls_back_on_a_5xx(api, llms
     client = _openai(api)
     msgs = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "write a sorting function"}]
     raw = client.chat.completions.with_raw_response.create(model="iranker-router", messages=msgs,
-                                                           extra_body={"preference": "performance"})
+                                                           extra_body={"preference": "performance", "task": "mbpp"})
     first = raw.headers["x-iranker-route"]
     ranking = raw.headers["x-iranker-route-ranking"].split(",")
     assert ranking[0] == first and sorted(ranking) == ["alpha", "beta"]
     assert raw.parse().choices[0].message.content == f"I am {first}"  # the LLM's answer as it gave it
     sent = llms[first].bodies[-1]
-    assert sent["messages"] == msgs and "preference" not in sent
+    assert sent["messages"] == msgs and "preference" not in sent and "task" not in sent
     assert sent["model"] == {"alpha": "alpha", "beta": "beta-large"}[first]
     assert sent["auth"] == ("Bearer alpha-key" if first == "alpha" else None)
     # the first LLM fails: the same request goes to the next one in the ranking
@@ -205,6 +205,9 @@ def test_router_refuses_what_it_cannot_route(api):
     with pytest.raises(openai.BadRequestError, match="preference"):
         client.chat.completions.create(model="iranker-router", messages=[{"role": "user", "content": "hi"}],
                                        extra_headers={"x-iranker-preference": "cheapest"})
+    with pytest.raises(openai.BadRequestError, match="task"):
+        client.chat.completions.create(model="iranker-router", messages=[{"role": "user", "content": "hi"}],
+                                       extra_headers={"x-iranker-task": "t" * 101})
     with pytest.raises(openai.BadRequestError, match="needs a user message"):
         client.chat.completions.create(model="iranker-router", messages=[{"role": "system", "content": "x"}])
     models = [m.id for m in client.models.list()]

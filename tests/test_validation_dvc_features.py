@@ -229,7 +229,7 @@ def test_feast_serves_a_known_users_history(tmp_path, mixed_dir):
     features.build_feature_tables(mixed_dir, repo, history=20)
     assert features.apply(repo) == VIEWS
     assert features.materialize(repo) == {"user_context": 16, "item_attributes": _train_interactions(mixed_dir),
-                                          "model_quality": 0}
+                                          "model_quality": 0, "model_task_quality": 0}
 
     titles = {r[0]: f"{r[1]} ({r[2]})" for r in (l.split("\t") for l in
                                                   (SAMPLES / "recbole" / "movies.item").read_text().splitlines()[1:])}
@@ -243,7 +243,8 @@ def test_feast_serves_a_known_users_history(tmp_path, mixed_dir):
     assert ctx[1] is None and users.history("unknown-user") is None
 
 
-VIEWS = ["dataset", "item", "item_attributes", "llm", "model_quality", "user", "user_context"]
+VIEWS = ["dataset", "item", "item_attributes", "llm", "model_quality", "model_task_quality", "task", "user",
+         "user_context"]
 
 
 def _train_interactions(folder) -> int:
@@ -278,6 +279,6 @@ def test_features_cli_apply_materialize_get(tmp_path, mixed_dir):
 
     assert run("apply", "--data", str(mixed_dir))["applied"] == VIEWS
     assert run("materialize")["materialized"] == {"user_context": 16, "item_attributes": _train_interactions(mixed_dir),
-                                                  "model_quality": 0}
+                                                  "model_quality": 0, "model_task_quality": 0}
     got = run("get", "5", "nobody")
     assert got["nobody"] is None and len(got["5"]["history_titles"]) == 20 and got["5"]["n_interactions"] == 22

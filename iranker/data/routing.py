@@ -133,7 +133,7 @@ def build_instances(tables: dict[str, pd.DataFrame], params: RoutingParams,
     by_q = {qid: g for qid, g in outcomes.groupby("query_id", sort=False)}
     stats: Counter = Counter()
     out = []
-    for qid, _, _task, prompt, source_split in queries.itertuples(index=False):
+    for qid, _, task, prompt, source_split in queries.itertuples(index=False):
         if source_split == "train" and prompt in test_prompts:
             stats["train queries dropped: same prompt in a test file"] += 1
             continue
@@ -158,6 +158,6 @@ def build_instances(tables: dict[str, pd.DataFrame], params: RoutingParams,
             seeded_rng(params.seed, "route", qid, pref).shuffle(models)
             out.append(RankingInstance(
                 id=f"{dataset}-{qid}-{pref}", scenario="routing", dataset=dataset, query=query, preference=pref,
-                candidates=[{"id": m, "text": MODEL_CARDS.get(m, m)} for m in models],
+                task=task or None, candidates=[{"id": m, "text": MODEL_CARDS.get(m, m)} for m in models],
                 relevance={m: round(u - lo, 6) for m, u in util.items() if u - lo > 1e-9}, split=split))
     return out, {"skipped": dict(sorted(stats.items()))}

@@ -94,6 +94,10 @@ class TrainConfig(_Section):
                            description="share of training instances listed in the first stage's order (popularity, "
                                        "best average, the retriever's); the rest are shuffled, so that the model "
                                        "has to read content, not only position (iranker.listing)")
+    hide_task: float = Field(default=0.3, ge=0, le=1,
+                             description="share of routing training instances shown without their task family "
+                                         "(overall price and quality instead of the family's), as requests that "
+                                         "name none are")
     mix: Literal["balanced", "proportional"] = Field(
         default="balanced", description="episodes per scenario: equal shares (balanced) or in proportion to the "
                                         "training instances (proportional; routing has 8x the others)")

@@ -153,7 +153,7 @@ def load_training_instances(cfg, split: str = "train") -> list[RankingInstance]:
     out: list[RankingInstance] = [
         listed(i, "first-stage" if seeded_rng(cfg.seed, "listing-order", i.id).random() < cfg.listing else "shuffled",
                cfg.seed)
-        for i in load_with_features(cfg.data)]
+        for i in load_with_features(cfg.data, cfg.hide_task, cfg.seed)]
     out = [w for i in out for w in serving_windows(i, cfg.ranking.window, cfg.ranking.stride)]
     chosen = [i for i in out if i.split == split and len({i.grade(c.id) for c in i.candidates}) > 1]
     if not chosen:
