@@ -399,6 +399,16 @@ def cmd_pipeline_ingest(args) -> None:
         _die(f"--param {e}")
     print(json.dumps({k: {f: v[f] for f in ("dataset", "counts", "dvc", "data_version")} for k, v in steps.items()},
                      indent=1))
+    # data.dvc versions all of data/: other folders there (benchmark data, own ingests) make a version a fresh
+    # clone's `make demo` does not produce
+    written = Path(params.get("data_dir") or pl.default_params()["data_dir"])
+    if params["dvc"] and written.parent.is_dir() and Path(f"{written.parent}.dvc").exists():
+        extra = sorted(p.name for p in written.parent.iterdir() if p.name != written.name and not p.name.startswith("."))
+        if extra:
+            _say(f"note: {written.parent}.dvc versions all of {written.parent}/, which here also holds "
+                 f"{', '.join(extra)}: the version written is not the one a fresh clone's `make demo` makes. To "
+                 f"refresh the committed {written.parent}.dvc, run this in a checkout whose {written.parent}/ holds "
+                 f"only {written.name}/ (e.g. a fresh clone).")
 
 
 def cmd_pipeline_submit(args) -> None:

@@ -41,7 +41,8 @@ def test_committed_data_dvc_is_the_version_the_pipeline_ingests(tmp_path):
         f"data.dvc is stale: the pipeline's ingest steps now write md5 {made['md5']} ({made['nfiles']} files, "
         f"{made['size']} bytes), the committed data.dvc names {committed['md5']} ({committed['nfiles']} files, "
         f"{committed['size']} bytes). What ingest writes has changed: run `make data-version` (iranker pipeline "
-        "ingest) and commit data.dvc with the change.")
+        "ingest) in a checkout whose data/ holds only pipeline/, e.g. a fresh clone, and commit data.dvc with the "
+        "change.")
     # the provenance is recorded beside every dataset and in the step's artifact metadata, not in the version
     for scenario, meta in steps.items():
         prov = json.loads((repo / "data" / "pipeline" / scenario / PROVENANCE).read_text())
