@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import json
 import os
+import socket
 import sys
 from pathlib import Path
 from typing import NoReturn
@@ -475,8 +476,37 @@ def cmd_serve(args) -> None:
     options = _backend_options(args)
     _say(f"serving {model} ({why}) with the {args.backend} backend on port {args.http_port}; Feast: {repo or 'off'}; "
          f"auth: {'bearer token' if token else 'off'}")
-    serve(IRankerModel(args.name, model, args.backend, options, repo, config, {"layout": args.layout},
-                       routes=args.routes), http_port=args.http_port)
+    served = IRankerModel(args.name, model, args.backend, options, repo, config, {"layout": args.layout},
+                          routes=args.routes)
+    if args.log_url:
+        from iranker.models import cache_dir
+        from serving.eventlog import EventLog, Origin
+
+        spool = Path(args.log_spool) if args.log_spool else cache_dir() / "log-spool" / args.name
+        try:
+            served.event_log = EventLog(args.log_url, spool, Origin(
+                source=f"http://{socket.gethostname()}:{args.http_port}/", service=args.name,
+                namespace=args.log_namespace))
+        except (OSError, ValueError) as e:
+            _die(f"--log-url/--log-spool: {e}")
+        _say(f"inference log: CloudEvents to {args.log_url} (spool {spool})")
+    serve(served, http_port=args.http_port)
+
+
+def cmd_collect(args) -> None:
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from serving.collector import Store, run
+
+    token = os.environ.get(args.token_env) if args.token_env else None
+    if args.token_env and not token:
+        _die(f"--token-env {args.token_env}: the variable is not set")
+    try:
+        known = len(Store(args.out).known)
+    except OSError as e:
+        _die(f"--out {args.out}: {e}")
+    _say(f"collecting CloudEvents on port {args.port} into {args.out} ({known} stored); auth: "
+         f"{'bearer token' if token else 'off'}")
+    run(args.out, args.port, args.host, token, args.max_body_bytes)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -688,7 +718,23 @@ def build_parser() -> argparse.ArgumentParser:
                     "bound - behind a proxy every connection has the proxy's address)")
     sv.add_argument("--routes", default=None, help="a routes file (YAML): answer OpenAI chat completions as an LLM "
                     "router over the LLMs it lists (README: Serving)")
+    sv.add_argument("--log-url", default=None, help="post every ranking, rerank and routed call to this URL as a "
+                    "pair of CloudEvents in KServe's inference-logger format (e.g. `iranker collect`'s); off the "
+                    "request path, spooled to disk while the sink is down (README: The feedback loop)")
+    sv.add_argument("--log-spool", default=None, help="where events that could not be sent wait to be sent again "
+                    "(default: ~/.cache/iranker/log-spool/NAME)")
+    sv.add_argument("--log-namespace", default=os.environ.get("POD_NAMESPACE", "default"),
+                    help="the ce-namespace of the logged events (default $POD_NAMESPACE, else default)")
     sv.set_defaults(func=cmd_serve)
+
+    co = sub.add_parser("collect", help="receive inference-log CloudEvents (KServe's logger, iranker serve "
+                        "--log-url) and store each exactly once, date-partitioned (README: The feedback loop)")
+    co.add_argument("--out", required=True, help="the store's folder (events/date=YYYY-MM-DD/events.jsonl)")
+    co.add_argument("--port", type=int, default=8090)
+    co.add_argument("--host", default="0.0.0.0")
+    co.add_argument("--token-env", default=None, help="require this environment variable's value as a bearer token")
+    co.add_argument("--max-body-bytes", type=int, default=8 << 20, help="larger events are refused with 413")
+    co.set_defaults(func=cmd_collect)
 
     feats = sub.add_parser("features", help="Feast user features").add_subparsers(dest="features_command",
                                                                                   required=True)

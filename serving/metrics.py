@@ -23,3 +23,6 @@ CONNECTIONS_CLOSED = Counter("iranker_connections_closed", "Connections closed b
                              ["reason"])
 RESPONSES = Counter("iranker_http_responses", "Answers to POST requests by route family (v1, v2, rerank, chat, other) "
                     "and status code, whoever gave them (the guard, KServe, the routes)", ["route", "code"])
+LOG_EVENTS = Counter("iranker_log_events", "Inference-log CloudEvents (iranker serve --log-url): sent, spooled (the "
+                     "sink was down, answered an error, or the queue was full), resent from the spool, dropped (the "
+                     "spool was full or not writable)", ["outcome"])

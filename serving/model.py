@@ -54,6 +54,7 @@ class IRankerModel(kserve.Model):
         self.candidate_features = None  # the candidates' first-stage signals from Feast's online store
         self.batcher: Batcher | None = None
         self.ranker_config = None  # what the loaded model ranks under (load())
+        self.event_log = None  # serving.eventlog.EventLog: the inference log (iranker serve --log-url)
 
     def get_input_types(self) -> list[dict]:
         """The v2 input generic clients (tritonclient, the v2 metadata route) read: one BYTES tensor whose elements
@@ -213,13 +214,15 @@ class IRankerModel(kserve.Model):
             raise
         where = f"inputs[{payload.inputs[0].name}]" if isinstance(payload, InferRequest) else "instances"
         responses = await self.rank(requests, where)
+        rid = {k.lower(): v for k, v in (headers or {}).items()}.get("x-request-id")
         if isinstance(payload, InferRequest):
-            return protocol.v2_response(self.name, payload.id, responses)
-        return {"predictions": [r.model_dump(exclude_none=True) for r in responses]}
+            return protocol.v2_response(self.name, payload.id or rid, responses)
+        return {"id": rid, "predictions": [r.model_dump(exclude_none=True) for r in responses]} if rid else \
+            {"predictions": [r.model_dump(exclude_none=True) for r in responses]}
 
     # ----------------------------------------------------------------------------------------- rerank, chat
 
-    async def rerank(self, body: Any) -> dict:
+    async def rerank(self, body: Any, request_id: str | None = None) -> dict:
         try:
             req = protocol.rerank_request(body, self.config)
             if req.model is not None and req.model != self.name:
@@ -229,7 +232,7 @@ class IRankerModel(kserve.Model):
             m.REQUESTS.labels("passage", "bad_request").inc()
             raise
         (resp,) = await self.rank([rank_req], "documents")
-        return protocol.rerank_response(req, resp, self.name)
+        return protocol.rerank_response(req, resp, self.name, request_id)
 
     async def route(self, body: Any, headers: dict[str, str]):
         """Rank the routes for the chat request, then forward it down the ranking. Returns (Upstream, ranking,

@@ -234,7 +234,7 @@ def rerank_to_rank(req: RerankRequest) -> RankRequest:
         raise InvalidInput(describe_error(e)) from None
 
 
-def rerank_response(req: RerankRequest, resp: RankResponse, model: str) -> dict:
+def rerank_response(req: RerankRequest, resp: RankResponse, model: str, request_id: str | None = None) -> dict:
     texts = rerank_texts(req)
     n = len(texts)
     results = []
@@ -245,7 +245,7 @@ def rerank_response(req: RerankRequest, resp: RankResponse, model: str) -> dict:
             row["document"] = {"text": texts[i]}
         results.append(row)
     tokens = resp.usage.prompt_tokens + resp.usage.completion_tokens
-    return {"id": f"rerank-{uuid.uuid4().hex}", "model": model, "results": results,
+    return {"id": request_id or f"rerank-{uuid.uuid4().hex}", "model": model, "results": results,
             "usage": {"total_tokens": tokens, "prompt_tokens": resp.usage.prompt_tokens},
             "meta": {"billed_units": {"search_units": 1}}}
 

@@ -19,6 +19,7 @@ import time
 from fastapi import Request  # module level: the routes' annotations are resolved against these globals
 from kserve.errors import InvalidInput
 
+from serving.eventlog import MAX_LOGGED_BODY, request_id
 from serving.model import IRankerModel
 from serving.policy import DeadlineExceeded, Overloaded, Unauthorized, authorized
 from serving.protocol import ROUTE_HEADER, JSONProblem, MalformedJSON, strict_json
@@ -49,26 +50,48 @@ class Guard:
         path = scope.get("path", "")
         kind = route_kind(path)
         send_on = send
-
+        # the request id: the client's x-request-id where plausible, else a new one; the routes see it, the answer
+        # carries it, and the inference log's events are named by it
+        headers = [(k, v) for k, v in scope.get("headers") or [] if k.lower() != b"x-request-id"]
+        rid = request_id(dict(scope.get("headers") or []).get(b"x-request-id", b"").decode("latin-1") or None)
+        scope = {**scope, "headers": [*headers, (b"x-request-id", rid.encode())]}
+        log = self.model.event_log if kind in LOGGED else None
         started = finished = False
+        answer: dict = {"chunks": [], "size": 0, "type": "application/json", "logged": False}
 
         async def send(message):  # every POST answer counted by route and status, whoever gives it
             nonlocal started, finished
             if message["type"] == "http.response.start":
                 started = True
                 m.RESPONSES.labels(kind, str(message["status"])).inc()
-            elif message["type"] == "http.response.body" and not message.get("more_body", False):
-                finished = True
+                message = {**message, "headers": [*[(k, v) for k, v in message.get("headers", [])
+                                                    if k.lower() != b"x-request-id"], (b"x-request-id", rid.encode())]}
+                answer["type"] = dict(message["headers"]).get(b"content-type", b"application/json").decode("latin-1")
+            elif message["type"] == "http.response.body":
+                if answer["logged"] and answer["size"] < MAX_LOGGED_BODY:
+                    answer["chunks"].append(message.get("body", b""))
+                    answer["size"] += len(answer["chunks"][-1])
+                if not message.get("more_body", False):
+                    finished = True
+                    if answer["logged"]:
+                        body = b"".join(answer["chunks"])
+                        log.emit(rid, "response", body[:MAX_LOGGED_BODY], answer["type"],
+                                 truncated=len(body) > MAX_LOGGED_BODY)
             await send_on(message)
 
+        def logged(body: bytes, content_type: str) -> None:  # the body was read and passed the guard's checks
+            if log is not None:
+                log.emit(rid, "request", body, content_type)
+                answer["logged"] = True
+
         try:
-            await self._guarded(scope, receive, send, path, kind, lambda: finished)
+            await self._guarded(scope, receive, send, path, kind, lambda: finished, logged)
         except Exception:
             if not started:  # answered 500 by the server's outermost handler, outside this wrapper
                 m.RESPONSES.labels(kind, "500").inc()
             raise
 
-    async def _guarded(self, scope, receive, send, path: str, kind: str, finished) -> None:
+    async def _guarded(self, scope, receive, send, path: str, kind: str, finished, logged) -> None:
         from starlette.responses import JSONResponse
 
         from serving import metrics as m
@@ -128,6 +151,7 @@ class Guard:
             # would read it as the binary tensor extension and refuse it; it is JSON, so say so
             scope = {**scope, "headers": [(k, v) for k, v in scope.get("headers") or [] if k.lower() != b"content-type"]
                      + [(b"content-type", b"application/json")]}
+        logged(whole, dict(scope.get("headers") or []).get(b"content-type", b"application/json").decode("latin-1"))
         await self._answer(scope, whole, receive, send, finished)
 
     async def _answer(self, scope, body: bytes, receive, send, finished) -> None:
@@ -168,6 +192,9 @@ class Guard:
         m.CONNECTIONS_CLOSED.labels("client_left").inc()
         with contextlib.suppress(asyncio.CancelledError):
             await route
+
+
+LOGGED = ("v1", "v2", "rerank", "chat")  # the route families whose calls the inference log records
 
 
 def route_kind(path: str) -> str:
@@ -214,7 +241,7 @@ def install(app, model: IRankerModel) -> None:
         return raw if raw else b""
 
     async def rerank(request: Request):
-        return JSONResponse(await model.rerank(await body_of(request)))
+        return JSONResponse(await model.rerank(await body_of(request), request.headers.get("x-request-id")))
 
     async def chat(request: Request):
         headers = {k.lower(): v for k, v in request.headers.items()}
