@@ -349,8 +349,10 @@ def run_hostile(args, shared: Path) -> dict:
     from iranker.schema import MAX_CANDIDATES, RankRequest
     from serving.policy import ServeConfig
 
+    defaults = ServeConfig()
+    defaults.token_limits_for("openai" if args.vllm else "transformers")  # what the server fills in at start
     cap = args.hostile_max_request_tokens if args.hostile_max_request_tokens is not None else \
-        ServeConfig().max_request_tokens
+        defaults.max_request_tokens
     timeout = args.hostile_deadline + 60
     backend, ranker_config = open_model(args.model)  # the served model's tokenizer and settings, as the server has
 

@@ -12,14 +12,23 @@ queued large ones.
   elimination steps and stops ranking a request whose client has gone or whose deadline has passed.
 - A batch that fails is ranked again one request at a time, so only the request that caused the failure fails:
   with a 400 when the request was at fault (a `ValueError` from the ranker), otherwise with the error.
+- Small requests do not wait for a large batch to end. While a batch of more than LARGE_BATCH_TOKENS runs, a
+  request of at most EXPRESS_TOKENS goes to an express line instead of the queue, and the ranking thread ranks the
+  express line between the large batch's steps (at its `alive()` checks: between elimination steps and between
+  1,024-token prefill chunks), then resumes the large batch - for at least as long as the express batch took, so
+  a stream of small requests slows a large one to half speed at most and never starves it. Small requests already
+  waiting when a large batch starts join the express line too. So a small request waits for about one step or
+  chunk of a large one, not for all of it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import dataclasses
 import logging
+import threading
 import time
 from collections.abc import Callable, Sequence
 
@@ -31,6 +40,9 @@ from serving.policy import DeadlineExceeded, Overloaded, ServeConfig
 
 logger = logging.getLogger("iranker.serving")
 AGING_S = 5.0  # a request queued longer than this is batched before cheaper ones (no starvation of large requests)
+EXPRESS_TOKENS = 1024  # a request this small is ranked between the steps of a large batch ...
+LARGE_BATCH_TOKENS = 2048  # ... that is, of a batch estimated at more than this
+EXPRESS_EVERY_S = 0.05  # how often the ranking thread looks at the express line (at most)
 
 RankFn = Callable[[list[RankRequest], list[Callable[[], bool]]], list[RankResponse]]
 
@@ -55,6 +67,12 @@ class Batcher:
         self.executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="iranker-rank")
         self.worker: asyncio.Task | None = None
         self._waiting: list[_Item] = []  # taken from the queue, not yet in a batch
+        self._express: collections.deque[_Item] = collections.deque()  # small requests beside a large batch
+        self._large = False  # a large batch is being ranked (set and read on the event loop)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._looked = 0.0  # when the ranking thread last looked at the express line
+        self._took = 0.0  # how long its last express batch took: the large batch then gets as long
+        self._inline = threading.local()
 
     def _start(self) -> None:
         if self.worker is None or self.worker.done():
@@ -73,7 +91,10 @@ class Batcher:
         items = [_Item(r, loop.create_future(), deadline, c) for r, c in zip(requests, costs or [0] * len(requests),
                                                                               strict=True)]
         for item in items:
-            self.queue.put_nowait(item)
+            if self._large and item.cost <= EXPRESS_TOKENS:
+                self._express.append(item)  # ranked between the running large batch's steps
+            else:
+                self.queue.put_nowait(item)
         m.QUEUE_DEPTH.set(self.waiting())
         try:
             return list(await asyncio.wait_for(asyncio.gather(*(i.future for i in items)),
@@ -132,18 +153,26 @@ class Batcher:
 
     def waiting(self) -> int:
         """Requests queued or taken from the queue but not yet ranked."""
-        return (self.queue.qsize() if self.queue is not None else 0) + len(self._waiting)
+        return (self.queue.qsize() if self.queue is not None else 0) + len(self._waiting) + len(self._express)
 
     async def _work(self) -> None:
         assert self.queue is not None
-        loop = asyncio.get_running_loop()
+        loop = self._loop = asyncio.get_running_loop()
         while True:
+            # express requests the last large batch did not reach join the line (no await since it ended)
+            self._waiting.extend(self._express)
+            self._express.clear()
             batch = await self._collect()
             m.QUEUE_DEPTH.set(self.waiting())
             live = [i for i in batch if i.alive()]
             if not live:
                 continue
             m.BATCH_SIZE.observe(len(live))
+            self._large = sum(i.cost for i in live) > LARGE_BATCH_TOKENS
+            if self._large:  # small requests already in line need not wait for it either
+                self._drain()
+                self._express.extend(i for i in self._waiting if i.cost <= EXPRESS_TOKENS)
+                self._waiting = [i for i in self._waiting if i.cost > EXPRESS_TOKENS]
             try:
                 self._settle(live, await loop.run_in_executor(self.executor, self._rank, live))
             except Exception as e:  # noqa: BLE001 - find the request at fault: rank each one alone
@@ -158,12 +187,59 @@ class Batcher:
                         self._settle([item], await loop.run_in_executor(self.executor, self._rank, [item]))
                     except Exception as e1:  # noqa: BLE001
                         self._fail(item, e1)
+            finally:
+                self._large = False
 
     def _rank(self, items: list[_Item]) -> list[RankResponse]:
-        responses = self.rank([i.request for i in items], [i.alive for i in items])
+        """Rank `items` (in the ranking thread); a large batch's `alive()` checks also rank the express line."""
+        large = sum(i.cost for i in items) > LARGE_BATCH_TOKENS and not getattr(self._inline, "on", False)
+
+        def checked(item: _Item) -> Callable[[], bool]:
+            def alive() -> bool:
+                if self._express and time.monotonic() - self._looked >= max(EXPRESS_EVERY_S, self._took):
+                    self._run_express()
+                return item.alive()
+            return alive
+
+        responses = self.rank([i.request for i in items], [checked(i) if large else i.alive for i in items])
         if len(responses) != len(items):
             raise RuntimeError(f"ranking returned {len(responses)} responses for {len(items)} requests")
         return responses
+
+    def _run_express(self) -> None:
+        """In the ranking thread, between two steps of a large batch: rank what waits on the express line (up to
+        max_batch requests and LARGE_BATCH_TOKENS, so memory stays bounded), and hand the answers to the event
+        loop; the rest waits for the next check."""
+        self._looked = started = time.monotonic()
+        items: list[_Item] = []
+        tokens = 0
+        while self._express and len(items) < self.config.max_batch:  # at most LARGE_BATCH_TOKENS beside the large
+            if items and tokens + self._express[0].cost > LARGE_BATCH_TOKENS:
+                break
+            item = self._express.popleft()
+            if item.alive():
+                items.append(item)
+                tokens += item.cost
+        if not items:
+            return
+        assert self._loop is not None
+        self._inline.on = True
+        try:
+            responses = self._rank(items)
+        except Exception as e:  # noqa: BLE001 - the express batch alone fails, one request at a time
+            for item in items:
+                try:
+                    self._loop.call_soon_threadsafe(self._settle, [item], self._rank([item]))
+                except Exception as e1:  # noqa: BLE001
+                    self._loop.call_soon_threadsafe(self._fail, item, e1)
+            logger.warning("an express batch of %d failed (%s); ranked one at a time", len(items), e)
+        else:
+            m.BATCH_SIZE.observe(len(items))
+            self._loop.call_soon_threadsafe(self._settle, items, responses)
+        finally:
+            self._inline.on = False
+            self._looked = time.monotonic()
+            self._took = self._looked - started
 
     @staticmethod
     def _settle(items: list[_Item], responses: list[RankResponse]) -> None:

@@ -678,3 +678,40 @@ def test_a_client_that_leaves_stops_its_ranking(tiny_model_dir):
         assert s.post(V1, {"instances": [PASSAGE]}).status_code == 200
     finally:
         s.close()
+
+
+def test_a_small_request_is_ranked_between_the_steps_of_a_large_batch():
+    """While a batch estimated over LARGE_BATCH_TOKENS is ranked, a small request does not wait for its end: the
+    ranking thread ranks it at the large batch's next step (an alive() check), then resumes the large one."""
+    sys.path.insert(0, str(ROOT))
+    from serving.batching import Batcher
+    from serving.policy import ServeConfig
+
+    log = []
+
+    def rank(reqs, alive):  # a large request: 20 steps of 0.1 s, checking alive() between them as the ranker does
+        name = reqs[0].query
+        log.append(("start", name))
+        for _ in range(20 if name == "big" else 1):
+            time.sleep(0.1)
+            assert all(a() for a in alive)
+        log.append(("end", name))
+        return _answer(reqs)
+
+    def req(q):
+        return [RankRequest.model_validate({**PASSAGE, "query": q})]
+
+    async def main():
+        b = Batcher(rank, ServeConfig(max_wait_ms=0))
+        big = asyncio.ensure_future(b.submit(req("big"), costs=[6000]))
+        await asyncio.sleep(0.3)  # the large batch is running
+        t0 = time.monotonic()
+        small = await b.submit(req("small"), costs=[200])
+        waited = time.monotonic() - t0
+        assert not big.done()
+        await big
+        return small, waited
+
+    small, waited = asyncio.run(main())
+    assert small[0].model == "echo" and waited < 1.0  # not the ~1.7 s left of the large batch
+    assert log == [("start", "big"), ("start", "small"), ("end", "small"), ("end", "big")]
