@@ -15,8 +15,9 @@ queued large ones.
 - Small requests do not wait for a large batch to end. While a batch of more than LARGE_BATCH_TOKENS runs, a
   request of at most EXPRESS_TOKENS goes to an express line instead of the queue, and the ranking thread ranks the
   express line between the large batch's steps (at its `alive()` checks: between elimination steps and between
-  1,024-token prefill chunks), then resumes the large batch - for at least as long as the express batch took, so
-  a stream of small requests slows a large one to half speed at most and never starves it. Small requests already
+  1,024-token prefill chunks), then resumes the large batch for at least a third of the time the express batch
+  took (LARGE_SHARE: a stream of small requests gets at most three quarters of the time and never starves a large
+  one; it is slowed to a quarter of its speed at worst, and its deadline still holds). Small requests already
   waiting when a large batch starts join the express line too. So a small request waits for about one step or
   chunk of a large one, not for all of it.
 """
@@ -43,6 +44,7 @@ AGING_S = 5.0  # a request queued longer than this is batched before cheaper one
 EXPRESS_TOKENS = 1024  # a request this small is ranked between the steps of a large batch ...
 LARGE_BATCH_TOKENS = 2048  # ... that is, of a batch estimated at more than this
 EXPRESS_EVERY_S = 0.05  # how often the ranking thread looks at the express line (at most)
+LARGE_SHARE = 0.25  # after an express batch that took T, the large batch runs at least T * share / (1 - share)
 
 RankFn = Callable[[list[RankRequest], list[Callable[[], bool]]], list[RankResponse]]
 
@@ -71,7 +73,7 @@ class Batcher:
         self._large = False  # a large batch is being ranked (set and read on the event loop)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._looked = 0.0  # when the ranking thread last looked at the express line
-        self._took = 0.0  # how long its last express batch took: the large batch then gets as long
+        self._took = 0.0  # how long its last express batch took (the large batch's slice follows from it)
         self._inline = threading.local()
 
     def _start(self) -> None:
@@ -196,7 +198,8 @@ class Batcher:
 
         def checked(item: _Item) -> Callable[[], bool]:
             def alive() -> bool:
-                if self._express and time.monotonic() - self._looked >= max(EXPRESS_EVERY_S, self._took):
+                slice_s = self._took * LARGE_SHARE / (1 - LARGE_SHARE)
+                if self._express and time.monotonic() - self._looked >= max(EXPRESS_EVERY_S, slice_s):
                     self._run_express()
                 return item.alive()
             return alive
