@@ -23,7 +23,8 @@ users (20 candidates), TREC DL 2019 queries with their BM25 top-20 passages, Rou
   2. giants beside small requests: `--hostile-small` small valid requests (the three scenarios, 3-5 candidates)
      from 4 clients while 2 more send, in turn and for as long, a giant just over the token cap (a 400 naming
      --max-request-tokens is expected) and a giant just under it (200, or 503/504 with Retry-After); statuses per
-     kind and the small requests' p50/p95/p99 latency;
+     kind and the small requests' p50/p95/p99 latency; first, as the control, the same small requests from the
+     same 4 clients with no giants (`smalls_alone`): what their own load costs them on this machine;
   3. clients that leave: `--hostile-disconnects` giants under the cap sent on raw sockets closed 0.5 s later; the
      server's CPU seconds (/proc/PID/stat) over `--hostile-cpu-window` s from 2 s after the disconnects, and the
      latency of one small request sent right after them.
@@ -434,56 +435,63 @@ def run_hostile(args, shared: Path) -> dict:
         # 2. giants over and under the cap beside small requests
         print(f"[bench] hostile: {len(smalls)} small requests from 4 clients beside 2 giant senders",
               file=sys.stderr, flush=True)
-        stop = threading.Event()
-        until = time.monotonic() + args.hostile_seconds
-        small_results: list[tuple[int, float] | None] = [None] * len(smalls)
-        giant_results: list[tuple[str, int, float, bool]] = []
-        next_small = iter(range(len(smalls)))
-        lock = threading.Lock()
+        def smalls_beside(giants: int) -> dict:
+            """The small requests from 4 clients, beside `giants` giant senders (0: alone, the control)."""
+            stop = threading.Event()
+            until = time.monotonic() + args.hostile_seconds
+            small_results: list[tuple[int, float] | None] = [None] * len(smalls)
+            giant_results: list[tuple[str, int, float, bool]] = []
+            next_small = iter(range(len(smalls)))
+            lock = threading.Lock()
 
-        def small_client():
-            with httpx.Client(timeout=timeout) as http:
-                while time.monotonic() < until:
-                    with lock:
-                        k = next(next_small, None)
-                    if k is None:
-                        return
-                    status, lat, _ = post(http, {"instances": [smalls[k]]}, "small")
-                    small_results[k] = (status, lat)
+            def small_client():
+                with httpx.Client(timeout=timeout) as http:
+                    while time.monotonic() < until:
+                        with lock:
+                            k = next(next_small, None)
+                        if k is None:
+                            return
+                        status, lat, _ = post(http, {"instances": [smalls[k]]}, "small")
+                        small_results[k] = (status, lat)
 
-        def giant_client(first: int):
-            with httpx.Client(timeout=timeout) as http:
-                j = first
-                while not stop.is_set() and time.monotonic() < until:
-                    kind = "giant_over_cap" if j % 2 == 0 and over_body else "giant_legal"
-                    j += 1
-                    status, lat, text = post(http, over_body if kind == "giant_over_cap" else legal_body, kind)
-                    giant_results.append((kind, status, lat, "--max-request-tokens" in text))
+            def giant_client(first: int):
+                with httpx.Client(timeout=timeout) as http:
+                    j = first
+                    while not stop.is_set() and time.monotonic() < until:
+                        kind = "giant_over_cap" if j % 2 == 0 and over_body else "giant_legal"
+                        j += 1
+                        status, lat, text = post(http, over_body if kind == "giant_over_cap" else legal_body, kind)
+                        giant_results.append((kind, status, lat, "--max-request-tokens" in text))
 
-        t0 = time.perf_counter()
-        giant_threads = [threading.Thread(target=giant_client, args=(k,)) for k in range(2)]
-        small_threads = [threading.Thread(target=small_client) for _ in range(4)]
-        for th in giant_threads + small_threads:
-            th.start()
-        for th in small_threads:
-            th.join()
-        smalls_done = time.perf_counter() - t0
-        stop.set()
-        for th in giant_threads:
-            th.join()
-        statuses: dict[str, dict[str, int]] = {}
-        for kind, status in [("small", r[0]) for r in small_results if r] + [(g[0], g[1]) for g in giant_results]:
-            statuses.setdefault(kind, {})
-            statuses[kind][str(status)] = statuses[kind].get(str(status), 0) + 1
-        small_lat = [r[1] for r in small_results if r]
-        over_results = [g for g in giant_results if g[0] == "giant_over_cap"]
-        together = {"small_sent": len(small_lat), "small_not_sent": len(smalls) - len(small_lat),
-                    "seconds_smalls": round(smalls_done, 2), "seconds": round(time.perf_counter() - t0, 2),
-                    "statuses": statuses, "small_p50_s": percentile(small_lat, 0.5),
-                    "small_p95_s": percentile(small_lat, 0.95), "small_p99_s": percentile(small_lat, 0.99),
-                    "small_max_s": percentile(small_lat, 1.0),
-                    "giant_legal_latency_s": [round(g[2], 2) for g in giant_results if g[0] == "giant_legal"],
-                    "giant_over_cap_p50_s": percentile([g[2] for g in over_results], 0.5)}
+            t0 = time.perf_counter()
+            giant_threads = [threading.Thread(target=giant_client, args=(k,)) for k in range(giants)]
+            small_threads = [threading.Thread(target=small_client) for _ in range(4)]
+            for th in giant_threads + small_threads:
+                th.start()
+            for th in small_threads:
+                th.join()
+            smalls_done = time.perf_counter() - t0
+            stop.set()
+            for th in giant_threads:
+                th.join()
+            statuses: dict[str, dict[str, int]] = {}
+            for kind, status in [("small", r[0]) for r in small_results if r] + [(g[0], g[1]) for g in giant_results]:
+                statuses.setdefault(kind, {})
+                statuses[kind][str(status)] = statuses[kind].get(str(status), 0) + 1
+            small_lat = [r[1] for r in small_results if r]
+            over_results = [g for g in giant_results if g[0] == "giant_over_cap"]
+            together = {"small_sent": len(small_lat), "small_not_sent": len(smalls) - len(small_lat),
+                        "seconds_smalls": round(smalls_done, 2), "seconds": round(time.perf_counter() - t0, 2),
+                        "statuses": statuses, "small_p50_s": percentile(small_lat, 0.5),
+                        "small_p95_s": percentile(small_lat, 0.95), "small_p99_s": percentile(small_lat, 0.99),
+                        "small_max_s": percentile(small_lat, 1.0),
+                        "giant_legal_latency_s": [round(g[2], 2) for g in giant_results if g[0] == "giant_legal"],
+                        "giant_over_cap_p50_s": percentile([g[2] for g in over_results], 0.5)}
+            return together, over_results
+
+        alone, _ = smalls_beside(0)  # the control: what the small requests' own load costs them
+        print(f"[bench] hostile smalls alone: {json.dumps(alone)}", file=sys.stderr, flush=True)
+        together, over_results = smalls_beside(2)
         print(f"[bench] hostile together: {json.dumps(together)}", file=sys.stderr, flush=True)
 
         # 3. clients that leave: legal giants whose connections close 0.5 s after sending
@@ -541,7 +549,7 @@ def run_hostile(args, shared: Path) -> dict:
         "mib_per_1k_tokens": round(per_token * 1000, 2) if per_token is not None else None,
         "prefill_tokens_per_s": round(biggest["estimated_tokens"] / biggest["latency_s"], 1) if biggest else None,
         "prefill_request": {k: biggest[k] for k in ("candidates", "estimated_tokens", "latency_s")} if biggest else None,
-        "together": together, "disconnect": disconnect,
+        "smalls_alone": alone, "together": together, "disconnect": disconnect,
         "cpu_busy_share_after_disconnect": round(busy, 3),
         "small_after_disconnect_latency_s": after.get("latency_s"),
         "metrics": {k: v - before.get(k, 0) for k, v in end.items() if v != before.get(k, 0)},

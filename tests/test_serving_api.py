@@ -136,7 +136,7 @@ def test_rerank_routes_and_shapes(api):
         r = api.post(path, body, headers=_auth())
         assert r.status_code == 200, r.text
         out = r.json()
-        assert out["model"] == "iranker" and out["id"].startswith("rerank-")
+        assert out["model"] == "iranker" and out["id"] == r.headers["x-request-id"]  # the request id, to report on
         assert sorted(x["index"] for x in out["results"]) == list(range(len(DOCS)))
         assert all(x["document"]["text"] == DOCS[x["index"]] for x in out["results"])
         assert [x["relevance_score"] for x in out["results"]] == [1.0, 0.8, 0.6, 0.4, 0.2]
