@@ -149,6 +149,10 @@ class Batcher:
                 continue
             batch.append(item)
             tokens += item.cost
+        if tokens > LARGE_BATCH_TOKENS and any(i.cost > EXPRESS_TOKENS for i in batch):
+            # a large batch ranks its large requests only: the small ones go to the express line (_work), ranked
+            # between its steps instead of waiting for all of them
+            batch = [i for i in batch if i.cost > EXPRESS_TOKENS]
         chosen = {id(i) for i in batch}
         self._waiting = [i for i in self._waiting if id(i) not in chosen]
         return batch

@@ -715,3 +715,35 @@ def test_a_small_request_is_ranked_between_the_steps_of_a_large_batch():
     small, waited = asyncio.run(main())
     assert small[0].model == "echo" and waited < 1.0  # not the ~1.7 s left of the large batch
     assert log == [("start", "big"), ("start", "small"), ("end", "small"), ("end", "big")]
+
+
+def test_a_small_request_is_not_batched_with_a_large_one():
+    """Even when a large request goes first (it waited past AGING_S) and the small one would fit its token budget,
+    the small one is not ranked inside the large batch: it goes to the express line."""
+    sys.path.insert(0, str(ROOT))
+    from serving import batching
+    from serving.batching import Batcher
+    from serving.policy import ServeConfig
+
+    batches = []
+
+    def rank(reqs, alive):
+        batches.append([r.query for r in reqs])
+        for _ in range(10 if "big" in batches[-1] else 1):
+            time.sleep(0.05)
+            assert all(a() for a in alive)
+        return _answer(reqs)
+
+    def req(q):
+        return [RankRequest.model_validate({**PASSAGE, "query": q})]
+
+    async def main():
+        b = Batcher(rank, ServeConfig(max_wait_ms=50, max_batch_tokens=6144))
+        return await asyncio.gather(b.submit(req("big"), costs=[5000]), b.submit(req("small"), costs=[300]))
+
+    aging, batching.AGING_S = batching.AGING_S, 0.0  # the large one is overdue: it goes first
+    try:
+        asyncio.run(main())
+    finally:
+        batching.AGING_S = aging
+    assert batches == [["big"], ["small"]]
