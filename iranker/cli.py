@@ -483,10 +483,13 @@ def cmd_serve(args) -> None:
         from serving.eventlog import EventLog, Origin
 
         spool = Path(args.log_spool) if args.log_spool else cache_dir() / "log-spool" / args.name
+        log_token = os.environ.get(args.log_token_env) if args.log_token_env else None
+        if args.log_token_env and not log_token:
+            _die(f"--log-token-env {args.log_token_env}: the variable is not set")
         try:
             served.event_log = EventLog(args.log_url, spool, Origin(
                 source=f"http://{socket.gethostname()}:{args.http_port}/", service=args.name,
-                namespace=args.log_namespace))
+                namespace=args.log_namespace), token=log_token)
         except (OSError, ValueError) as e:
             _die(f"--log-url/--log-spool: {e}")
         _say(f"inference log: CloudEvents to {args.log_url} (spool {spool})")
@@ -723,6 +726,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "request path, spooled to disk while the sink is down (README: The feedback loop)")
     sv.add_argument("--log-spool", default=None, help="where events that could not be sent wait to be sent again "
                     "(default: ~/.cache/iranker/log-spool/NAME)")
+    sv.add_argument("--log-token-env", default=None, help="send this environment variable's value as a bearer "
+                    "token to the log URL (as `iranker collect --token-env` expects)")
     sv.add_argument("--log-namespace", default=os.environ.get("POD_NAMESPACE", "default"),
                     help="the ce-namespace of the logged events (default $POD_NAMESPACE, else default)")
     sv.set_defaults(func=cmd_serve)

@@ -43,6 +43,9 @@ CANDIDATE_VIEWS = {"recommendation": ("item_attributes", "item_id", ("ratings", 
 # routing per task family: a request or instance that names its `task` sees the models' price and quality on that
 # family where the training split has it (else the overall figures above)
 TASK_VIEW = "model_task_quality"
+# a family's figures are kept from this many training queries of a model on it: from fewer, a training instance's own
+# outcome would be much of its feature, which serving never shows (the overall figures stand in)
+MIN_TASK_QUERIES = 5
 # Rows of data without timestamps (e.g. LLMRank files) are stamped with this fixed time, so that builds repeat;
 # instances without a time of their own are looked up just after it.
 UNDATED = datetime(2000, 1, 1, tzinfo=timezone.utc)
@@ -177,7 +180,7 @@ def candidate_feature_rows(tables: dict[str, pd.DataFrame], instances, manifest:
         o = o[o["task"].notna() & (o["task"] != "")]
         per_task = [{"dataset": dataset, "model_id": m, "task": str(t), "event_timestamp": UNDATED,
                      "price": float(g["cost"].mean()), "quality": float(g["quality"].mean()), "queries": len(g)}
-                    for (m, t), g in o.groupby(["model", "task"], sort=True)]
+                    for (m, t), g in o.groupby(["model", "task"], sort=True) if len(g) >= MIN_TASK_QUERIES]
         return {"model_quality": _frame(rows, "model_quality"), TASK_VIEW: _frame(per_task, TASK_VIEW)}
     inter, items = tables["interactions"], tables["items"]
     with_classes = bool(manifest.get("params", {}).get("with_classes"))
@@ -247,7 +250,7 @@ def instance_feature_rows(instances, dataset: str) -> dict[str, pd.DataFrame]:
                 if t is None]
         per_task = [{"dataset": dataset, "model_id": m, "task": t, "event_timestamp": UNDATED, "price": None,
                      "quality": sum(g) / len(g), "queries": len(g)}
-                    for (m, t), g in sorted(grades.items(), key=str) if t is not None]
+                    for (m, t), g in sorted(grades.items(), key=str) if t is not None and len(g) >= MIN_TASK_QUERIES]
         return {"model_quality": _frame(rows, "model_quality"), TASK_VIEW: _frame(per_task, TASK_VIEW)}
     return {}
 
@@ -474,11 +477,25 @@ class CandidateFeatureStore:
             row = {f: resp[f][k] for f in fields}
             out.append(None if all(v is None for v in row.values()) else _features_of(scenario, row))
         if scenario == "routing" and task:
-            resp = self.store.get_online_features(
-                features=[f"{TASK_VIEW}:{f}" for f in TASK_FIELDS],
-                entity_rows=[{"dataset": dataset, "model_id": i, "task": task} for i in ids]).to_dict()
+            try:
+                resp = self.store.get_online_features(
+                    features=[f"{TASK_VIEW}:{f}" for f in TASK_FIELDS],
+                    entity_rows=[{"dataset": dataset, "model_id": i, "task": task} for i in ids]).to_dict()
+            except Exception as e:  # noqa: BLE001 - e.g. a store applied before the view existed: overall figures
+                _warn_once(f"per-family routing figures unavailable ({type(e).__name__}: {e}); the overall ones are "
+                           "shown; run `iranker features apply` and `materialize` again to add them")
+                return out
             out = [_on_task(f, {k: resp[k][n] for k in TASK_FIELDS}) for n, f in enumerate(out)]
         return out
+
+
+_WARNED: set[str] = set()
+
+
+def _warn_once(msg: str) -> None:
+    if msg not in _WARNED:
+        _WARNED.add(msg)
+        print(f"[iranker] warning: {msg}", file=sys.stderr, flush=True)
 
 
 class UserFeatures:

@@ -49,6 +49,13 @@ LARGE_SHARE = 0.25  # after an express batch that took T, the large batch runs a
 RankFn = Callable[[list[RankRequest], list[Callable[[], bool]]], list[RankResponse]]
 
 
+def _large(items) -> bool:
+    """A batch whose steps the express line runs between: over LARGE_BATCH_TOKENS, and ranked iteratively (the
+    ranker asks alive() between steps; a direct ranking is one pass, with no step to run anything between)."""
+    return (sum(i.cost for i in items) > LARGE_BATCH_TOKENS
+            and all(i.request.options.method == "iterative" for i in items))
+
+
 @dataclasses.dataclass
 class _Item:
     request: RankRequest
@@ -149,10 +156,11 @@ class Batcher:
                 continue
             batch.append(item)
             tokens += item.cost
-        if tokens > LARGE_BATCH_TOKENS and any(i.cost > EXPRESS_TOKENS for i in batch):
+        large_only = [i for i in batch if i.cost > EXPRESS_TOKENS]
+        if len(large_only) < len(batch) and _large(large_only):
             # a large batch ranks its large requests only: the small ones go to the express line (_work), ranked
             # between its steps instead of waiting for all of them
-            batch = [i for i in batch if i.cost > EXPRESS_TOKENS]
+            batch = large_only
         chosen = {id(i) for i in batch}
         self._waiting = [i for i in self._waiting if id(i) not in chosen]
         return batch
@@ -174,7 +182,7 @@ class Batcher:
             if not live:
                 continue
             m.BATCH_SIZE.observe(len(live))
-            self._large = sum(i.cost for i in live) > LARGE_BATCH_TOKENS
+            self._large = _large(live)
             if self._large:  # small requests already in line need not wait for it either
                 self._drain()
                 self._express.extend(i for i in self._waiting if i.cost <= EXPRESS_TOKENS)
@@ -198,7 +206,7 @@ class Batcher:
 
     def _rank(self, items: list[_Item]) -> list[RankResponse]:
         """Rank `items` (in the ranking thread); a large batch's `alive()` checks also rank the express line."""
-        large = sum(i.cost for i in items) > LARGE_BATCH_TOKENS and not getattr(self._inline, "on", False)
+        large = _large(items) and not getattr(self._inline, "on", False)
 
         def checked(item: _Item) -> Callable[[], bool]:
             def alive() -> bool:

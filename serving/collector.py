@@ -7,8 +7,10 @@ Storage: `DIR/events/date=YYYY-MM-DD/events.jsonl` by the day the event was rece
 `{"id", "type", "source", "time", "received", "attributes": {extension attributes}, "content_type", "data"}` where
 `data` is the body parsed when it is JSON, else `data_base64`. A line is appended and fsynced before the sender gets
 its 2xx, so an acknowledged event survives a crash; a line cut short by a crash (no newline) is skipped by readers
-and removed at the next start. Deduplication: an event is known by (id, type) - the request and the response of a
-call share the id - and a known one is acknowledged (200) and not written again. With at-least-once senders (the
+and removed at the next start. Deduplication: an event is known by its `eventid` extension where the sender sets
+one (`iranker serve --log-url` does: a client may reuse an x-request-id, and each call is kept), else by (source, id,
+type) - the request and the response of a call share the id - and a known one is acknowledged (200) and not written
+again. With at-least-once senders (the
 spool of `iranker serve --log-url`, KServe's retries) that makes exactly once in the store. The index of known
 events is rebuilt from the files at start.
 
@@ -52,7 +54,7 @@ class Store:
         (self.root / "events").mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
         self._repair()
-        self.known = {(e["id"], e["type"]) for e in read_events(self.root)}
+        self.known = {event_key(e) for e in read_events(self.root)}
 
     def _repair(self) -> None:
         """Cut a last line a crash left without its newline (it was never acknowledged)."""
@@ -67,7 +69,7 @@ class Store:
 
     def add(self, event: dict) -> bool:
         """Write `event` unless its (id, type) is stored; True when written."""
-        key = (event["id"], event["type"])
+        key = event_key(event)
         with self._lock:
             if key in self.known:
                 return False
@@ -76,13 +78,25 @@ class Store:
             folder.mkdir(parents=True, exist_ok=True)
             line = (json.dumps(event, ensure_ascii=False, separators=(",", ":")) + "\n").encode()
             fd = os.open(folder / "events.jsonl", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            start = os.lseek(fd, 0, os.SEEK_END)
             try:
-                os.write(fd, line)
+                done = 0
+                while done < len(line):
+                    done += os.write(fd, line[done:])
                 os.fsync(fd)
+            except OSError:
+                os.ftruncate(fd, start)  # nothing half written stays behind; the sender is told to retry
+                raise
             finally:
                 os.close(fd)
             self.known.add(key)
             return True
+
+
+def event_key(event: dict) -> tuple:
+    """What makes two stored events the same (module doc)."""
+    eventid = event.get("attributes", {}).get("eventid")
+    return ("eventid", eventid) if eventid else (event["source"], event["id"], event["type"])
 
 
 class BadEvent(ValueError):

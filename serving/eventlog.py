@@ -6,14 +6,17 @@ mode), the request as received and the response as sent, as KServe's InferenceSe
     ce-source       the server's URL
     ce-time         when the event was made
     ce-inferenceservicename, ce-namespace, ce-component, ce-endpoint
+    ce-eventid      this event's own id (a client may send the same x-request-id twice: each call is kept)
     content-type    the body's (application/json; text/event-stream for a streamed chat answer)
     body            the HTTP body, unchanged
 
 On a cluster the InferenceService's `logger` sends these and the server emits none; locally `iranker serve --log-url
 URL` makes the server post them itself, off the request path: `emit` only queues. A sender task posts them; a full
-queue or a sink that is down or answers an error never delays or fails a ranking: the event goes to a spool folder
-(one file per event, written atomically) and is sent again, oldest first, once the sink answers. A spool over its
-bound drops the newest events. `iranker_log_events_total{outcome}` counts each: sent, spooled, resent, dropped.
+queue or a sink that is down or answers 5xx, 408 or 429 never delays or fails a ranking: the event goes to a spool
+folder (one file per event, written atomically, off the event loop) and is sent again, oldest first, once the sink
+answers. An event the sink refuses for good (another 4xx) is dropped, so that it cannot hold up the spool. A spool
+over its bound drops the newest events. `iranker_log_events_total{outcome}` counts each: sent, spooled, resent,
+rejected, dropped.
 """
 
 from __future__ import annotations
@@ -67,6 +70,7 @@ def event_headers(rid: str, kind: str, origin: Origin, content_type: str, trunca
              "specversion": "1.0", "time": datetime.now(timezone.utc).isoformat(),
              "datacontenttype": content_type or "application/json", "inferenceservicename": origin.service,
              "namespace": origin.namespace, "component": origin.component, "endpoint": origin.endpoint}
+    attrs["eventid"] = uuid.uuid4().hex
     if truncated:
         attrs["truncated"] = "true"
     headers, _ = to_binary(CloudEvent(attrs, b""), data_marshaller=lambda d: d)
@@ -77,13 +81,16 @@ class EventLog:
     """Queue, send and spool CloudEvents to `url` (module doc). Use from the server's event loop."""
 
     def __init__(self, url: str, spool: str | Path, origin: Origin = Origin(), queue_size: int = 1000,
-                 timeout_s: float = 5.0, retry_s: float = 5.0, max_spool_files: int = 100_000):
+                 timeout_s: float = 5.0, retry_s: float = 5.0, max_spool_files: int = 100_000,
+                 token: str | None = None):
         if not url.startswith(("http://", "https://")):
             raise ValueError(f"log url: expected an http(s) URL, got {url!r}")
         self.url, self.origin = url, origin
         self.spool = Path(spool)
         self.spool.mkdir(parents=True, exist_ok=True)
         self.timeout_s, self.retry_s, self.max_spool_files = timeout_s, retry_s, max_spool_files
+        self.auth = {"Authorization": f"Bearer {token}"} if token else {}
+        self._spooled = sum(1 for _ in self.spool.glob("*.json"))  # kept up to date, not listed per event
         self.queue: asyncio.Queue | None = None
         self.queue_size = queue_size
         self._tasks: list[asyncio.Task] = []
@@ -98,8 +105,8 @@ class EventLog:
             self._start()
             assert self.queue is not None
             self.queue.put_nowait(event)
-        except asyncio.QueueFull:
-            self._to_spool(*event)
+        except asyncio.QueueFull:  # written by a worker thread, not on the event loop
+            asyncio.get_running_loop().run_in_executor(None, self._to_spool, *event)
         except Exception as e:  # noqa: BLE001 - logging must never fail a ranking
             logger.warning("event log: could not queue %s %s: %s", kind, rid, e)
             _count("dropped")
@@ -117,20 +124,29 @@ class EventLog:
     async def start(self) -> None:
         self._start()
 
-    async def _post(self, headers: dict[str, str], body: bytes) -> bool:
+    async def _post(self, headers: dict[str, str], body: bytes) -> bool | None:
+        """True: delivered; False: try again later (down, 5xx, 408, 429); None: refused for good (other 4xx)."""
         try:
-            r = await self._client.post(self.url, headers=headers, content=body)
+            r = await self._client.post(self.url, headers={**headers, **self.auth}, content=body)
         except Exception as e:  # noqa: BLE001 - a sink that is down: spool
             logger.debug("event log: %s unreachable: %s", self.url, e)
             return False
-        return 200 <= r.status_code < 300
+        if 200 <= r.status_code < 300:
+            return True
+        if 400 <= r.status_code < 500 and r.status_code not in (408, 429):
+            logger.warning("event log: %s refused an event with %d: %s", self.url, r.status_code, r.text[:200])
+            return None
+        return False
 
     async def _sender(self) -> None:
         while True:
             headers, body = await self.queue.get()
             try:
-                if await self._post(headers, body):
+                delivered = await self._post(headers, body)
+                if delivered:
                     _count("sent")
+                elif delivered is None:
+                    _count("rejected")
                 else:
                     await asyncio.to_thread(self._to_spool, headers, body)
             finally:
@@ -145,28 +161,30 @@ class EventLog:
     async def resend(self) -> int:
         """Send the spooled events again, oldest first, until one fails; returns how many went."""
         sent = 0
-        for path in sorted(self.spool.glob("*.json")):
-            try:
-                saved = json.loads(path.read_text())
-            except (OSError, ValueError):  # half written by a killed process: not an event
-                path.unlink(missing_ok=True)
-                continue
-            if not await self._post(saved["headers"], base64.b64decode(saved["body"])):
-                break
-            path.unlink(missing_ok=True)
-            _count("resent")
-            sent += 1
+        if not self._spooled:
+            return 0
+        for path in await asyncio.to_thread(lambda: sorted(self.spool.glob("*.json"))):
+            saved = await asyncio.to_thread(_read_spooled, path)
+            if saved is not None:
+                delivered = await self._post(saved["headers"], base64.b64decode(saved["body"]))
+                if delivered is False:
+                    break
+                _count("resent" if delivered else "rejected")
+                sent += bool(delivered)
+            await asyncio.to_thread(path.unlink, True)
+            self._spooled -= 1
         return sent
 
     def _to_spool(self, headers: dict[str, str], body: bytes) -> None:
         try:
-            if sum(1 for _ in self.spool.glob("*.json")) >= self.max_spool_files:
+            if self._spooled >= self.max_spool_files:
                 _count("dropped")
                 return
             name = f"{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.json"
             tmp = self.spool / f".{name}.tmp"
             tmp.write_text(json.dumps({"headers": headers, "body": base64.b64encode(body).decode()}))
             os.replace(tmp, self.spool / name)
+            self._spooled += 1
             _count("spooled")
         except OSError as e:
             logger.warning("event log: could not spool an event: %s", e)
@@ -184,6 +202,13 @@ class EventLog:
             t.cancel()
         if self._client is not None:
             await self._client.aclose()
+
+
+def _read_spooled(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):  # half written by a killed process: not an event
+        return None
 
 
 def _count(outcome: str) -> None:

@@ -24,5 +24,6 @@ CONNECTIONS_CLOSED = Counter("iranker_connections_closed", "Connections closed b
 RESPONSES = Counter("iranker_http_responses", "Answers to POST requests by route family (v1, v2, rerank, chat, other) "
                     "and status code, whoever gave them (the guard, KServe, the routes)", ["route", "code"])
 LOG_EVENTS = Counter("iranker_log_events", "Inference-log CloudEvents (iranker serve --log-url): sent, spooled (the "
-                     "sink was down, answered an error, or the queue was full), resent from the spool, dropped (the "
-                     "spool was full or not writable)", ["outcome"])
+                     "sink was down, answered 5xx/408/429, or the queue was full), resent from the spool, rejected "
+                     "(the sink refused it for good: another 4xx), dropped (the spool was full or not writable)",
+                     ["outcome"])

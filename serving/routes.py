@@ -73,11 +73,15 @@ class Guard:
                     answer["size"] += len(answer["chunks"][-1])
                 if not message.get("more_body", False):
                     finished = True
-                    if answer["logged"]:
-                        body = b"".join(answer["chunks"])
-                        log.emit(rid, "response", body[:MAX_LOGGED_BODY], answer["type"],
-                                 truncated=len(body) > MAX_LOGGED_BODY)
+                    log_response()
             await send_on(message)
+
+        def log_response(cut: bool = False) -> None:  # once, when the answer ends or is cut off
+            if answer["logged"]:
+                answer["logged"] = False
+                body = b"".join(answer["chunks"])
+                log.emit(rid, "response", body[:MAX_LOGGED_BODY], answer["type"],
+                         truncated=cut or len(body) > MAX_LOGGED_BODY)
 
         def logged(body: bytes, content_type: str) -> None:  # the body was read and passed the guard's checks
             if log is not None:
@@ -90,6 +94,8 @@ class Guard:
             if not started:  # answered 500 by the server's outermost handler, outside this wrapper
                 m.RESPONSES.labels(kind, "500").inc()
             raise
+        finally:  # a client that left mid-answer, or a 500: what was sent, marked truncated
+            log_response(cut=True)
 
     async def _guarded(self, scope, receive, send, path: str, kind: str, finished, logged) -> None:
         from starlette.responses import JSONResponse

@@ -88,11 +88,19 @@ def test_instances_alone_get_features_from_their_training_split(tmp_path, source
     assert checked > 5
 
 
-def test_routed_models_show_their_quality_on_the_query_task_family(tmp_path):
+def test_routed_models_show_their_quality_on_the_query_task_family(tmp_path, monkeypatch):
     """A routing instance that names its task family sees each model's price and quality on that family's training
-    queries; one whose family training has not measured, or that names none, sees the overall figures."""
+    queries; one whose family training has not measured (on at least MIN_TASK_QUERIES queries), or that names
+    none, sees the overall figures."""
+    from iranker import features
+
     (tables, instances, manifest), = _builds(("routerbench", SAMPLES / "routerbench"))
     assert {i.task for i in instances} == {"arc-challenge", "mbpp", "winogrande"}
+    # the sample has 3 training queries per family: under the default minimum (5), the overall figures
+    few = with_candidate_features([(tables, instances, manifest)], tmp_path / "few")
+    hidden = with_candidate_features([(tables, instances, manifest)], tmp_path / "hid", hide_task=1.0)
+    assert [[c.features for c in i.candidates] for i in few] == [[c.features for c in i.candidates] for i in hidden]
+    monkeypatch.setattr(features, "MIN_TASK_QUERIES", 1)
     out = with_candidate_features([(tables, instances, manifest)], tmp_path / "a")
     q, o = tables["queries"], tables["outcomes"]
     train_q = {i.id[len(i.dataset) + 1: i.id.rindex("-")] for i in instances if i.split == "train"}
