@@ -121,9 +121,6 @@ class EventLog:
             self._client = httpx.AsyncClient(timeout=self.timeout_s)
             self._tasks = [asyncio.ensure_future(self._sender()), asyncio.ensure_future(self._resender())]
 
-    async def start(self) -> None:
-        self._start()
-
     async def _post(self, headers: dict[str, str], body: bytes) -> bool | None:
         """True: delivered; False: try again later (down, 5xx, 408, 429); None: refused for good (other 4xx)."""
         try:

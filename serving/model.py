@@ -217,8 +217,8 @@ class IRankerModel(kserve.Model):
         rid = {k.lower(): v for k, v in (headers or {}).items()}.get("x-request-id")
         if isinstance(payload, InferRequest):
             return protocol.v2_response(self.name, payload.id or rid, responses)
-        return {"id": rid, "predictions": [r.model_dump(exclude_none=True) for r in responses]} if rid else \
-            {"predictions": [r.model_dump(exclude_none=True) for r in responses]}
+        out = {"predictions": [r.model_dump(exclude_none=True) for r in responses]}
+        return {"id": rid, **out} if rid else out
 
     # ----------------------------------------------------------------------------------------- rerank, chat
 

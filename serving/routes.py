@@ -52,9 +52,10 @@ class Guard:
         send_on = send
         # the request id: the client's x-request-id where plausible, else a new one; the routes see it, the answer
         # carries it, and the inference log's events are named by it
-        headers = [(k, v) for k, v in scope.get("headers") or [] if k.lower() != b"x-request-id"]
-        rid = request_id(dict(scope.get("headers") or []).get(b"x-request-id", b"").decode("latin-1") or None)
-        scope = {**scope, "headers": [*headers, (b"x-request-id", rid.encode())]}
+        raw = scope.get("headers") or []
+        rid = request_id(dict(raw).get(b"x-request-id", b"").decode("latin-1") or None)
+        scope = {**scope, "headers": [*[(k, v) for k, v in raw if k.lower() != b"x-request-id"],
+                                      (b"x-request-id", rid.encode())]}
         log = self.model.event_log if kind in LOGGED else None
         started = finished = False
         answer: dict = {"chunks": [], "size": 0, "type": "application/json", "logged": False}
