@@ -93,8 +93,9 @@ def test_every_call_is_logged_once_in_kserves_format_and_survives_a_dead_collect
         assert _wait_for(lambda: set(ids) <= set(_pairs(store)[1]))
         requests, responses = _pairs(store)
         assert set(requests) == set(responses) == {"client-id-1", rid2, *ids}
-        assert not list((tmp_path / "spool").glob("*.json"))
-        assert 'iranker_log_events_total{outcome="resent"} 6.0' in metrics()
+        # the collector stores an event before the server has its 201 and removes the spooled file: wait for it
+        assert _wait_for(lambda: not list((tmp_path / "spool").glob("*.json")))
+        assert _wait_for(lambda: 'iranker_log_events_total{outcome="resent"} 6.0' in metrics())
     finally:
         server.close()
         collector.kill()
