@@ -492,7 +492,9 @@ def cmd_serve(args) -> None:
                 namespace=args.log_namespace), token=log_token)
         except (OSError, ValueError) as e:
             _die(f"--log-url/--log-spool: {e}")
-        _say(f"inference log: CloudEvents to {args.log_url} (spool {spool})")
+        served.log_calls = not args.no_log_calls
+        _say(f"inference log: CloudEvents to {args.log_url} (spool {spool})"
+             + ("; feedback and routed outcomes only" if args.no_log_calls else ""))
     serve(served, http_port=args.http_port)
 
 
@@ -728,6 +730,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "(default: ~/.cache/iranker/log-spool/NAME)")
     sv.add_argument("--log-token-env", default=None, help="send this environment variable's value as a bearer "
                     "token to the log URL (as `iranker collect --token-env` expects)")
+    sv.add_argument("--no-log-calls", action="store_true", help="post only feedback (POST /v1/feedback) and routed "
+                    "calls' outcomes to --log-url, not the calls themselves: on a cluster, where the InferenceService "
+                    "logger posts those (k8s/base/inferenceservice.yaml)")
     sv.add_argument("--log-namespace", default=os.environ.get("POD_NAMESPACE", "default"),
                     help="the ce-namespace of the logged events (default $POD_NAMESPACE, else default)")
     sv.set_defaults(func=cmd_serve)

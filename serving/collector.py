@@ -29,21 +29,13 @@ import threading
 from datetime import datetime, timezone
 from pathlib import Path
 
+from iranker.data.feedback import read_events
+
+__all__ = ["Store", "event_key", "make_app", "parse_event", "read_events", "run"]
+
 logger = logging.getLogger("iranker.collector")
 
 CORE = ("id", "type", "source", "specversion", "time", "datacontenttype")
-
-
-def read_events(root: str | Path):
-    """Every stored event of a collector folder, oldest day first, in the order received (whole lines only)."""
-    for day in sorted((Path(root) / "events").glob("date=*")):
-        path = day / "events.jsonl"
-        if not path.exists():
-            continue
-        with path.open("rb") as f:
-            for line in f:
-                if line.endswith(b"\n"):
-                    yield json.loads(line)
 
 
 class Store:

@@ -33,10 +33,10 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+from iranker.data.feedback import REQUEST_TYPE, RESPONSE_TYPE
+
 logger = logging.getLogger("iranker.eventlog")
 
-REQUEST_TYPE = "org.kubeflow.serving.inference.request"
-RESPONSE_TYPE = "org.kubeflow.serving.inference.response"
 REQUEST_ID_HEADER = "x-request-id"
 MAX_REQUEST_ID_CHARS = 200
 MAX_LOGGED_BODY = 4 << 20  # a streamed answer longer than this is logged cut, with ce-truncated: true
@@ -62,11 +62,13 @@ class Origin:
 
 
 def event_headers(rid: str, kind: str, origin: Origin, content_type: str, truncated: bool = False) -> dict[str, str]:
-    """The binary-mode CloudEvent headers of one logged request or response (made with the cloudevents SDK)."""
+    """The binary-mode CloudEvent headers of one logged request or response (`kind` 'request' or 'response'), or
+    of an event of another type (`kind` the whole type, e.g. org.iranker.feedback); made with the cloudevents SDK."""
     from cloudevents.conversion import to_binary
     from cloudevents.http import CloudEvent
 
-    attrs = {"id": rid, "type": REQUEST_TYPE if kind == "request" else RESPONSE_TYPE, "source": origin.source,
+    kind = {"request": REQUEST_TYPE, "response": RESPONSE_TYPE}.get(kind, kind)
+    attrs = {"id": rid, "type": kind, "source": origin.source,
              "specversion": "1.0", "time": datetime.now(timezone.utc).isoformat(),
              "datacontenttype": content_type or "application/json", "inferenceservicename": origin.service,
              "namespace": origin.namespace, "component": origin.component, "endpoint": origin.endpoint}
@@ -110,6 +112,16 @@ class EventLog:
         except Exception as e:  # noqa: BLE001 - logging must never fail a ranking
             logger.warning("event log: could not queue %s %s: %s", kind, rid, e)
             _count("dropped")
+
+    def emit_json(self, rid: str, type_: str, data: dict) -> None:
+        """Queue an event of our own (feedback, a routed call's outcome) with a JSON body; as `emit`."""
+        try:
+            body = json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode()
+        except (TypeError, ValueError) as e:
+            logger.warning("event log: could not encode a %s event for %s: %s", type_, rid, e)
+            _count("dropped")
+            return
+        self.emit(rid, type_, body, "application/json")
 
     # -------------------------------------------------------------------------------------------- in the background
 

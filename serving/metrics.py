@@ -21,9 +21,11 @@ CONNECTIONS_CLOSED = Counter("iranker_connections_closed", "Connections closed b
                              "complete in time (header_timeout), one connection too many from an address (per_client), "
                              "the client gone while its request was ranked (client_left: the work is cancelled)",
                              ["reason"])
-RESPONSES = Counter("iranker_http_responses", "Answers to POST requests by route family (v1, v2, rerank, chat, other) "
+RESPONSES = Counter("iranker_http_responses", "Answers to POST requests by route family (v1, v2, rerank, chat, feedback, other) "
                     "and status code, whoever gave them (the guard, KServe, the routes)", ["route", "code"])
 LOG_EVENTS = Counter("iranker_log_events", "Inference-log CloudEvents (iranker serve --log-url): sent, spooled (the "
                      "sink was down, answered 5xx/408/429, or the queue was full), resent from the spool, rejected "
                      "(the sink refused it for good: another 4xx), dropped (the spool was full or not writable)",
                      ["outcome"])
+FEEDBACK = Counter("iranker_feedback", "Outcomes accepted by POST /v1/feedback, by the kind of call they are on (v1, v2, "
+                   "rerank, chat)", ["call"])

@@ -23,6 +23,7 @@ from iranker.schema import RankRequest, RankResponse
 from serving import metrics as m
 from serving import protocol
 from serving.batching import Batcher
+from serving.feedback import Call, Shown
 from serving.policy import DeadlineExceeded, Overloaded, ServeConfig, Unauthorized, authorized, check_cost, check_policy
 
 __all__ = ["IRankerModel", "ServeConfig", "serve"]
@@ -55,6 +56,8 @@ class IRankerModel(kserve.Model):
         self.batcher: Batcher | None = None
         self.ranker_config = None  # what the loaded model ranks under (load())
         self.event_log = None  # serving.eventlog.EventLog: the inference log (iranker serve --log-url)
+        self.log_calls = True  # post the calls themselves too (off where KServe's InferenceService logger does)
+        self.shown = Shown()  # what recent calls showed, for POST /v1/feedback
 
     def get_input_types(self) -> list[dict]:
         """The v2 input generic clients (tritonclient, the v2 metadata route) read: one BYTES tensor whose elements
@@ -215,6 +218,9 @@ class IRankerModel(kserve.Model):
         where = f"inputs[{payload.inputs[0].name}]" if isinstance(payload, InferRequest) else "instances"
         responses = await self.rank(requests, where)
         rid = {k.lower(): v for k, v in (headers or {}).items()}.get("x-request-id")
+        if rid:
+            self.shown.remember(rid, Call("v2" if isinstance(payload, InferRequest) else "v1",
+                                          tuple(tuple(r.ranking) for r in responses)))
         if isinstance(payload, InferRequest):
             return protocol.v2_response(self.name, payload.id or rid, responses)
         out = {"predictions": [r.model_dump(exclude_none=True) for r in responses]}
@@ -232,16 +238,20 @@ class IRankerModel(kserve.Model):
             m.REQUESTS.labels("passage", "bad_request").inc()
             raise
         (resp,) = await self.rank([rank_req], "documents")
-        return protocol.rerank_response(req, resp, self.name, request_id)
+        answer = protocol.rerank_response(req, resp, self.name, request_id)
+        if request_id:
+            self.shown.remember(request_id, Call("rerank", (tuple(str(r["index"]) for r in answer["results"]),)))
+        return answer
 
-    async def route(self, body: Any, headers: dict[str, str]):
-        """Rank the routes for the chat request, then forward it down the ranking. Returns (Upstream, ranking,
-        failed attempts)."""
+    async def route(self, body: Any, headers: dict[str, str]) -> Routed:
+        """Rank the routes for the chat request, then forward it down the ranking (the answer's stream, if any,
+        still open). When every LLM fails, the outcome is reported (`route_done`) and NoRoute raised."""
         from pydantic import ValidationError
 
         from iranker.schema import describe_error
-        from serving.router import routing_request
+        from serving.router import NoRoute, routing_request
 
+        started = time.perf_counter()
         if self.router is None:
             raise InvalidInput("model: this server has no LLM routes (start it with --routes FILE to route chat "
                                "completions)")
@@ -257,11 +267,91 @@ class IRankerModel(kserve.Model):
             raise InvalidInput(f"messages: {describe_error(e)}") from None
         (resp,) = await self.rank([rank_req], "messages")
         forward = req.model_dump(exclude_none=True, exclude={"preference", "task"})
-        upstream, failed = await self.router.forward(forward, resp.ranking, req.stream)
-        m.ROUTES.labels(upstream.route.name, preference).inc()
-        if failed:
-            m.ROUTE_FALLBACKS.inc(len(failed))
-        return upstream, resp.ranking, failed
+        routed = Routed(headers.get("x-request-id", ""), rank_req, resp.ranking, started, req.stream)
+        try:
+            routed.upstream, routed.failed = await self.router.forward(forward, resp.ranking, req.stream)
+        except NoRoute as e:
+            routed.failed = e.tried
+            self.route_done(routed)
+            raise
+        m.ROUTES.labels(routed.upstream.route.name, preference).inc()
+        if routed.failed:
+            m.ROUTE_FALLBACKS.inc(len(routed.failed))
+        routed.answered_s = time.perf_counter() - started
+        self.shown.remember(routed.rid, Call("chat", (tuple(resp.ranking),), routed.upstream.route.name))
+        return routed
+
+    def route_done(self, routed: Routed, body: bytes | None = None) -> None:
+        """Report a routed call's outcome to the inference log (an org.iranker.route.outcome event): the routing
+        request, the ranking, the route that answered and those that failed before it, the upstream status,
+        latency, token use (from the answer's `usage`, streamed or not) and so cost."""
+        if self.event_log is None or not routed.rid:
+            return
+        from iranker.data.feedback import ROUTE_OUTCOME_TYPE
+
+        up = routed.upstream
+        usage = _usage(body) if body else None
+        route = up.route if up is not None else None
+        tokens = (usage or {}).get("total_tokens")
+        data = {"request": routed.request.model_dump(exclude_none=True, include={"scenario", "query", "preference",
+                                                                                 "task", "candidates"}),
+                "ranking": routed.ranking, "route": route.name if route else None,
+                "failed": [f.rpartition(": ")[0] for f in routed.failed], "failures": routed.failed,
+                "status": up.status if up is not None else 502, "stream": routed.stream,
+                "latency_ms": round(1000 * (routed.answered_s or time.perf_counter() - routed.started), 1),
+                "total_ms": round(1000 * (time.perf_counter() - routed.started), 1), "usage": usage,
+                "cost_usd": (tokens * route.cost_per_million_tokens / 1e6
+                             if route is not None and isinstance(tokens, int | float) else None)}
+        self.event_log.emit_json(routed.rid, ROUTE_OUTCOME_TYPE, data)
+
+    # ------------------------------------------------------------------------------------------------ feedback
+
+    def feedback(self, body: Any) -> dict:
+        """POST /v1/feedback (serving.feedback): check the outcome against the call it names, then log it."""
+        from iranker.data.feedback import FEEDBACK_TYPE
+        from serving import feedback
+
+        if self.event_log is None:
+            raise FeedbackOff("feedback: this server keeps no inference log to record it in (start it with "
+                              "--log-url URL, e.g. `iranker collect`'s)")
+        fb, call = feedback.check(body, self.shown)
+        self.event_log.emit_json(fb.request_id, FEEDBACK_TYPE, feedback.event_data(fb, call))
+        m.FEEDBACK.labels(call.kind).inc()
+        return {"request_id": fb.request_id, "accepted": True}
+
+
+class FeedbackOff(Exception):
+    """Feedback sent to a server without an inference log (501)."""
+
+
+class Routed:
+    """A routed chat call in flight: the routing request, its ranking, the upstream that answered (or None), the
+    attempts that failed before it, and when it started."""
+
+    def __init__(self, rid: str, request: RankRequest, ranking: list[str], started: float, stream: bool):
+        self.rid, self.request, self.ranking, self.started, self.stream = rid, request, ranking, started, stream
+        self.upstream = None
+        self.failed: list[str] = []
+        self.answered_s: float | None = None
+
+
+def _usage(body: bytes) -> dict | None:
+    """The `usage` object of an OpenAI answer: the JSON body's, or a stream's last chunk that carries one."""
+    import json
+
+    try:
+        return json.loads(body).get("usage")
+    except (ValueError, AttributeError):
+        pass
+    for line in reversed(body.splitlines()):
+        if line.startswith(b"data:") and b'"usage"' in line:
+            try:
+                usage = json.loads(line[5:]).get("usage")
+            except (ValueError, AttributeError):
+                continue
+            if usage:
+                return usage
+    return None
 
 
 def _count(requests: Sequence[RankRequest], status: str) -> None:

@@ -3,6 +3,7 @@ service's errors become HTTP answers. Each route only looks up its handler on th
 
     POST /v1/rerank, /v2/rerank, {prefix}/v1/rerank     ->  IRankerModel.rerank
     POST {prefix}/v1/chat/completions                   ->  IRankerModel.route (with a routes file)
+    POST /v1/feedback                                   ->  IRankerModel.feedback (with an inference log)
     GET  {prefix}/v1/models                             ->  the ranker and, with a routes file, the router
 
 `{prefix}` is KServe's OpenAI route prefix (`/openai`, or KSERVE_OPENAI_ROUTE_PREFIX). KServe's own v1/v2 routes
@@ -20,7 +21,7 @@ from fastapi import Request  # module level: the routes' annotations are resolve
 from kserve.errors import InvalidInput
 
 from serving.eventlog import MAX_LOGGED_BODY, request_id
-from serving.model import IRankerModel
+from serving.model import FeedbackOff, IRankerModel
 from serving.policy import DeadlineExceeded, Overloaded, Unauthorized, authorized
 from serving.protocol import ROUTE_HEADER, JSONProblem, MalformedJSON, strict_json
 from serving.router import NoRoute
@@ -56,7 +57,7 @@ class Guard:
         rid = request_id(dict(raw).get(b"x-request-id", b"").decode("latin-1") or None)
         scope = {**scope, "headers": [*[(k, v) for k, v in raw if k.lower() != b"x-request-id"],
                                       (b"x-request-id", rid.encode())]}
-        log = self.model.event_log if kind in LOGGED else None
+        log = self.model.event_log if kind in LOGGED and self.model.log_calls else None
         started = finished = False
         answer: dict = {"chunks": [], "size": 0, "type": "application/json", "logged": False}
 
@@ -210,6 +211,8 @@ def route_kind(path: str) -> str:
         return "rerank"
     if path.endswith("/chat/completions"):
         return "chat"
+    if path == "/v1/feedback":
+        return "feedback"
     if path.startswith("/v1/models/") and path.endswith(":predict"):
         return "v1"
     if path.startswith("/v2/models/") and path.endswith("/infer"):
@@ -253,22 +256,43 @@ def install(app, model: IRankerModel) -> None:
     async def chat(request: Request):
         headers = {k.lower(): v for k, v in request.headers.items()}
         try:
-            upstream, ranking, failed = await model.route(await body_of(request), headers)
+            routed = await model.route(await body_of(request), headers)
         except (InvalidInput, NoRoute, Overloaded, DeadlineExceeded) as e:  # in the shape OpenAI clients read
             status, kind = {InvalidInput: (400, "invalid_request_error"), NoRoute: (502, "upstream_error"),
                             Overloaded: (503, "overloaded"), DeadlineExceeded: (504, "timeout")}[type(e)]
             retry = getattr(e, "retry_after", None)
             return JSONResponse(status_code=status, headers={"Retry-After": str(retry)} if retry else None,
                                 content={"error": {"message": str(e), "type": kind, "param": None, "code": status}})
-        extra = {ROUTE_HEADER: upstream.route.name, f"{ROUTE_HEADER}-ranking": ",".join(ranking)}
-        if failed:
-            extra[f"{ROUTE_HEADER}-fallbacks"] = str(len(failed))
+        upstream = routed.upstream
+        extra = {ROUTE_HEADER: upstream.route.name, f"{ROUTE_HEADER}-ranking": ",".join(routed.ranking)}
+        if routed.failed:
+            extra[f"{ROUTE_HEADER}-fallbacks"] = str(len(routed.failed))
         content_type = upstream.response.headers.get("content-type", "application/json")
         if upstream.stream:
-            return StreamingResponse(upstream.chunks(), status_code=upstream.status, media_type=content_type,
-                                     headers=extra)
+            async def relay():  # the stream as it comes; its outcome (with the last chunk's usage) when it ends
+                tail = b""
+                try:
+                    async for chunk in upstream.chunks():
+                        tail = (tail + chunk)[-16384:]
+                        yield chunk
+                finally:
+                    model.route_done(routed, tail)
+
+            return StreamingResponse(relay(), status_code=upstream.status, media_type=content_type, headers=extra)
+        model.route_done(routed, upstream.response.content)
         return Response(content=upstream.response.content, status_code=upstream.status, media_type=content_type,
                         headers=extra)
+
+    async def feedback(request: Request):
+        try:
+            answer = model.feedback(strict_json(await body_of(request)))
+        except (JSONProblem, InvalidInput) as e:
+            return JSONResponse(status_code=400, content={"error": str(e)})
+        except LookupError as e:
+            return JSONResponse(status_code=404, content={"error": str(e)})
+        except FeedbackOff as e:
+            return JSONResponse(status_code=501, content={"error": str(e)})
+        return JSONResponse(status_code=202, content=answer)
 
     async def models(_: Request):
         data = [{"id": model.name, "object": "model", "created": int(time.time()), "owned_by": "iranker"}]
@@ -281,6 +305,7 @@ def install(app, model: IRankerModel) -> None:
     for path in ("/v1/rerank", "/v2/rerank", f"{prefix}/v1/rerank"):
         app.add_api_route(path, rerank, methods=["POST"], tags=["rerank"])
     app.add_api_route(f"{prefix}/v1/chat/completions", chat, methods=["POST"], tags=["router"])
+    app.add_api_route("/v1/feedback", feedback, methods=["POST"], tags=["feedback"], status_code=202)
     app.add_api_route(f"{prefix}/v1/models", models, methods=["GET"], tags=["router"])
     install_handlers(app)
     app.add_middleware(Guard, model=model)

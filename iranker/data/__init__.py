@@ -67,7 +67,7 @@ def _rec_build(target: str):
 
 
 def _sources() -> dict[str, Source]:
-    from iranker.data import passage, recommendation, routing
+    from iranker.data import feedback, passage, recommendation, routing
 
     return {
         "recbole": Source("recbole", "recommendation", recommendation.RecParams, recommendation.read_recbole,
@@ -79,6 +79,9 @@ def _sources() -> dict[str, Source]:
                           "queries.tsv; with TREC qrels"),
         "routerbench": Source("routerbench", "routing", routing.RoutingParams, routing.read_routing,
                               routing.build_instances, "RouterBench CSVs: per query, quality and cost per model"),
+        "feedback": Source("feedback", "", feedback.FeedbackParams, feedback.read_feedback, feedback.build_instances,
+                           "an inference-log collector folder (`iranker collect --out DIR`): served calls and their "
+                           "outcomes"),
         "instances": Source("instances", "", _InstancesParams, _read_instances, _build_passthrough,
                             "iranker instances JSONL, passed through validation"),
     }

@@ -146,7 +146,38 @@ def table_suites(scenario: str, tables: dict[str, pd.DataFrame]) -> dict[str, li
                          x.ExpectColumnValuesToBeBetween(column="quality", min_value=0, max_value=1),
                          x.ExpectColumnValuesToBeBetween(column="cost", min_value=0)],
         }
+    if scenario == "feedback":  # served calls and their outcomes (iranker.data.feedback)
+        calls, shown, outcomes = tables["calls"], tables["shown"], tables["outcomes"]
+        key = lambda df: df["request_id"].astype(str) + "|" + df["instance"].astype(str)
+        shown_keys = key(shown) + "|" + shown["candidate_id"].astype(str)
+        outcomes = tables["outcomes"] = outcomes.assign(
+            unknown_candidate=(key(outcomes) + "|" + outcomes["candidate_id"].astype(str)).where(
+                lambda s: ~s.isin(set(shown_keys))),
+            before_call=outcomes["time"].where(_utc(outcomes["time"]) < _utc(
+                key(outcomes).map(dict(zip(key(calls), calls["time"], strict=True))))))
+        return {
+            "calls": [x.ExpectCompoundColumnsToBeUnique(column_list=["request_id", "instance"]),
+                      x.ExpectColumnValuesToBeUnique(column="event_id", row_condition=_first_instance()),
+                      x.ExpectColumnValuesToBeInSet(column="scenario", value_set=list(SCENARIOS))],
+            "shown": [x.ExpectCompoundColumnsToBeUnique(column_list=["request_id", "instance", "candidate_id"]),
+                      _known(tables, "shown", "request_id", calls["request_id"])],
+            "outcomes": [x.ExpectCompoundColumnsToBeUnique(column_list=["event_id", "request_id", "instance",
+                                                                        "candidate_id", "source"]),
+                         x.ExpectColumnValuesToBeNull(column="unknown_candidate"),
+                         x.ExpectColumnValuesToBeNull(column="before_call"),
+                         x.ExpectColumnValuesToBeBetween(column="grade", min_value=0)],
+        }
     return {}
+
+
+def _utc(times: pd.Series) -> pd.Series:
+    return pd.to_datetime(times, utc=True, errors="coerce", format="ISO8601")
+
+
+def _first_instance():
+    from great_expectations.expectations.row_conditions import Column
+
+    return Column("instance") == 0
 
 
 def instance_suite() -> list:
@@ -251,12 +282,16 @@ def _run(suites: dict[str, tuple[pd.DataFrame, list]]) -> Report:
     return Report(checks)
 
 
-def validate(scenario: str | list, tables: dict[str, pd.DataFrame], instance_rows: list[dict]) -> Report:
+def validate(scenario: str | list, tables: dict[str, pd.DataFrame], instance_rows: list[dict],
+             source: str | None = None) -> Report:
+    """The table suites of `scenario` (of the feedback tables when `source` is 'feedback': their instances may
+    be of every scenario) and the instance suite."""
     suites: dict[str, tuple[pd.DataFrame, list]] = {}
-    if isinstance(scenario, str) and tables:  # instances passed through (source `instances`) have no tables
+    kind = "feedback" if source == "feedback" else scenario
+    if isinstance(kind, str) and tables:  # instances passed through (source `instances`) have no tables
         tables = dict(tables)
-        for name, exps in table_suites(scenario, tables).items():
-            suites[f"{scenario}.{name}"] = (tables[name], exps)
+        for name, exps in table_suites(kind, tables).items():
+            suites[f"{kind}.{name}"] = (tables[name], exps)
     suites["instances"] = (instance_frame(instance_rows), instance_suite())
     return _run(suites)
 
@@ -264,7 +299,7 @@ def validate(scenario: str | list, tables: dict[str, pd.DataFrame], instance_row
 def validate_built(built) -> Report:
     scenarios = sorted({i.scenario for i in built.instances})
     scenario = scenarios[0] if len(scenarios) == 1 else scenarios
-    return validate(scenario, built.tables, [i.model_dump() for i in built.instances])
+    return validate(scenario, built.tables, [i.model_dump() for i in built.instances], built.source)
 
 
 def validate_dir(folder: str | Path) -> Report:
@@ -293,7 +328,9 @@ def validate_dir(folder: str | Path) -> Report:
     scenario = manifest.get("scenario")
     expected = {"recommendation": ["items", "interactions"], "passage": ["queries", "first_stage", "qrels"],
                 "routing": ["queries", "outcomes"]}.get(scenario if isinstance(scenario, str) else "", [])
+    if manifest.get("source") == "feedback":
+        expected = ["calls", "shown", "outcomes"]
     missing = [t for t in expected if t not in tables]
     if missing and manifest.get("source") != "instances":
         raise DataError(f"{folder / 'tables'}: missing table(s) {', '.join(missing)} for {scenario}")
-    return validate(scenario if manifest.get("source") != "instances" else [], tables, rows)
+    return validate(scenario if manifest.get("source") != "instances" else [], tables, rows, manifest.get("source"))

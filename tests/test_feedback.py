@@ -1,0 +1,139 @@
+"""The loop back from serving: calls logged by a real `iranker serve --log-url` into a real `iranker collect`, outcomes
+through POST /v1/feedback (and the router's own, with a fallback), a collector SIGKILLed and restarted in between,
+then `iranker data ingest feedback` turns the store into validated ranking instances of all three scenarios."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import httpx
+import pandas as pd
+import pytest
+from conftest import ROOT
+from test_eventlog import Collector, _wait_for
+from test_serving import PASSAGE, V1, Server
+from test_serving_api import ChatStandIn
+
+from iranker.data import build
+from iranker.data.feedback import FEEDBACK_TYPE, ROUTE_OUTCOME_TYPE, read_events
+from iranker.validation import validate_built
+
+REC = {"scenario": "recommendation", "history": ["Toy Story (1995)", "Babe (1995)"],
+       "candidates": [{"id": f"m{i}", "text": f"Movie {i} (199{i})"} for i in range(4)]}
+
+
+@pytest.mark.slow  # real servers
+def test_served_calls_and_their_outcomes_become_validated_instances(tiny_model_dir, tmp_path):
+    store = tmp_path / "store"
+    llms = {n: ChatStandIn(n) for n in ("alpha", "beta")}
+    routes = tmp_path / "routes.yaml"
+    routes.write_text(json.dumps({"router": "iranker-router", "timeout_s": 10, "routes": [
+        {"name": n, "description": f"the {n} model", "cost_per_million_tokens": c, "base_url": llms[n].url}
+        for n, c in (("alpha", 0.2), ("beta", 15))]}))
+    collector = Collector(store)
+    server = Server("--model", str(tiny_model_dir), "--no-features", "--routes", str(routes),
+                    "--log-url", collector.url, "--log-spool", str(tmp_path / "spool"))
+    try:
+        # the calls: a v1 call of two rankings, a rerank, a routed chat whose first LLM fails
+        r = server.post(V1, {"instances": [REC, PASSAGE]}, headers={"x-request-id": "v1-call"})
+        assert r.status_code == 200
+        rec_ranking = r.json()["predictions"][0]["ranking"]
+        rr = server.post("/v1/rerank", {"query": "vaccines", "documents": ["a vaccine", "a car", "the sun"]})
+        rerank_id = rr.json()["id"]
+        first = server.post("/openai/v1/chat/completions", {"model": "iranker-router", "messages": [
+            {"role": "user", "content": "what is 2+2"}]}).headers["x-iranker-route"]
+        llms[first].fail_with = 503
+        chat = server.post("/openai/v1/chat/completions", {"model": "iranker-router", "messages": [
+            {"role": "user", "content": "what is 3+3"}]})
+        llms[first].fail_with = None
+        chat_id, answered = chat.headers["x-request-id"], chat.headers["x-iranker-route"]
+        assert chat.status_code == 200 and answered != first and chat.headers["x-iranker-route-fallbacks"] == "1"
+
+        # bad feedback: a 4xx naming the field, nothing logged
+        for body, status, words in [
+            ({"request_id": "nobody", "chosen": ["m1"]}, 404, "request_id"),
+            ({"request_id": "v1-call", "chosen": ["m9"]}, 400, "chosen[0]"),
+            ({"request_id": "v1-call", "instance": 2, "chosen": ["m1"]}, 400, "instance"),
+            ({"request_id": "v1-call", "grades": {"m1": -1}}, 400, "grades"),
+            ({"request_id": "v1-call", "verdict": "good"}, 400, "verdict"),
+            ({"request_id": "v1-call"}, 400, "chosen"),
+            ({"request_id": "v1-call", "chosen": ["m1"], "extra": 1}, 400, "extra"),
+            ('{"request_id": "v1-call", "chosen": [', 400, "body"),
+        ]:
+            got = server.post("/v1/feedback", body)
+            assert got.status_code == status and words in got.json()["error"], (body, got.text)
+
+        # outcomes; the collector is killed between them: the spool keeps them, nothing is lost or doubled
+        chosen = rec_ranking[-1]
+        assert server.post("/v1/feedback", {"request_id": "v1-call", "chosen": [chosen]}).status_code == 202
+        assert _wait_for(lambda: any(e["type"] == FEEDBACK_TYPE for e in read_events(store)))
+        collector.kill()
+        assert server.post("/v1/feedback", {"request_id": rerank_id, "grades": {"0": 3, "1": 0, "2": 1}}
+                           ).status_code == 202
+        assert server.post("/v1/feedback", {"request_id": "v1-call", "instance": 1,
+                                            "grades": {"d0": 2, "d3": 0}}).status_code == 202
+        assert server.post("/v1/feedback", {"request_id": chat_id, "verdict": "good"}).status_code == 202
+        collector = Collector(store, port=collector.port)
+        assert _wait_for(lambda: sum(e["type"] == FEEDBACK_TYPE for e in read_events(store)) == 4)
+        assert _wait_for(lambda: sum(e["type"] == ROUTE_OUTCOME_TYPE for e in read_events(store)) == 2)
+        assert 'iranker_feedback_total{call="v1"} 2.0' in httpx.get(f"{server.url}/metrics").text
+    finally:
+        server.close()
+        collector.kill()
+        for s in llms.values():
+            s.close()
+
+    events = list(read_events(store))
+    assert len({e["attributes"]["eventid"] for e in events}) == len(events) == 4 * 2 + 2 + 4  # 4 calls, 2 outcomes
+    outcome = next(e["data"] for e in events if e["type"] == ROUTE_OUTCOME_TYPE and e["id"] == chat_id)
+    assert outcome["route"] == answered and outcome["failed"] == [first] and outcome["status"] == 200
+    assert outcome["usage"]["total_tokens"] == 8 and outcome["cost_usd"] == pytest.approx(8 * (
+        0.2 if answered == "alpha" else 15) / 1e6)
+
+    # the store becomes instances, validated and versioned like every dataset
+    out = tmp_path / "feedback-data"
+    r = subprocess.run([sys.executable, "-m", "iranker.cli", "data", "ingest", "feedback", str(store), "--out",
+                        str(out), "--no-dvc"], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    rows = {i["id"].rsplit("-", 1)[0].removeprefix("feedback-") + f"#{i['id'].rsplit('-', 1)[1]}": i
+            for i in map(json.loads, (out / "instances.jsonl").read_text().splitlines())}
+    assert set(rows) == {"v1-call#0", "v1-call#1", f"{rerank_id}#0", f"{chat_id}#0"}
+    rec = rows["v1-call#0"]
+    assert rec["scenario"] == "recommendation" and rec["relevance"] == {chosen: 1.0}
+    assert [c["id"] for c in rec["candidates"]] == rec_ranking  # every shown candidate, in the order shown
+    assert rows["v1-call#1"]["relevance"] == {"d0": 2.0} and len(rows["v1-call#1"]["candidates"]) == 2
+    assert rows[f"{rerank_id}#0"]["relevance"] == {"0": 3.0, "2": 1.0}
+    route = rows[f"{chat_id}#0"]
+    assert route["scenario"] == "routing" and route["relevance"] == {answered: 1.0}
+    assert sorted(c["id"] for c in route["candidates"]) == ["alpha", "beta"] and route["query"] == "what is 3+3"
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["source"] == "feedback" and manifest["counts"]["instances"] == 4
+    assert manifest["counts"]["skipped"] == {"rankings without an outcome": 1}  # the first routed call
+    assert "FAILED" not in (out / "validation.md").read_text()
+
+
+def test_outcomes_that_name_unshown_candidates_or_predate_their_call_fail_validation(tmp_path):
+    from serving.collector import Store
+
+    store = Store(tmp_path)
+
+    def add(rid, type_, data, time, eventid):
+        store.add({"id": rid, "type": type_, "source": "http://s/", "time": time, "received": time,
+                   "attributes": {"eventid": eventid}, "content_type": "application/json", "data": data})
+
+    add("c1", "org.kubeflow.serving.inference.request", {"instances": [PASSAGE]}, "2026-01-01T10:00:00+00:00", "e1")
+    add("c1", "org.kubeflow.serving.inference.response", {"predictions": [
+        {"ranking": ["d1", "d0", "d2"]}]}, "2026-01-01T10:00:01+00:00", "e2")
+    add("c1", FEEDBACK_TYPE, {"instance": 0, "grades": {"d1": 2, "d0": 0}}, "2026-01-01T10:05:00+00:00", "e3")
+    built = build("feedback", tmp_path)
+    assert validate_built(built).success
+    assert [c.id for c in built.instances[0].candidates] == ["d1", "d0"]
+
+    add("c1", FEEDBACK_TYPE, {"instance": 0, "chosen": ["d4"]}, "2026-01-01T09:00:00+00:00", "e4")
+    report = validate_built(build("feedback", tmp_path))
+    failed = {(c.suite, c.target) for c in report.failures}
+    assert ("feedback.outcomes", "unknown_candidate") in failed and ("feedback.outcomes", "before_call") in failed
+    assert "c1|0|d4" in json.dumps([c.examples for c in report.failures])
+    assert isinstance(built.tables["outcomes"], pd.DataFrame)
