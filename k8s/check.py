@@ -9,7 +9,8 @@ was built, and the field.
 - shell scripts pass shellcheck;
 - no image is untagged or `:latest`;
 - no Secret carries literal data (secrets are referenced, never inlined);
-- every container has resource requests and limits and runs as non-root without privilege escalation.
+- every container has resource requests and limits and runs as non-root without privilege escalation; every
+  Deployment, StatefulSet and DaemonSet container also with a read-only root filesystem.
 """
 
 from __future__ import annotations
@@ -221,6 +222,11 @@ def check_containers(name: str, docs: list[dict]) -> list[Failure]:
                 if sc.get("allowPrivilegeEscalation") is not False:
                     failures.append(Failure("security", where, f"{field}.securityContext.allowPrivilegeEscalation",
                                             "must be false"))
+                if doc.get("kind") in ("Deployment", "StatefulSet", "DaemonSet") and not sc.get(
+                        "readOnlyRootFilesystem"):
+                    failures.append(Failure("security", where, f"{field}.securityContext.readOnlyRootFilesystem",
+                                            "must be true for a long-running workload (mount an emptyDir where it "
+                                            "must write, e.g. /tmp)"))
                 if sc.get("privileged"):
                     failures.append(Failure("security", where, f"{field}.securityContext.privileged",
                                             "must not be true"))

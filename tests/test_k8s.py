@@ -41,6 +41,24 @@ def test_the_production_model_reaches_the_inference_service_in_every_overlay():
         assert isvc["metadata"]["labels"]["iranker.dev/model-version"] == "base"
 
 
+def test_every_served_call_is_logged_to_the_collector_in_every_overlay():
+    for overlay, part in (("overlays/minikube", "predictor"), ("overlays/gpu", "transformer")):
+        docs, _ = check.build(check.HERE, overlay)
+        isvc = next(d for d in docs if d["kind"] == "InferenceService")
+        service = next(d for d in docs if d["kind"] == "Service" and d["metadata"]["name"] == "iranker-collector")
+        collector = next(d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == "iranker-collector")
+        url = f"http://{service['metadata']['name']}.{service['metadata']['namespace']}.svc.cluster.local"
+        # the calls users make (the transformer's, in front of vLLM) are what KServe's logger posts
+        assert isvc["spec"][part]["logger"] == {"mode": "all", "url": url}
+        assert "logger" not in isvc["spec"]["predictor"] or part == "predictor"
+        args = isvc["spec"][part]["containers"][0]["args"]
+        assert args[args.index("--log-url") + 1] == url and "--no-log-calls" in args  # feedback and outcomes only
+        container = collector["spec"]["template"]["spec"]["containers"][0]
+        assert container["args"][:3] == ["collect", "--out", "/var/lib/iranker/events"]
+        assert service["spec"]["ports"][0]["targetPort"] == container["ports"][0]["containerPort"]
+        assert any(d["kind"] == "PersistentVolumeClaim" and d["metadata"]["name"] == "iranker-events" for d in docs)
+
+
 def _edit(path, old, new):
     text = path.read_text()
     assert old in text, (path, old)
@@ -54,6 +72,7 @@ def test_broken_manifests_are_caught_with_file_and_field(tmp_path):
     _edit(root / "base" / "redis.yaml", "image: redis:7.4.2-alpine", "image: redis:latest")
     _edit(root / "base" / "redis.yaml", "  replicas: 1\n", "  replicas: 1\n  replicaz: 2\n")
     _edit(root / "minio" / "minio.yaml", "          allowPrivilegeEscalation: false\n", "")
+    _edit(root / "base" / "collector.yaml", "          readOnlyRootFilesystem: true\n", "")
     _edit(root / "base" / "featurestore.yaml", "  feastProject: iranker", "  feastProjct: iranker")
     (root / "base" / "leak.yaml").write_text("apiVersion: v1\nkind: Secret\nmetadata:\n  name: leak\n"
                                              "stringData:\n  password: hunter2\n")
@@ -70,6 +89,8 @@ def test_broken_manifests_are_caught_with_file_and_field(tmp_path):
         ("security", "k8s/minio Deployment/minio",
          "spec.template.spec.containers[minio].securityContext.allowPrivilegeEscalation"),
         ("secrets", "k8s/base Secret/leak", "stringData"),
+        ("security", "k8s/base Deployment/iranker-collector",
+         "spec.template.spec.containers[collector].securityContext.readOnlyRootFilesystem"),
         ("kustomize", "k8s/training/kustomization.yaml", "-"),
     }
     assert expected <= found, "\n".join(map(str, failures))
