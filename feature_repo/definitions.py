@@ -10,7 +10,7 @@ point-in-time join sees only what was known before an instance (see iranker/feat
 
 from datetime import timedelta
 
-from feast import Entity, FeatureView, Field, FileSource, ValueType
+from feast import Entity, FeatureView, Field, FileSource, PushSource, ValueType
 from feast.types import Array, Float64, Int64, String
 
 # Interactions of public data sets go back decades; a feature row stays valid until a newer one replaces it.
@@ -34,8 +34,11 @@ user_context = FeatureView(
         Field(name="mean_rating", dtype=Float64, description="NaN when the data has no ratings"),
         Field(name="favourite_classes", dtype=Array(String), description="most frequent item classes"),
     ],
-    source=FileSource(name="user_context_source", path="data/user_context.parquet",
-                      timestamp_field="event_timestamp"),
+    # materialized from the parquet file; a user's chosen item is pushed to the online store as it happens
+    # (POST /v1/feedback, iranker.features.UserFeatures.add_chosen), so their next request sees it
+    source=PushSource(name="user_context_push",
+                      batch_source=FileSource(name="user_context_source", path="data/user_context.parquet",
+                                              timestamp_field="event_timestamp")),
     online=True,
     tags={"owner": "iranker"},
 )

@@ -51,6 +51,8 @@ MIN_TASK_QUERIES = 5
 UNDATED = datetime(2000, 1, 1, tzinfo=timezone.utc)
 AFTER_UNDATED = UNDATED + timedelta(days=1)
 SERVED_DATASETS = "candidate_datasets.json"
+USER_PUSH_SOURCE = "user_context_push"  # feature_repo/definitions.py: chosen items reach the online store through it
+HISTORY_ITEMS = 20  # the recent items a user's context keeps
 
 
 def default_repo() -> Path:
@@ -67,7 +69,7 @@ def _check_repo(repo: Path) -> Path:
 
 
 def build_feature_tables(data_dir: str | Path | Sequence[str | Path], repo: str | Path | None = None,
-                         history: int = 20, n_classes: int = 3) -> dict[str, pd.DataFrame]:
+                         history: int = HISTORY_ITEMS, n_classes: int = 3) -> dict[str, pd.DataFrame]:
     """Write the parquet sources of the feature views from dataset folders: the user context from the (first)
     recommendation folder, candidate features from every recommendation and routing folder (passage candidates
     carry theirs in the data)."""
@@ -520,3 +522,20 @@ class UserFeatures:
     def history(self, user_id: str) -> list[str] | None:
         ctx = self.context([user_id])[0]
         return None if ctx is None else list(ctx["history_titles"] or [])
+
+    def add_chosen(self, user_id: str, item_id: str, title: str, history: int = HISTORY_ITEMS) -> bool:
+        """Append an item the user chose to their online context through the push source (no re-materialization):
+        their next request's history ends with it. False for a user the store does not know."""
+        from feast.data_source import PushMode
+
+        ctx = self.context([user_id])[0]
+        if ctx is None:
+            return False
+        row = {**ctx, "user_id": user_id, "event_timestamp": datetime.now(timezone.utc),
+               "history_titles": [*(ctx["history_titles"] or []), title][-history:],
+               "history_item_ids": [*(ctx["history_item_ids"] or []), item_id][-history:],
+               "n_interactions": int(ctx["n_interactions"]) + 1,
+               "mean_rating": float("nan") if ctx["mean_rating"] is None else float(ctx["mean_rating"]),
+               "favourite_classes": list(ctx["favourite_classes"] or [])}
+        self.store.push(USER_PUSH_SOURCE, pd.DataFrame([row]), to=PushMode.ONLINE)
+        return True

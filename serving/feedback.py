@@ -10,7 +10,9 @@ The server remembers what each of its last `capacity` calls showed (`Shown`: req
 candidate ids in the order answered; for a routed call the route that answered). Feedback on an id it does not know,
 on a candidate that was not shown, a verdict on a call that was not routed, or a malformed body gets a 4xx naming the
 field. Accepted feedback is posted to the inference log as an `org.iranker.feedback` CloudEvent named by the
-request id (`iranker data ingest feedback` joins it with the call). Behind several replicas, feedback must reach
+request id (`iranker data ingest feedback` joins it with the call). An item chosen in a recommendation made for a
+`user_id` is also pushed to the user's context in Feast's online store (with `--feature-repo`), so that their next
+request's history ends with it. Behind several replicas, feedback must reach
 the replica that answered the call (session affinity), since each remembers only its own calls.
 """
 
@@ -32,6 +34,8 @@ class Call:
     kind: str  # v1, v2, rerank, chat
     rankings: tuple[tuple[str, ...], ...]  # per ranking of the call, the candidate ids in the order answered
     route: str | None = None  # a routed call: the LLM that answered
+    users: tuple[tuple[str, dict[str, str]] | None, ...] = ()  # per ranking: a recommendation's user id and the
+    # candidates' texts (a chosen item goes to the user's Feast history), else None
 
 
 class Shown:

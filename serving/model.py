@@ -219,8 +219,10 @@ class IRankerModel(kserve.Model):
         responses = await self.rank(requests, where)
         rid = {k.lower(): v for k, v in (headers or {}).items()}.get("x-request-id")
         if rid:
+            users = tuple((req.user_id, {c.id: c.text for c in req.candidates})
+                          if req.scenario == "recommendation" and req.user_id else None for req in requests)
             self.shown.remember(rid, Call("v2" if isinstance(payload, InferRequest) else "v1",
-                                          tuple(tuple(r.ranking) for r in responses)))
+                                          tuple(tuple(r.ranking) for r in responses), users=users))
         if isinstance(payload, InferRequest):
             return protocol.v2_response(self.name, payload.id or rid, responses)
         out = {"predictions": [r.model_dump(exclude_none=True) for r in responses]}
@@ -306,8 +308,9 @@ class IRankerModel(kserve.Model):
 
     # ------------------------------------------------------------------------------------------------ feedback
 
-    def feedback(self, body: Any) -> dict:
-        """POST /v1/feedback (serving.feedback): check the outcome against the call it names, then log it."""
+    async def feedback(self, body: Any) -> dict:
+        """POST /v1/feedback (serving.feedback): check the outcome against the call it names, log it, and push an
+        item a known user chose to their Feast history."""
         from iranker.data.feedback import FEEDBACK_TYPE
         from serving import feedback
 
@@ -317,7 +320,18 @@ class IRankerModel(kserve.Model):
         fb, call = feedback.check(body, self.shown)
         self.event_log.emit_json(fb.request_id, FEEDBACK_TYPE, feedback.event_data(fb, call))
         m.FEEDBACK.labels(call.kind).inc()
-        return {"request_id": fb.request_id, "accepted": True}
+        answer = {"request_id": fb.request_id, "accepted": True}
+        user = call.users[fb.instance] if fb.instance < len(call.users) else None
+        if user is not None and fb.chosen and self.features is not None:
+            user_id, texts = user
+            try:
+                answer["history_updated"] = all([await asyncio.to_thread(self.features.add_chosen, user_id, cid,
+                                                                         texts.get(cid, cid))
+                                                 for cid in map(str, fb.chosen)])
+            except Exception as e:  # noqa: BLE001 - the outcome is logged; a Feast outage must not lose it
+                logger.warning("iranker: could not push %s's chosen item to Feast: %s", user_id, e)
+                answer["history_updated"] = False
+        return answer
 
 
 class FeedbackOff(Exception):

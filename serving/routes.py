@@ -285,7 +285,7 @@ def install(app, model: IRankerModel) -> None:
 
     async def feedback(request: Request):
         try:
-            answer = model.feedback(strict_json(await body_of(request)))
+            answer = await model.feedback(strict_json(await body_of(request)))
         except (JSONProblem, InvalidInput) as e:
             return JSONResponse(status_code=400, content={"error": str(e)})
         except LookupError as e:

@@ -13,19 +13,21 @@ import pandas as pd
 import pytest
 from conftest import ROOT
 from test_eventlog import Collector, _wait_for
-from test_serving import PASSAGE, V1, Server
+from test_serving import PASSAGE, V1, Server, feature_repo  # noqa: F401 - the Feast repository fixture
 from test_serving_api import ChatStandIn
 
 from iranker.data import build
 from iranker.data.feedback import FEEDBACK_TYPE, ROUTE_OUTCOME_TYPE, read_events
 from iranker.validation import validate_built
 
-REC = {"scenario": "recommendation", "history": ["Toy Story (1995)", "Babe (1995)"],
-       "candidates": [{"id": f"m{i}", "text": f"Movie {i} (199{i})"} for i in range(4)]}
-
 
 @pytest.mark.slow  # real servers
-def test_served_calls_and_their_outcomes_become_validated_instances(tiny_model_dir, tmp_path):
+def test_served_calls_and_their_outcomes_become_validated_instances(tiny_model_dir, feature_repo, tmp_path):  # noqa: F811
+    from iranker.features import UserFeatures
+
+    repo, user = feature_repo
+    rec = {"scenario": "recommendation", "user_id": user["user_id"], "candidates": user["candidates"][:4]}
+    titles = {c["id"]: c["text"] for c in rec["candidates"]}
     store = tmp_path / "store"
     llms = {n: ChatStandIn(n) for n in ("alpha", "beta")}
     routes = tmp_path / "routes.yaml"
@@ -33,11 +35,11 @@ def test_served_calls_and_their_outcomes_become_validated_instances(tiny_model_d
         {"name": n, "description": f"the {n} model", "cost_per_million_tokens": c, "base_url": llms[n].url}
         for n, c in (("alpha", 0.2), ("beta", 15))]}))
     collector = Collector(store)
-    server = Server("--model", str(tiny_model_dir), "--no-features", "--routes", str(routes),
+    server = Server("--model", str(tiny_model_dir), "--feature-repo", str(repo), "--routes", str(routes),
                     "--log-url", collector.url, "--log-spool", str(tmp_path / "spool"))
     try:
         # the calls: a v1 call of two rankings, a rerank, a routed chat whose first LLM fails
-        r = server.post(V1, {"instances": [REC, PASSAGE]}, headers={"x-request-id": "v1-call"})
+        r = server.post(V1, {"instances": [rec, PASSAGE]}, headers={"x-request-id": "v1-call"})
         assert r.status_code == 200
         rec_ranking = r.json()["predictions"][0]["ranking"]
         rr = server.post("/v1/rerank", {"query": "vaccines", "documents": ["a vaccine", "a car", "the sun"]})
@@ -55,11 +57,11 @@ def test_served_calls_and_their_outcomes_become_validated_instances(tiny_model_d
         for body, status, words in [
             ({"request_id": "nobody", "chosen": ["m1"]}, 404, "request_id"),
             ({"request_id": "v1-call", "chosen": ["m9"]}, 400, "chosen[0]"),
-            ({"request_id": "v1-call", "instance": 2, "chosen": ["m1"]}, 400, "instance"),
-            ({"request_id": "v1-call", "grades": {"m1": -1}}, 400, "grades"),
+            ({"request_id": "v1-call", "instance": 2, "chosen": [rec_ranking[0]]}, 400, "instance"),
+            ({"request_id": "v1-call", "grades": {rec_ranking[0]: -1}}, 400, "grades"),
             ({"request_id": "v1-call", "verdict": "good"}, 400, "verdict"),
             ({"request_id": "v1-call"}, 400, "chosen"),
-            ({"request_id": "v1-call", "chosen": ["m1"], "extra": 1}, 400, "extra"),
+            ({"request_id": "v1-call", "chosen": [rec_ranking[0]], "extra": 1}, 400, "extra"),
             ('{"request_id": "v1-call", "chosen": [', 400, "body"),
         ]:
             got = server.post("/v1/feedback", body)
@@ -67,7 +69,10 @@ def test_served_calls_and_their_outcomes_become_validated_instances(tiny_model_d
 
         # outcomes; the collector is killed between them: the spool keeps them, nothing is lost or doubled
         chosen = rec_ranking[-1]
-        assert server.post("/v1/feedback", {"request_id": "v1-call", "chosen": [chosen]}).status_code == 202
+        got = server.post("/v1/feedback", {"request_id": "v1-call", "chosen": [chosen]})
+        assert got.status_code == 202 and got.json()["history_updated"] is True
+        # the user's next request reads a history that ends with the item, without a re-materialization
+        assert UserFeatures(repo).history(user["user_id"])[-1] == titles[chosen]
         assert _wait_for(lambda: any(e["type"] == FEEDBACK_TYPE for e in read_events(store)))
         collector.kill()
         assert server.post("/v1/feedback", {"request_id": rerank_id, "grades": {"0": 3, "1": 0, "2": 1}}
@@ -100,14 +105,18 @@ def test_served_calls_and_their_outcomes_become_validated_instances(tiny_model_d
     rows = {i["id"].rsplit("-", 1)[0].removeprefix("feedback-") + f"#{i['id'].rsplit('-', 1)[1]}": i
             for i in map(json.loads, (out / "instances.jsonl").read_text().splitlines())}
     assert set(rows) == {"v1-call#0", "v1-call#1", f"{rerank_id}#0", f"{chat_id}#0"}
-    rec = rows["v1-call#0"]
-    assert rec["scenario"] == "recommendation" and rec["relevance"] == {chosen: 1.0}
-    assert [c["id"] for c in rec["candidates"]] == rec_ranking  # every shown candidate, in the order shown
+    got = rows["v1-call#0"]
+    assert got["scenario"] == "recommendation" and got["relevance"] == {chosen: 1.0}
+    assert got["user_id"] == user["user_id"]
+    assert [c["id"] for c in got["candidates"]] == rec_ranking  # every shown candidate, in the order shown
     assert rows["v1-call#1"]["relevance"] == {"d0": 2.0} and len(rows["v1-call#1"]["candidates"]) == 2
     assert rows[f"{rerank_id}#0"]["relevance"] == {"0": 3.0, "2": 1.0}
     route = rows[f"{chat_id}#0"]
     assert route["scenario"] == "routing" and route["relevance"] == {answered: 1.0}
     assert sorted(c["id"] for c in route["candidates"]) == ["alpha", "beta"] and route["query"] == "what is 3+3"
+    # the held-out slice is the latest: the last query first seen (20 % of the 5 users and queries) is the test split
+    assert route["split"] == "test" and {r["split"] for k, r in rows.items() if r is not route} <= {"train",
+                                                                                                   "validation"}
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["source"] == "feedback" and manifest["counts"]["instances"] == 4
     assert manifest["counts"]["skipped"] == {"rankings without an outcome": 1}  # the first routed call

@@ -23,8 +23,10 @@ Instances (one per ranking with outcomes), relevance from the outcomes, only ove
     grades 0. Candidates without an outcome are left out.
   Several feedback events on one ranking: the latest per candidate counts. A ranking left with fewer than two
   candidates, or with none above grade 0, carries no ranking signal and is skipped (counted in the manifest), as is
-  a recommendation with more than one chosen item. Splits: per user (recommendation) or per query, by a seeded hash
-  (`assign_split`), so a user's or a query's rankings stay in one split and the test split is a held-out slice.
+  a recommendation with more than one chosen item. Splits, by time and per user (recommendation) or query, so that
+  a user's or a query's rankings stay in one split: the latest `holdout` share of users and queries (by their first
+  call) is the test split, the held-out slice a promotion gate evaluates on; of the others, a seeded `validation`
+  share (`assign_split`) is the validation split.
 
 The Great Expectations suite of `iranker.validation` for these tables checks that no event is stored twice, that
 every outcome names a candidate its call showed, and that no outcome is older than its call.
@@ -40,7 +42,7 @@ from typing import Any
 
 import pandas as pd
 
-from iranker.data.base import DataError, assign_split, parse_split
+from iranker.data.base import DataError, assign_split
 from iranker.schema import MAX_QUERY_CHARS, RankingInstance
 
 REQUEST_TYPE = "org.kubeflow.serving.inference.request"
@@ -67,12 +69,15 @@ def read_events(root: str | Path):
 
 @dataclasses.dataclass
 class FeedbackParams:
-    split: str = "train:0.8,validation:0.1,test:0.1"
+    holdout: float = 0.2  # the latest share of users / queries (by their first call) held out as the test split
+    validation: float = 0.1  # of the others, a seeded share for validation
     seed: int = 0
     dataset: str = "feedback"
 
     def check(self) -> None:
-        parse_split(self.split)
+        for name in ("holdout", "validation"):
+            if not 0 <= getattr(self, name) < 1:
+                raise DataError(f"--param {name}={getattr(self, name)}: expected a fraction in [0, 1)")
 
 
 CALL_COLUMNS = ["request_id", "instance", "kind", "scenario", "time", "event_id", "query", "user_id", "history",
@@ -200,13 +205,18 @@ def _call_row(rid: str, k: int, kind: str, event: dict, req: dict) -> tuple:
 def build_instances(tables: dict[str, pd.DataFrame], params: FeedbackParams,
                     dataset: str) -> tuple[list[RankingInstance], dict]:
     calls, shown, outcomes = tables["calls"], tables["shown"], tables["outcomes"]
-    fracs = parse_split(params.split)
+    fracs = [("train", 1 - params.validation), ("validation", params.validation)]
     shown_by = {key: g for key, g in shown.groupby(["request_id", "instance"], sort=False)}
     latest = (outcomes.assign(_order=range(len(outcomes))).sort_values(["time", "_order"])
               .groupby(["request_id", "instance", "candidate_id"], sort=False).last().reset_index())
     out_by = {key: g for key, g in latest.groupby(["request_id", "instance"], sort=False)}
     stats: Counter = Counter()
     out = []
+    groups = {}  # (scenario, user or query) -> the time of its first call
+    for call in calls.sort_values("time", kind="stable").itertuples(index=False):
+        groups.setdefault(_group(call), call.time)
+    ordered = sorted(groups, key=lambda g: (groups[g], g))
+    held_out = set(ordered[len(ordered) - round(params.holdout * len(ordered)):]) if params.holdout else set()
     for call in calls.itertuples(index=False):
         key = (call.request_id, call.instance)
         if key not in out_by:
@@ -229,7 +239,7 @@ def build_instances(tables: dict[str, pd.DataFrame], params: FeedbackParams,
         if len(keep) < 2 or not any(grades[c] > 0 for c in keep):
             stats["rankings with fewer than two candidates with an outcome, or none above grade 0"] += 1
             continue
-        group = call.user_id or call.history if call.scenario == "recommendation" else call.query
+        group = _group(call)
         try:
             out.append(RankingInstance(
                 id=f"{dataset}-{call.request_id}-{call.instance}", scenario=call.scenario, dataset=dataset,
@@ -237,10 +247,16 @@ def build_instances(tables: dict[str, pd.DataFrame], params: FeedbackParams,
                 history=json.loads(call.history) if call.history else [], preference=call.preference or None,
                 task=call.task or None, candidates=[{"id": c, "text": text[c] or "(no text)"} for c in keep],
                 relevance={c: grades[c] for c in keep if grades[c] > 0},
-                split=assign_split(f"{call.scenario}:{group}", params.seed, fracs)))
+                split="test" if group in held_out else assign_split(str(group), params.seed, fracs)))
         except ValueError:
             stats["rankings whose call is not a valid ranking request"] += 1
     return out, {"skipped": dict(sorted(stats.items())), "events": _event_counts(tables)}
+
+
+def _group(call) -> tuple[str, str]:
+    """What keeps rankings in one split: the user (recommendation; else the history) or the query."""
+    who = (call.user_id or call.history) if call.scenario == "recommendation" else call.query
+    return call.scenario, str(who)
 
 
 def _event_counts(tables: dict[str, pd.DataFrame]) -> dict[str, int]:
