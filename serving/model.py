@@ -314,9 +314,7 @@ class IRankerModel(kserve.Model):
         from iranker.data.feedback import FEEDBACK_TYPE
         from serving import feedback
 
-        if self.event_log is None:
-            raise FeedbackOff("feedback: this server keeps no inference log to record it in (start it with "
-                              "--log-url URL, e.g. `iranker collect`'s)")
+        assert self.event_log is not None, "the feedback route is published only with an inference log"
         fb, call = feedback.check(body, self.shown)
         self.event_log.emit_json(fb.request_id, FEEDBACK_TYPE, feedback.event_data(fb, call))
         m.FEEDBACK.labels(call.kind).inc()
@@ -332,10 +330,6 @@ class IRankerModel(kserve.Model):
                 logger.warning("iranker: could not push %s's chosen item to Feast: %s", user_id, e)
                 answer["history_updated"] = False
         return answer
-
-
-class FeedbackOff(Exception):
-    """Feedback sent to a server without an inference log (501)."""
 
 
 class Routed:

@@ -3,7 +3,7 @@ service's errors become HTTP answers. Each route only looks up its handler on th
 
     POST /v1/rerank, /v2/rerank, {prefix}/v1/rerank     ->  IRankerModel.rerank
     POST {prefix}/v1/chat/completions                   ->  IRankerModel.route (with a routes file)
-    POST /v1/feedback                                   ->  IRankerModel.feedback (with an inference log)
+    POST /v1/feedback                                   ->  IRankerModel.feedback (only with an inference log)
     GET  {prefix}/v1/models                             ->  the ranker and, with a routes file, the router
 
 `{prefix}` is KServe's OpenAI route prefix (`/openai`, or KSERVE_OPENAI_ROUTE_PREFIX). KServe's own v1/v2 routes
@@ -21,7 +21,7 @@ from fastapi import Request  # module level: the routes' annotations are resolve
 from kserve.errors import InvalidInput
 
 from serving.eventlog import MAX_LOGGED_BODY, request_id
-from serving.model import FeedbackOff, IRankerModel
+from serving.model import IRankerModel
 from serving.policy import DeadlineExceeded, Overloaded, Unauthorized, authorized
 from serving.protocol import ROUTE_HEADER, JSONProblem, MalformedJSON, strict_json
 from serving.router import NoRoute
@@ -290,8 +290,6 @@ def install(app, model: IRankerModel) -> None:
             return JSONResponse(status_code=400, content={"error": str(e)})
         except LookupError as e:
             return JSONResponse(status_code=404, content={"error": str(e)})
-        except FeedbackOff as e:
-            return JSONResponse(status_code=501, content={"error": str(e)})
         return JSONResponse(status_code=202, content=answer)
 
     async def models(_: Request):
@@ -305,7 +303,8 @@ def install(app, model: IRankerModel) -> None:
     for path in ("/v1/rerank", "/v2/rerank", f"{prefix}/v1/rerank"):
         app.add_api_route(path, rerank, methods=["POST"], tags=["rerank"])
     app.add_api_route(f"{prefix}/v1/chat/completions", chat, methods=["POST"], tags=["router"])
-    app.add_api_route("/v1/feedback", feedback, methods=["POST"], tags=["feedback"], status_code=202)
+    if model.event_log is not None:  # outcomes are kept in the inference log: without one there is no route
+        app.add_api_route("/v1/feedback", feedback, methods=["POST"], tags=["feedback"], status_code=202)
     app.add_api_route(f"{prefix}/v1/models", models, methods=["GET"], tags=["router"])
     install_handlers(app)
     app.add_middleware(Guard, model=model)
