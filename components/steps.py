@@ -25,6 +25,17 @@ def ingest(source: str, path: str, params: dict, data_dir: str, name: str, dvc: 
 
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
+def ingest_feedback(path: str, params: dict, data_dir: str, dvc: bool, dataset: Output[Dataset]) -> str:
+    """The served calls and outcomes of a collector's store as a validated, DVC-tracked dataset (none when path is
+    empty). Returns its data version ("" when none)."""
+    from iranker.pipeline import feedback_step
+
+    result = feedback_step(path, params, data_dir, dataset.path, dvc=dvc)
+    dataset.metadata.update(result)
+    return result["data_version"]
+
+
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
 def validate(dataset: Input[Dataset], report: Output[Markdown]) -> str:
     """Great Expectations suites on the dataset; fails the run when an expectation fails. Returns the data version."""
     from iranker.pipeline import validate_step
@@ -48,27 +59,29 @@ def build_features(dataset: Input[Dataset], routing: Input[Dataset], feature_rep
 
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
-def train(recommendation: Input[Dataset], routing: Input[Dataset], passage: Input[Dataset],
-          recommendation_version: str, routing_version: str, passage_version: str, profile: str, overrides: dict,
-          runs_dir: str, model: Output[Model]):
-    """PPO on elimination steps of the three scenarios' training splits (one model)."""
+def train(recommendation: Input[Dataset], routing: Input[Dataset], passage: Input[Dataset], feedback: Input[Dataset],
+          recommendation_version: str, routing_version: str, passage_version: str, feedback_version: str,
+          profile: str, overrides: dict, runs_dir: str, model: Output[Model]):
+    """PPO on elimination steps of the three scenarios' training splits and the feedback's, if any (one model)."""
     from iranker.pipeline import train_step
 
-    result = train_step(profile, [recommendation.path, routing.path, passage.path],
-                        [recommendation_version, routing_version, passage_version], overrides, runs_dir, model.path)
+    result = train_step(profile, [recommendation.path, routing.path, passage.path, feedback.path],
+                        [recommendation_version, routing_version, passage_version, feedback_version], overrides,
+                        runs_dir, model.path)
     model.metadata.update(result)
 
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
 def evaluate(recommendation: Input[Dataset], routing: Input[Dataset], passage: Input[Dataset],
-             model: Input[Model], registry: str, limit: int, baselines: list, evaluation: Output[Artifact],
-             metrics: Output[Metrics], report: Output[Markdown]):
-    """Candidate vs production (or the base model) and the simple baselines on the test splits."""
+             feedback: Input[Dataset], model: Input[Model], registry: str, limit: int, baselines: list,
+             evaluation: Output[Artifact], metrics: Output[Metrics], report: Output[Markdown]):
+    """Candidate vs production (or the base model) and the simple baselines on the test splits (the feedback's: its
+    latest users and queries, held out)."""
     import shutil
 
     from iranker.pipeline import evaluate_step
 
-    result = evaluate_step([recommendation.path, routing.path, passage.path], model.path,
+    result = evaluate_step([recommendation.path, routing.path, passage.path, feedback.path], model.path,
                            model.metadata["base_model"], registry, evaluation.path, limit=limit,
                            baselines=[str(b) for b in baselines])
     evaluation.metadata.update({**result, "code_version": model.metadata.get("code_version"),

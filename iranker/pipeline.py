@@ -3,6 +3,7 @@ and the pipeline (`pipelines/iranker_pipeline.py`) wires them together.
 
     ingest_step -> validate_step -> features_step
                                  -> train_step -> evaluate_step -> promote_step
+    feedback_step (optional: served calls and their outcomes) ---^ ------^
 
 Every step takes and returns plain paths and JSON-able dicts (the metadata its artifact records: data version,
 code version, parameters), so it runs the same in `kfp.local`, on a cluster, and from Python.
@@ -72,6 +73,25 @@ def ingest_step(source: str, path: str, params: dict[str, Any], data_dir: str, n
             "code_version": json.loads((Path(out) / PROVENANCE).read_text())}
 
 
+NO_DATA = "NO_DATA"  # the marker of an optional input left out (a dataset artifact without data)
+
+
+def feedback_step(path: str, params: dict[str, Any], data_dir: str, out: str, dvc: bool = True) -> dict[str, Any]:
+    """The optional feedback input: a collector's store (`iranker collect --out DIR`) ingested like the public
+    data (`ingest_step`, source `feedback`) into `data_dir/feedback`; with no path, an artifact marked NO_DATA
+    that the train and evaluate steps leave out."""
+    if not path:
+        Path(out).mkdir(parents=True, exist_ok=True)
+        (Path(out) / NO_DATA).write_text("no feedback was given to this run (pipeline parameter feedback_path)\n")
+        return {"source": "feedback", "path": "", "counts": {"instances": 0}, "data_version": ""}
+    return ingest_step("feedback", path, params, data_dir, "feedback", out, dvc=dvc)
+
+
+def present(datasets: list[str]) -> list[str]:
+    """The dataset folders that hold data (an optional input left out is marked NO_DATA)."""
+    return [d for d in datasets if not (Path(d) / NO_DATA).exists()]
+
+
 def dataset_version(folder: Path) -> str:
     """A content version of a dataset folder: the hash of its manifest's output hashes (what DVC stores)."""
     from iranker.data import read_manifest
@@ -136,6 +156,7 @@ def train_step(profile: str, datasets: list[str], data_versions: list[str], over
     from iranker.train.loop import run_training
     from iranker.train.modeling import base_model_path
 
+    datasets, data_versions = present(datasets), [v for v in data_versions if v]
     cfg = load_config(profile_path(profile), {**(overrides or {}), "data": list(datasets)})
     settings = cfg.model_dump(exclude={"data"})
     key = hashlib.sha256(json.dumps({"config": settings, "data": sorted(data_versions)}, sort_keys=True,
@@ -177,7 +198,7 @@ def evaluate_step(datasets: list[str], model: str, base_model: str, registry: st
     else:
         reference, reference_name = base_model, "base"
     _say(f"evaluating the candidate against the {reference_name} model ({reference})")
-    data = load_eval_data(datasets, split="test", limit=limit)
+    data = load_eval_data(present(datasets), split="test", limit=limit)  # feedback's test split: its latest slice
     metrics = evaluate(data, out, model=model, base=reference, direct=False,
                        baselines=list(BASELINES) if baselines is None else baselines, max_words=max_words or None,
                        train_run=model if (Path(model) / "metrics.jsonl").exists() else None)

@@ -32,7 +32,7 @@ def _hide_dockerfiles_folder() -> None:
 
 _hide_dockerfiles_folder()
 
-from components.steps import build_features, evaluate, ingest, promote, train, validate
+from components.steps import build_features, evaluate, ingest, ingest_feedback, promote, train, validate
 
 NAME = "iranker"
 DESCRIPTION = ("Train and promote the iranker model (one LLM ranker for recommendation, LLM routing and passage "
@@ -59,6 +59,8 @@ def build_pipeline(gpu: dict | None = GPU):
         passage_source: str = "trec-dl",
         passage_path: str = "samples/trec-dl",
         passage_params: dict = {},  # noqa: B006
+        feedback_path: str = "",
+        feedback_params: dict = {},  # noqa: B006
         data_dir: str = "data/pipeline",
         dvc: bool = True,
         feature_repo: str = "feature_repo",
@@ -86,6 +88,9 @@ def build_pipeline(gpu: dict | None = GPU):
             passage_source: Format of the passage data (trec-dl or instances).
             passage_path: Passage data file or folder (first-stage run with texts and TREC qrels).
             passage_params: Ingest parameters for the passage data, e.g. {"dataset": "dl19-bm25-top20"}.
+            feedback_path: A collector's store of served calls and outcomes (`iranker collect --out DIR`), trained on
+                beside the public data, its latest users and queries held out for the gate; empty for none.
+            feedback_params: Ingest parameters for the feedback, e.g. {"holdout": 0.2}.
             data_dir: Folder of the DVC-tracked data the ingest steps write (one sub-folder per scenario).
             dvc: Track the data with DVC and push it to the default remote.
             feature_repo: Feast repository the features step applies and materializes.
@@ -110,15 +115,17 @@ def build_pipeline(gpu: dict | None = GPU):
             val = validate(dataset=ing.outputs["dataset"]).set_display_name(f"validate {scenario}")
             tasks[scenario] = (ing, val)
         rec, routing, passage = (tasks[s][0].outputs["dataset"] for s in ("recommendation", "routing", "passage"))
+        fb = ingest_feedback(path=feedback_path, params=feedback_params, data_dir=data_dir, dvc=dvc)
+        fb.set_display_name("ingest feedback").set_caching_options(False)  # the store grows between runs
 
         feats = build_features(dataset=rec, routing=routing, feature_repo=feature_repo).set_display_name(
             "build features (Feast)")
         feats.after(tasks["recommendation"][1])
 
-        tr = train(recommendation=rec, routing=routing, passage=passage,
+        tr = train(recommendation=rec, routing=routing, passage=passage, feedback=fb.outputs["dataset"],
                    recommendation_version=tasks["recommendation"][1].outputs["Output"],
                    routing_version=tasks["routing"][1].outputs["Output"],
-                   passage_version=tasks["passage"][1].outputs["Output"],
+                   passage_version=tasks["passage"][1].outputs["Output"], feedback_version=fb.outputs["Output"],
                    profile=profile, overrides=train_overrides, runs_dir=runs_dir).set_display_name("train (PPO)")
         if gpu:
             from kfp import kubernetes
@@ -130,7 +137,8 @@ def build_pipeline(gpu: dict | None = GPU):
                 kubernetes.add_toleration(tr, **gpu["toleration"])
         tr.set_memory_request("8G").set_cpu_request("2")
 
-        ev = evaluate(recommendation=rec, routing=routing, passage=passage, model=tr.outputs["model"],
+        ev = evaluate(recommendation=rec, routing=routing, passage=passage, feedback=fb.outputs["dataset"],
+                      model=tr.outputs["model"],
                       registry=registry, limit=eval_limit, baselines=baselines).set_display_name("evaluate")
         ev.set_caching_options(False)  # the reference (production) lives outside the pipeline's inputs
 

@@ -123,14 +123,34 @@ def test_served_calls_and_their_outcomes_become_validated_instances(tiny_model_d
     assert "FAILED" not in (out / "validation.md").read_text()
 
 
-def test_outcomes_that_name_unshown_candidates_or_predate_their_call_fail_validation(tmp_path):
+def _adder(root):
+    """Store events in a collector folder as `iranker collect` does (serving.collector.Store)."""
     from serving.collector import Store
 
-    store = Store(tmp_path)
+    store = Store(root)
 
     def add(rid, type_, data, time, eventid):
         store.add({"id": rid, "type": type_, "source": "http://s/", "time": time, "received": time,
                    "attributes": {"eventid": eventid}, "content_type": "application/json", "data": data})
+    return add
+
+
+def write_feedback_store(root, n: int = 10) -> None:
+    """A collector folder of `n` passage rankings (v1 calls), each with graded feedback, one minute apart."""
+    add = _adder(root)
+    for k in range(n):
+        req = {**PASSAGE, "query": f"{PASSAGE['query']} (question {k})"}
+        ranking = [c["id"] for c in req["candidates"]][::-1]
+        t = f"2026-01-01T10:{k:02d}:00+00:00"
+        add(f"call-{k}", "org.kubeflow.serving.inference.request", {"instances": [req]}, t, f"q{k}")
+        add(f"call-{k}", "org.kubeflow.serving.inference.response", {"predictions": [{"ranking": ranking}]}, t,
+            f"r{k}")
+        add(f"call-{k}", FEEDBACK_TYPE, {"instance": 0, "grades": {ranking[0]: 0, ranking[-1]: 2, ranking[1]: 1}},
+            f"2026-01-01T10:{k:02d}:30+00:00", f"f{k}")
+
+
+def test_outcomes_that_name_unshown_candidates_or_predate_their_call_fail_validation(tmp_path):
+    add = _adder(tmp_path)
 
     add("c1", "org.kubeflow.serving.inference.request", {"instances": [PASSAGE]}, "2026-01-01T10:00:00+00:00", "e1")
     add("c1", "org.kubeflow.serving.inference.response", {"predictions": [

@@ -238,9 +238,12 @@ def _local_params(tmp_path, **extra):
 
 @pytest.mark.slow
 def test_local_pipeline_promotes_the_first_model_then_rejects_and_reuses_training(tmp_path):
+    from test_feedback import write_feedback_store
+
     from pipelines.iranker_pipeline import run_local, task_outputs
 
-    params = _local_params(tmp_path)
+    write_feedback_store(tmp_path / "store")  # served calls and their outcomes, trained on beside the public data
+    params = _local_params(tmp_path, feedback_path=str(tmp_path / "store"))
     lines: list[str] = []
     # 1: a lenient gate, so that the first model is promoted against the base model
     run = run_local(tmp_path / "root", log_file=tmp_path / "1.log", echo=lines.append,
@@ -251,11 +254,14 @@ def test_local_pipeline_promotes_the_first_model_then_rejects_and_reuses_trainin
     assert reg.production()["version"] == "v0001"
     card = reg.card("v0001")
     assert card["profile"] == "smoke" and card["params"]["steps"] == 6
-    assert len(card["data_version"]) == 3 and card["code_version"]["iranker"]
+    assert len(card["data_version"]) == 4 and card["code_version"]["iranker"]
     assert (tmp_path / "data" / "routing" / "instances.jsonl").exists()
+    assert len((tmp_path / "data" / "feedback" / "instances.jsonl").read_text().splitlines()) == 10
     manifest = (tmp_path / "k8s" / "model.yaml").read_bytes()
     metrics = json.loads((run / "evaluate" / "evaluation" / "metrics.json").read_text())
     assert {r["scenario"] for r in metrics["results"]} == {"recommendation", "routing", "passage"}
+    # the gate also reads the feedback's held-out slice: its latest 2 of 10 queries
+    assert [r["n_instances"] for r in metrics["results"] if r["dataset"] == "feedback"] == [2]
     assert all({"random (expected)", "first-stage", "base (iterative)"} <= set(r["baselines"]) for r in metrics["results"])
     assert all("popularity" in r["baselines"] for r in metrics["results"] if r["scenario"] == "recommendation")
     # the user features are in the Feast online store
@@ -269,7 +275,7 @@ def test_local_pipeline_promotes_the_first_model_then_rejects_and_reuses_trainin
     # finished run
     cli = [sys.executable, "-m", "iranker.cli", "pipeline", "run", "--local", "--profile", "smoke",
            "--root", str(tmp_path / "root"), "--registry", str(tmp_path / "registry"), "--no-dvc"]
-    for key in ("data_dir", "feature_repo", "runs_dir", "manifests_dir"):
+    for key in ("data_dir", "feature_repo", "runs_dir", "manifests_dir", "feedback_path"):
         cli += ["--param", f"{key}={params[key]}"]
     cli += ["--param", "baselines=[first-stage, popularity]", "--param", "min_gain=0.0"]
     proc = subprocess.run(cli, capture_output=True, text=True, timeout=900, check=False)
