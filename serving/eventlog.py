@@ -15,7 +15,8 @@ URL` makes the server post them itself, off the request path: `emit` only queues
 queue or a sink that is down or answers 5xx, 408 or 429 never delays or fails a ranking: the event goes to a spool
 folder (one file per event, written atomically, off the event loop) and is sent again, oldest first, once the sink
 answers. An event the sink refuses for good (another 4xx) is dropped, so that it cannot hold up the spool. A spool
-over its bound drops the newest events. `iranker_log_events_total{outcome}` counts each: sent, spooled, resent,
+over its bound drops the newest events. At shutdown (SIGTERM) the events still queued, and the one being posted,
+are spooled, and the next start sends them. `iranker_log_events_total{outcome}` counts each: sent, spooled, resent,
 rejected, dropped.
 """
 
@@ -97,6 +98,7 @@ class EventLog:
         self.queue_size = queue_size
         self._tasks: list[asyncio.Task] = []
         self._client = None
+        self._inflight: tuple[dict[str, str], bytes] | None = None  # the event the sender is posting
 
     # --------------------------------------------------------------------------------------------- the request path
 
@@ -150,6 +152,7 @@ class EventLog:
     async def _sender(self) -> None:
         while True:
             headers, body = await self.queue.get()
+            self._inflight = (headers, body)
             try:
                 delivered = await self._post(headers, body)
                 if delivered:
@@ -159,6 +162,7 @@ class EventLog:
                 else:
                     await asyncio.to_thread(self._to_spool, headers, body)
             finally:
+                self._inflight = None
                 self.queue.task_done()
 
     async def _resender(self) -> None:
@@ -198,6 +202,18 @@ class EventLog:
         except OSError as e:
             logger.warning("event log: could not spool an event: %s", e)
             _count("dropped")
+
+    def spool_pending(self) -> int:
+        """At shutdown: write every event not yet delivered - queued, or being posted - to the spool (synchronously),
+        to be sent by the next start. The one being posted may arrive as well: the collector keeps it once."""
+        pending = [self._inflight] if self._inflight is not None else []
+        while self.queue is not None and not self.queue.empty():
+            pending.append(self.queue.get_nowait())
+            self.queue.task_done()
+        self._inflight = None
+        for headers, body in pending:
+            self._to_spool(headers, body)
+        return len(pending)
 
     async def drain(self, timeout_s: float = 10.0) -> None:
         """Wait until the queued events are sent or spooled (tests, shutdown)."""

@@ -103,6 +103,13 @@ class IRankerModel(kserve.Model):
                     self.backend_kind, self.feature_repo or "off", self.routes_file or "off")
         return self.ready
 
+    def stop(self) -> None:
+        """Called by KServe's server on shutdown (SIGTERM): what the inference log has not delivered is spooled."""
+        if self.event_log is not None:
+            n = self.event_log.spool_pending()
+            if n:
+                logger.info("iranker: %d inference-log events spooled at shutdown", n)
+
     # ------------------------------------------------------------------------------------------------ ranking
 
     async def _admit(self, requests: list[RankRequest], where: str) -> list[RankRequest]:

@@ -101,6 +101,34 @@ def test_every_call_is_logged_once_in_kserves_format_and_survives_a_dead_collect
         collector.kill()
 
 
+@pytest.mark.slow  # real servers
+def test_events_not_yet_delivered_at_shutdown_are_spooled_and_sent_after_the_restart(tiny_model_dir, tmp_path):
+    import socket
+
+    hung = socket.socket()  # a sink that takes the connection and never answers: events wait in the queue
+    hung.bind(("127.0.0.1", 0))
+    hung.listen(64)
+    spool = tmp_path / "spool"
+    server = Server("--model", str(tiny_model_dir), "--no-features", "--log-url",
+                    f"http://127.0.0.1:{hung.getsockname()[1]}/", "--log-spool", str(spool))
+    try:
+        for k in range(3):
+            assert server.post(V1, {"instances": [PASSAGE]}, headers={"x-request-id": f"late-{k}"}).status_code == 200
+    finally:
+        server.close()  # SIGTERM while the sender waits on the sink
+        hung.close()
+    assert len(list(spool.glob("*.json"))) == 6  # 3 calls, each a request and a response: none lost
+    collector = Collector(tmp_path / "store")
+    server = Server("--model", str(tiny_model_dir), "--no-features", "--log-url", collector.url, "--log-spool",
+                    str(spool))
+    try:
+        assert server.post(V1, {"instances": [PASSAGE]}, headers={"x-request-id": "after"}).status_code == 200
+        assert _wait_for(lambda: set(_pairs(tmp_path / "store")[1]) == {"late-0", "late-1", "late-2", "after"})
+    finally:
+        server.close()
+        collector.kill()
+
+
 def test_the_collector_keeps_an_event_once_and_refuses_what_is_not_one(tmp_path):
     from starlette.testclient import TestClient
 
