@@ -127,6 +127,11 @@ class EventLog:
 
     # -------------------------------------------------------------------------------------------- in the background
 
+    def start(self) -> None:
+        """Start the sender and the resender on the running event loop (idempotent); the server calls it at startup
+        so that a spool left by an earlier run is sent before the first call, and `emit` calls it too."""
+        self._start()
+
     def _start(self) -> None:
         if self.queue is None:
             import httpx

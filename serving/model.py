@@ -103,6 +103,20 @@ class IRankerModel(kserve.Model):
                     self.backend_kind, self.feature_repo or "off", self.routes_file or "off")
         return self.ready
 
+    @property
+    def engine(self) -> bool:  # KServe awaits start_engine() on its event loop for a model with an engine
+        return self.event_log is not None
+
+    @engine.setter
+    def engine(self, value: bool) -> None:  # BaseKServeModel.__init__ sets False; whether to start is the log's say
+        pass
+
+    async def start_engine(self) -> None:
+        """Called by KServe's server once its event loop runs: the inference log starts sending, and re-sends what an
+        earlier run left in the spool, without waiting for the first call."""
+        if self.event_log is not None:
+            self.event_log.start()
+
     def stop(self) -> None:
         """Called by KServe's server on shutdown (SIGTERM): what the inference log has not delivered is spooled."""
         if self.event_log is not None:

@@ -121,7 +121,8 @@ def test_events_not_yet_delivered_at_shutdown_are_spooled_and_sent_after_the_res
     collector = Collector(tmp_path / "store")
     server = Server("--model", str(tiny_model_dir), "--no-features", "--log-url", collector.url, "--log-spool",
                     str(spool))
-    try:
+    try:  # the restarted server sends the spool at once, before any call
+        assert _wait_for(lambda: set(_pairs(tmp_path / "store")[1]) == {"late-0", "late-1", "late-2"})
         assert server.post(V1, {"instances": [PASSAGE]}, headers={"x-request-id": "after"}).status_code == 200
         assert _wait_for(lambda: set(_pairs(tmp_path / "store")[1]) == {"late-0", "late-1", "late-2", "after"})
     finally:
