@@ -416,9 +416,11 @@ def candidate_sources(builds: Sequence) -> dict[str, pd.DataFrame]:
     needs = {"recommendation": {"interactions", "items"}, "routing": {"outcomes"}}
     frames: dict[str, list[pd.DataFrame]] = {"item_attributes": [], "model_quality": [], TASK_VIEW: []}
     for tables, instances, manifest in builds:
-        if needs.get(manifest.get("scenario"), {"-"}) <= set(tables):
+        scenario = manifest.get("scenario")  # a list for a dataset of several (feedback)
+        served = manifest.get("source") == "feedback"  # its tables are calls and outcomes, not the public ones
+        if not served and isinstance(scenario, str) and needs.get(scenario, {"-"}) <= set(tables):
             rows = candidate_feature_rows(tables, instances, manifest)
-        elif not tables and instances:
+        elif (served or not tables) and instances:
             datasets = sorted({i.dataset for i in instances})
             rows = {}
             for dataset in datasets:
