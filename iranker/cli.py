@@ -514,6 +514,28 @@ def cmd_collect(args) -> None:
     run(args.out, args.port, args.host, token, args.max_body_bytes)
 
 
+def cmd_replay(args) -> None:
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    import httpx
+
+    from serving.replay import pick, replay
+
+    token = os.environ.get(args.token_env) if args.token_env else None
+    if args.token_env and not token:
+        _die(f"--token-env {args.token_env}: the variable is not set")
+    try:
+        instances = pick(args.data, args.split, args.limit, args.seed)
+    except (OSError, ValueError) as e:
+        _die(str(e))
+    _say(f"replaying {len(instances)} instances through {args.url} with {args.clients} client(s)")
+    try:
+        done = replay(args.url, instances, model=args.model_name, router=args.router, token=token,
+                      clients=args.clients, progress=_say)
+    except httpx.HTTPError as e:
+        _die(f"--url {args.url}: {type(e).__name__}: {e}")
+    print(json.dumps(done.summary(), indent=1))
+
+
 def build_parser() -> argparse.ArgumentParser:
     from iranker import __version__
 
@@ -745,6 +767,24 @@ def build_parser() -> argparse.ArgumentParser:
     co.add_argument("--token-env", default=None, help="require this environment variable's value as a bearer token")
     co.add_argument("--max-body-bytes", type=int, default=8 << 20, help="larger events are refused with 413")
     co.set_defaults(func=cmd_collect)
+
+    rp = sub.add_parser("replay", help="simulated users: send a dataset's instances to a running server and post "
+                        "each call's outcome from the gold grades (a dry run of the feedback loop)",
+                        epilog="example: iranker replay --url http://127.0.0.1:8080 --data data/ml-100k --limit 50")
+    rp.add_argument("--url", required=True, help="the server (iranker serve, or the InferenceService's URL)")
+    rp.add_argument("--data", action="append", required=True,
+                    help="dataset folder (from `iranker data ingest`) or instances JSONL file (repeatable)")
+    rp.add_argument("--split", default="test", help="the split replayed (default test; 'all' for every instance)")
+    rp.add_argument("--limit", type=int, default=0, help="at most N instances per dataset and scenario (seeded; "
+                    "default 0 = all)")
+    rp.add_argument("--router", default=None, help="send routing instances as chat completions to this router "
+                    "model (e.g. iranker-router) and give a verdict; default: rank the models with v1")
+    rp.add_argument("--model-name", default="iranker", help="the v1 model name in /v1/models/NAME:predict "
+                    "(default iranker)")
+    rp.add_argument("--clients", type=int, default=1, help="concurrent simulated users (default 1)")
+    rp.add_argument("--token-env", default=None, help="send this environment variable's value as a bearer token")
+    rp.add_argument("--seed", type=int, default=0, help="the sample's seed when --limit cuts (default 0)")
+    rp.set_defaults(func=cmd_replay)
 
     feats = sub.add_parser("features", help="Feast user features").add_subparsers(dest="features_command",
                                                                                   required=True)
