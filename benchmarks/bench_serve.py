@@ -33,6 +33,14 @@ users (20 candidates), TREC DL 2019 queries with their BM25 top-20 passages, Rou
   disconnects under 0.25; every giant over the cap answered 400 naming --max-request-tokens. Its results go under
   "hostile" (alone: benchmarks/results/bench_serve_hostile.json), with the server's counters
   (iranker_http_responses_total, iranker_requests_total, iranker_connections_closed_total) over the phase.
+- logging (`--phases logging`): the inference log's cost, in one run. Two servers with the same settings, one posting
+  every call to a real `iranker collect` on loopback (`--log-url`) and one without, each get the same
+  `--logging-requests` requests from `--clients` clients, in turn, `--logging-rounds` times (A B A B ...: drift on the
+  machine hits both alike). Reports each one's throughput and p50/p95 latency, the ratio (goal: logging costs at
+  most 10 % of throughput), and that the collector stored every call exactly once. Then the collector alone:
+  `--collector-events` CloudEvents the size of a logged ranking request (each sent twice, as an at-least-once sender
+  would) from 16 concurrent senders: events stored per second, p50/p99 latency, and the store's count (goal: each
+  event once). Results under "logging" (alone: benchmarks/results/bench_serve_logging.json).
 It writes JSON: throughput (requests/s), p50/p95 latency, errors and HTTP statuses per phase, the ratio of the two
 throughputs, the server's own batch-size histogram, the mixed phase's statuses per kind of request, the hostile
 phase's results, and the machine (CPU model included).
@@ -46,6 +54,7 @@ deploys (vLLM has no masked cache: re-listing layout).
     python benchmarks/bench_serve.py [--requests 200] [--clients 8] [--mixed 200] [--phases throughput,mixed]
                                      [--vllm .venv-vllm/bin/python]
     python benchmarks/bench_serve.py --phases hostile [--hostile-small 60] [--hostile-ladder 5,10,20,40,60]
+    python benchmarks/bench_serve.py --phases logging [--logging-requests 24] [--collector-events 2000]
 """
 
 from __future__ import annotations
@@ -566,6 +575,128 @@ def run_hostile(args, shared: Path) -> dict:
     }
 
 
+def start_collector(port: int, out: Path) -> subprocess.Popen:
+    proc = subprocess.Popen([sys.executable, "-m", "iranker.cli", "collect", "--out", str(out), "--port", str(port),
+                             "--host", "127.0.0.1"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    for _ in range(240):
+        if proc.poll() is not None:
+            raise RuntimeError(f"iranker collect exited: {proc.stderr.read()[-2000:]}")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
+                threading.Thread(target=lambda: [None for _ in proc.stderr], daemon=True).start()
+                return proc
+        except httpx.HTTPError:
+            time.sleep(0.25)
+    proc.kill()
+    raise RuntimeError("the collector did not start in 60 s")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def stop(*procs) -> None:
+    for p in procs:
+        if p is None:
+            continue
+        p.terminate()
+        try:
+            p.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            p.kill()
+
+
+def run_logging(args, shared: Path) -> dict:
+    """The logging phase (module doc)."""
+    from iranker.data.feedback import REQUEST_TYPE, RESPONSE_TYPE, read_events
+    from serving.eventlog import Origin, event_headers
+
+    requests, sizes = build_requests(shared, args.logging_requests)
+    work = Path(tempfile.mkdtemp(prefix="iranker-bench-logging-"))
+    cport, lport, pport = free_port(), free_port(), free_port()
+    collector = start_collector(cport, work / "store")
+    model_args = ["--model", args.model] if args.model else []
+    common = ["--max-batch", str(args.max_batch), "--max-queue", str(max(64, 2 * args.clients)), "--deadline", "600",
+              *model_args]
+    servers = {}
+    try:
+        servers["logging"] = start_server(lport, [*common, "--log-url", f"http://127.0.0.1:{cport}/",
+                                                  "--log-spool", str(work / "spool")])
+        servers["plain"] = start_server(pport, common)
+        urls = {"logging": f"http://127.0.0.1:{lport}", "plain": f"http://127.0.0.1:{pport}"}
+        for url in urls.values():
+            run_phase(url, requests[:3], 1, 600)  # warm-up
+        rounds: dict[str, list[dict]] = {"plain": [], "logging": []}
+        for r in range(args.logging_rounds):
+            for name in ("plain", "logging") if r % 2 == 0 else ("logging", "plain"):
+                print(f"[bench] logging phase, round {r + 1}: {name}", file=sys.stderr, flush=True)
+                rounds[name].append(run_phase(urls[name], requests, args.clients, 600))
+        answered = 3 + sum(x["requests"] - x["errors"] for x in rounds["logging"])
+        deadline = time.monotonic() + 60  # the log sends off the request path: give it a moment to catch up
+        while time.monotonic() < deadline and sum(
+                e["type"] == RESPONSE_TYPE for e in read_events(work / "store")) < answered:
+            time.sleep(0.5)
+        stop(*servers.values())  # SIGTERM: what the logging server has not delivered is spooled, not lost
+        servers = {}
+        events = list(read_events(work / "store"))
+        stored = {t: sum(e["type"] == t for e in events) for t in (REQUEST_TYPE, RESPONSE_TYPE)}
+        spooled = len(list((work / "spool").glob("*.json")))
+
+        def total(name, key):
+            xs = rounds[name]
+            return sum(x[key] for x in xs)
+
+        rps = {n: round(sum(x["requests"] - x["errors"] for x in rounds[n]) / total(n, "seconds"), 4)
+               for n in rounds}
+        ratio = rps["logging"] / rps["plain"] if rps["plain"] else None
+
+        # the collector alone: 16 concurrent senders, every event sent twice
+        body = json.dumps({"instances": requests[:1]}).encode()
+        n_events = args.collector_events
+        heads = [event_headers(f"bench-{k}", "request", Origin(), "application/json") for k in range(n_events)]
+        lat: list[float] = []
+        statuses: dict[str, int] = {}
+        lock = threading.Lock()
+        before = len(list(read_events(work / "store")))
+
+        def send(http, k):
+            t = time.perf_counter()
+            try:
+                code = http.post(f"http://127.0.0.1:{cport}/", content=body, headers=heads[k % n_events]).status_code
+            except httpx.HTTPError:
+                code = 0
+            with lock:
+                lat.append(time.perf_counter() - t)
+                statuses[str(code)] = statuses.get(str(code), 0) + 1
+
+        wall = run_clients(2 * n_events, 16, 60, send)
+        kept = len(list(read_events(work / "store"))) - before
+    finally:
+        stop(*servers.values(), collector)
+    lat.sort()
+    return {
+        "requests_per_round": len(requests), "clients": args.clients, "rounds": args.logging_rounds,
+        "candidates": sizes, "plain": rounds["plain"], "logging": rounds["logging"],
+        "throughput_rps": rps, "throughput_ratio_logging_vs_plain": round(ratio, 3) if ratio else None,
+        "p50_s": {n: statistics.median(x["p50_s"] for x in rounds[n]) for n in rounds},
+        "p95_s": {n: statistics.median(x["p95_s"] for x in rounds[n]) for n in rounds},
+        "calls_answered_with_logging": answered, "events_stored": stored, "events_spooled_at_stop": spooled,
+        "collector": {"senders": 16, "events": n_events, "posts": 2 * n_events, "seconds": round(wall, 2),
+                      "posts_per_s": round(2 * n_events / wall, 1), "p50_s": percentile(lat, 0.5),
+                      "p99_s": percentile(lat, 0.99), "statuses": statuses, "stored": kept,
+                      "event_bytes": len(body)},
+        "goals": {
+            "logging_costs_at_most_10_percent": {"ok": bool(ratio and ratio >= 0.9), "ratio": ratio},
+            "every_call_stored_once": {"ok": stored[REQUEST_TYPE] == stored[RESPONSE_TYPE] == answered
+                                       and spooled == 0, "answered": answered, "stored": stored,
+                                       "spooled": spooled},
+            "collector_keeps_each_event_once": {"ok": kept == n_events, "stored": kept, "sent": n_events},
+        },
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shared", default=str(ROOT.parent / "shared" / "data"))
@@ -576,7 +707,7 @@ def main() -> None:
     ap.add_argument("--mixed", type=int, default=200, help="requests of the mixed phase")
     ap.add_argument("--mixed-clients", type=int, default=16)
     ap.add_argument("--phases", default="throughput,mixed",
-                    help="which phases to run (comma-separated: throughput, mixed, hostile)")
+                    help="which phases to run (comma-separated: throughput, mixed, hostile, logging)")
     ap.add_argument("--hostile-small", type=int, default=60, help="hostile phase: small requests beside the giants")
     ap.add_argument("--hostile-seconds", type=float, default=900,
                     help="hostile phase: no small or giant request starts after this many seconds of its second "
@@ -592,6 +723,10 @@ def main() -> None:
                     help="hostile phase: the server's --max-request-tokens (default: the server's default)")
     ap.add_argument("--hostile-max-batch-tokens", type=int, default=None,
                     help="hostile phase: the server's --max-batch-tokens (default: the server's default)")
+    ap.add_argument("--logging-requests", type=int, default=24, help="logging phase: requests per round and server")
+    ap.add_argument("--logging-rounds", type=int, default=4, help="logging phase: rounds per server, alternating")
+    ap.add_argument("--collector-events", type=int, default=2000,
+                    help="logging phase: distinct events the 16 senders post to the collector (each twice)")
     ap.add_argument("--vllm", default=None, metavar="PYTHON",
                     help="rank through a real vLLM server started with this Python (e.g. .venv-vllm/bin/python)")
     ap.add_argument("--out", default=None, help="JSON result (default benchmarks/results/bench_serve.json, "
@@ -599,10 +734,11 @@ def main() -> None:
                                                 "--phases hostile)")
     args = ap.parse_args()
     phases = {p.strip() for p in args.phases.split(",") if p.strip()}
-    if not phases or phases - {"throughput", "mixed", "hostile"}:
-        ap.error(f"--phases: expected one or more of throughput, mixed, hostile, got {args.phases!r}")
+    if not phases or phases - {"throughput", "mixed", "hostile", "logging"}:
+        ap.error(f"--phases: expected one or more of throughput, mixed, hostile, logging, got {args.phases!r}")
     args.out = args.out or str(ROOT / "benchmarks" / "results" / (
         "bench_serve_hostile.json" if phases == {"hostile"} else
+        "bench_serve_logging.json" if phases == {"logging"} else
         "bench_serve_vllm.json" if args.vllm else "bench_serve.json"))
     from iranker.devices import cpu_info
 
@@ -618,6 +754,11 @@ def main() -> None:
             "rss_idle_mib", "rss_peak_mib", "mib_per_1k_tokens", "prefill_tokens_per_s",
             "cpu_busy_share_after_disconnect", "small_after_disconnect_latency_s")}))
         print(json.dumps({k: v["ok"] for k, v in result["hostile"]["goals"].items()}))
+    if "logging" in phases:
+        result["logging"] = run_logging(args, Path(args.shared))
+        print(json.dumps({k: result["logging"][k] for k in ("throughput_rps", "throughput_ratio_logging_vs_plain",
+                                                             "p50_s", "p95_s")}))
+        print(json.dumps({k: v["ok"] for k, v in result["logging"]["goals"].items()}))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=1))
 
