@@ -598,6 +598,7 @@ def free_port() -> int:
 
 
 def stop(*procs) -> None:
+    """SIGTERM each process (None: skipped), then SIGKILL what has not exited after 30 s."""
     for p in procs:
         if p is None:
             continue
@@ -822,14 +823,7 @@ def run_load(args, phases: set[str]) -> dict:
             mixed = run_mixed(url, mixed_requests(requests, args.mixed, max_body), args.mixed_clients, 600)
             print(f"[bench] mixed: {json.dumps(mixed['statuses'])} {mixed['goals']}", file=sys.stderr, flush=True)
     finally:
-        for p in (proc, vllm):  # KServe drains in-flight requests on SIGTERM; do not wait for a long queue
-            if p is None:
-                continue
-            p.terminate()
-            try:
-                p.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop(proc, vllm)  # KServe drains in-flight requests on SIGTERM; do not wait for a long queue
     if seq is None:
         print(json.dumps(mixed))
         return {"backend": backend, "mixed": mixed}

@@ -88,7 +88,7 @@ def test_replayed_users_outcomes_become_a_dataset_that_trains_and_is_gated(tiny_
     events = list(read_events(store))
     assert len({e["attributes"]["eventid"] for e in events}) == len(events)
     assert len({e["id"] for e in events if e["type"] == REQUEST_TYPE}) == answered
-    # a user who took an item: their next request's history (Feast's online store) ends with it
+    # a user who took an item: their next request's history (Feast's online store) holds it
     requests = {e["id"]: e["data"] for e in events if e["type"] == REQUEST_TYPE}
     took = [e["data"] for e in events if e["type"] == FEEDBACK_TYPE and "chosen" in e["data"]]
     assert took, "no simulated user took an item"
