@@ -514,6 +514,20 @@ def cmd_collect(args) -> None:
     run(args.out, args.port, args.host, token, args.max_body_bytes)
 
 
+def cmd_evaluate_generic(args) -> None:
+    from iranker.evaluate.generic import evaluate_generic
+
+    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    if not tasks:
+        _die("--tasks: name at least one task, e.g. gsm8k")
+    result = evaluate_generic(args.model, tasks, args.out, base=args.base, limit=args.limit, folder=args.data_dir,
+                              num_fewshot=args.num_fewshot, max_gen_toks=args.max_gen_toks,
+                              batch_size=args.batch_size, device=args.device, dtype=args.dtype, seed=args.seed,
+                              progress=_say)
+    print((Path(args.out) / "report.md").read_text())
+    _say(f"wrote {args.out}/generic.json ({', '.join(result['tasks'])})")
+
+
 def cmd_replay(args) -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     import httpx
@@ -656,6 +670,31 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--train-run", default=None, help="a training run folder: adds its reward curves")
     ev.add_argument("--seed", type=int, default=0)
     ev.set_defaults(func=cmd_evaluate)
+
+    eg = sub.add_parser("evaluate-generic", help="general ability (also `iranker evaluate generic`): "
+                        "lm-evaluation-harness tasks on local data, a model against its base",
+                        epilog="example: iranker evaluate generic --model smollm2-135m-iranker --base smollm2-135m "
+                        "--tasks gsm8k --limit 50 --out reports/generic")
+    eg.add_argument("--model", default=None, help="the model (a folder, a shipped model's name; default: the "
+                    "default model)")
+    eg.add_argument("--base", default=None, help="its base, scored on the same documents for a paired comparison "
+                    "(e.g. smollm2-135m); default: none")
+    eg.add_argument("--tasks", default="gsm8k", help="comma-separated tasks (default gsm8k; the only one whose data "
+                    "is here: see README, General ability)")
+    eg.add_argument("--limit", type=int, default=0, help="the first N documents of each task (default 0 = all)")
+    eg.add_argument("--out", required=True, help="folder for generic.json, per_doc.jsonl and report.md")
+    eg.add_argument("--data-dir", default=None, help="the task files' folder (default $IRANKER_GENERIC_DATA, else "
+                    "../shared/data/generic)")
+    eg.add_argument("--num-fewshot", type=int, default=None, help="few-shot examples (default: the task's own, 5 "
+                    "for gsm8k)")
+    eg.add_argument("--max-gen-toks", type=int, default=None, help="longest answer generated (default: lm_eval's, "
+                    "256)")
+    eg.add_argument("--batch-size", type=int, default=8, help="documents generated together (default 8)")
+    eg.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="default auto")
+    eg.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"],
+                    help="default auto: bfloat16 where the CPU computes it natively, or on CUDA")
+    eg.add_argument("--seed", type=int, default=0, help="few-shot sampling seed (default 0)")
+    eg.set_defaults(func=cmd_evaluate_generic)
 
     pipe = sub.add_parser("pipeline", help="the Kubeflow pipeline: compile, run locally, submit to a cluster") \
         .add_subparsers(dest="pipeline_command", required=True)
@@ -804,6 +843,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:2] == ["evaluate", "generic"]:  # a command of its own beside `iranker evaluate --data ...`
+        argv = ["evaluate-generic", *argv[2:]]
     args = build_parser().parse_args(argv)
     try:
         args.func(args)

@@ -214,10 +214,12 @@ def evaluate_step(datasets: list[str], model: str, base_model: str, registry: st
 # ------------------------------------------------------------------------------------------------------ promote
 
 def promote_step(model: str, evaluation: str, registry: str, manifests_dir: str, card: dict[str, Any],
-                 tolerance: float = 0.02, min_gain: float = 0.0, report: str | None = None) -> dict[str, Any]:
+                 tolerance: float = 0.02, min_gain: float = 0.0, report: str | None = None,
+                 generic: str | None = None, generic_tolerance: float = 0.02) -> dict[str, Any]:
     """Gate the candidate on its evaluation; on promotion add it to the registry, move the production pointer and
     render the KServe manifest change; on rejection change nothing but the decision log. Writes the decision as
-    Markdown to `report`."""
+    Markdown to `report`. With `generic` (a folder from `iranker evaluate generic` with the candidate against its
+    base), a task whose score may have dropped below the base's by more than `generic_tolerance` also rejects."""
     from iranker.registry import GateConfig, decision_markdown, gate, now, render_manifest
     from iranker.settings import read_settings
 
@@ -232,6 +234,16 @@ def promote_step(model: str, evaluation: str, registry: str, manifests_dir: str,
                            f"against {ref['reference']}; re-run the evaluation")
     decision = gate(metrics, per_instance, GateConfig(tolerance=tolerance, min_gain=min_gain),
                     reference=ref["reference"])
+    if generic:
+        from iranker.evaluate.generic import generic_reasons
+
+        general = json.loads((Path(generic) / "generic.json").read_text())
+        more = generic_reasons(general, generic_tolerance)
+        decision["generic"] = {"tolerance": generic_tolerance, "tasks": {
+            name: {"metric": t["primary_metric"], "n": t["n"], **t["comparison"]}
+            for name, t in general["tasks"].items()}}
+        decision["promote"] = decision["promote"] and not more
+        decision["reasons"] += more
     saved = read_settings(model)
     used = (metrics.get("ranking_settings") or {}).get("trained")
     if saved is not None and used is not None:

@@ -220,6 +220,11 @@ def decision_markdown(decision: dict[str, Any]) -> str:
     p = decision["pooled"]
     out += ["", (f"Pooled primary metric over {p['n']} instances: {p['diff']:+.4f} "
                  f"[{p['low']:+.4f}, {p['high']:+.4f}] (wins {p['wins']}, losses {p['losses']}, ties {p['ties']}).")]
+    general = decision.get("generic")
+    if general:
+        out += ["", f"General ability against the base (tolerance {general['tolerance']:g}):", ""]
+        out += [f"- {name}: {t['metric']} {t['diff']:+.4f} [{t['low']:+.4f}, {t['high']:+.4f}], n={t['n']}"
+                for name, t in general["tasks"].items()]
     if decision["reasons"]:
         out += ["", "Reasons:", *[f"- {r}" for r in decision["reasons"]]]
     return "\n".join(out)
