@@ -335,3 +335,31 @@ def test_position_balanced_pools_leave_nothing_for_a_position_preference(tmp_pat
     trainer = Trainer(cfg, load_training_instances(cfg), model, tok, tmp_path / "r", progress=False)
     pools = [e["pool"] for e in trainer.algo.rollout(0)]
     assert pools[: len(pools[0])] == cyclic_orders(pools[0]) and len(pools) >= 3
+
+
+@pytest.mark.slow  # a training run and an evaluation, each reading the samples' Feast features
+def test_training_on_two_scenarios_holds_the_third_out_and_evaluation_says_which(tmp_path, tiny_model_dir):
+    from iranker.evaluate.harness import evaluate, load_eval_data
+
+    cfg = load_config(SMOKE, {"tokenizer": str(tiny_model_dir), "steps": 2, "train_scenarios": ["recommendation",
+                                                                                                 "routing"]})
+    assert {i.scenario for i in load_training_instances(cfg)} == {"recommendation", "routing"}  # samples: no passage
+    cfg = load_config(SMOKE, {"tokenizer": str(tiny_model_dir), "steps": 2, "train_scenarios": ["recommendation"]})
+    assert {i.scenario for i in load_training_instances(cfg)} == {"recommendation"}
+    assert not load_training_instances(cfg, "validation")  # the samples' validation split is routing only
+    with pytest.raises(ValueError, match="train_scenarios.0: Input should be 'recommendation', 'routing' or 'passage'"):
+        load_config(SMOKE, {"train_scenarios": ["music"]})
+    only_passage = tmp_path / "passage.jsonl"
+    only_passage.write_text("".join(line + "\n" for line in (ROOT / "samples" / "instances.jsonl").read_text()
+                                    .splitlines() if '"scenario": "passage"' in line or '"scenario":"passage"' in line))
+    with pytest.raises(ValueError, match="train_scenarios: no training instances of routing in"):
+        load_training_instances(load_config(SMOKE, {"data": [str(only_passage)], "train_scenarios": ["routing"]}))
+
+    final = run_training(cfg, tmp_path / "run", progress=False)
+    metrics = evaluate(load_eval_data(["samples"], split="all", limit=2, orders=("first-stage",)), tmp_path / "ev",
+                       model=str(final), base=str(final), direct=False, baselines=[], progress=False)
+    assert metrics["train_scenarios"] == ["recommendation"]
+    assert {r["scenario"]: r["domain"] for r in metrics["results"]} == {
+        "recommendation": "in-domain", "routing": "held-out", "passage": "held-out"}
+    assert "routing (" in (tmp_path / "ev" / "report.md").read_text() and ", held-out)" in (
+        tmp_path / "ev" / "report.md").read_text()

@@ -164,6 +164,17 @@ def _summary(rows: list[dict[str, float]], seed: int) -> tuple[dict[str, float],
     return means, intervals
 
 
+def trained_scenarios(model: str | Path | None) -> list[str]:
+    """The scenarios a model was trained on when its training held some out (`train_scenarios` in the
+    iranker-train.json a training run writes into its final folder); [] otherwise."""
+    if not model:
+        return []
+    record = Path(model) / "iranker-train.json"
+    if not record.exists():
+        return []
+    return list(json.loads(record.read_text()).get("config", {}).get("train_scenarios") or [])
+
+
 def evaluate(data: EvalData, out: str | Path, model: str | None = None, base: str | None = None,
              direct: bool = True, baselines: Sequence[str] = tuple(BASELINES), max_words: int | None = None,
              batch_size: int = 16, train_run: str | Path | None = None, seed: int = 0,
@@ -179,6 +190,7 @@ def evaluate(data: EvalData, out: str | Path, model: str | None = None, base: st
     out = Path(out)  # made once there is something to write: a model that fails to load leaves nothing behind
     base = base or EMBEDDED_ALIAS
     instances = data.instances
+    trained_on = trained_scenarios(model)
     t0 = time.perf_counter()
 
     systems: list[ModelSystem] = []
@@ -230,6 +242,7 @@ def evaluate(data: EvalData, out: str | Path, model: str | None = None, base: st
         pool_sizes = sorted({len(instances[k].candidates) for k in idx})
         results.append({
             "dataset": dataset, "scenario": scenario, "n_instances": len(idx),
+            "domain": ("held-out" if trained_on and scenario not in trained_on else "in-domain") if trained_on else None,
             "candidates": pool_sizes[0] if len(pool_sizes) == 1 else pool_sizes,
             "model": model_names.get(main, main), "system": main,
             "method": next(s.method for s in systems if s.name == main),
@@ -252,6 +265,7 @@ def evaluate(data: EvalData, out: str | Path, model: str | None = None, base: st
                 per_instance.append({"id": instances[k].id, "dataset": dataset, "scenario": scenario,
                                      "system": name, **{key: m[key] for key in REPORTED}})
     metrics = {"model": model_names.get(main, main), "system": main, "base": model_names.get("base (iterative)"),
+               "train_scenarios": trained_on,
                "method": "iterative", "sources": data.sources, "n_instances": len(instances),
                "max_words": (settings[main] or {}).get("max_words", max_words), "ranking_settings": settings,
                "seconds": round(time.perf_counter() - t0, 1), "results": results}

@@ -72,7 +72,9 @@ def write_report(metrics: dict, out: Path, train_run: str | Path | None = None) 
           "bootstrap intervals over instances; `random (expected)` is the exact expectation of a random order."),
           "", "## Summary", "", summary_table(metrics), ""]
     for r in metrics["results"]:
-        md += [f"## {r['dataset']} · {r['scenario']} ({r['n_instances']} instances, {r['candidates']} candidates)",
+        domain = f", {r['domain']}" if r.get("domain") else ""  # zero-shot transfer: trained on other scenarios
+        md += [(f"## {r['dataset']} · {r['scenario']} ({r['n_instances']} instances, {r['candidates']} candidates"
+               f"{domain})"),
                "", group_table(r), ""]
         line = comparison_line(r)
         if line:

@@ -90,6 +90,10 @@ class TrainConfig(_Section):
     data: list[str] = Field(min_length=1, description="instances JSONL files, dataset folders, or 'samples' (the "
                                                      "built-in samples); the train split is used")
     max_instances: int = Field(default=0, ge=0, description="0: all")
+    train_scenarios: list[Literal["recommendation", "routing", "passage"]] = Field(
+        default_factory=list, description="the scenarios trained and validated on (empty: every scenario in data); "
+                                          "the others are held out, for zero-shot transfer (evaluation reports "
+                                          "in-domain and held-out scenarios apart)")
     listing: float = Field(default=0.5, ge=0, le=1,
                            description="share of training instances listed in the first stage's order (popularity, "
                                        "best average, the retriever's); the rest are shuffled, so that the model "

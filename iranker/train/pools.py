@@ -155,7 +155,13 @@ def load_training_instances(cfg, split: str = "train") -> list[RankingInstance]:
                cfg.seed)
         for i in load_with_features(cfg.data, cfg.hide_task, cfg.seed)]
     out = [w for i in out for w in serving_windows(i, cfg.ranking.window, cfg.ranking.stride)]
-    chosen = [i for i in out if i.split == split and len({i.grade(c.id) for c in i.candidates}) > 1]
+    chosen = [i for i in out if i.split == split and len({i.grade(c.id) for c in i.candidates}) > 1
+              and (not cfg.train_scenarios or i.scenario in cfg.train_scenarios)]
+    if split == "train" and cfg.train_scenarios:
+        missing = sorted(set(cfg.train_scenarios) - {i.scenario for i in chosen})
+        if missing:
+            raise ValueError(f"train_scenarios: no training instances of {', '.join(missing)} in "
+                             f"{', '.join(cfg.data)}")
     if not chosen:
         if split != "train":
             return []
