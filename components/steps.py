@@ -92,15 +92,28 @@ def evaluate(recommendation: Input[Dataset], routing: Input[Dataset], passage: I
 
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
-def promote(model: Input[Model], evaluation: Input[Artifact], registry: str, manifests_dir: str, tolerance: float,
-            min_gain: float, decision: Output[Markdown]) -> bool:
+def evaluate_generic(model: Input[Model], tasks: str, limit: int, data_dir: str, generic: Output[Artifact]):
+    """General ability (lm-evaluation-harness): the candidate against its base model on the same documents; an
+    artifact marked NO_DATA when no tasks are given."""
+    from iranker.pipeline import generic_step
+
+    generic.metadata.update(generic_step(model.path, model.metadata["base_model"], tasks, limit, data_dir,
+                                         generic.path))
+
+
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
+def promote(model: Input[Model], evaluation: Input[Artifact], generic: Input[Artifact], registry: str,
+            manifests_dir: str, tolerance: float, min_gain: float, generic_tolerance: float,
+            decision: Output[Markdown]) -> bool:
     """The promotion gate: register and point production at the candidate only when it is not worse on any scenario
-    beyond the tolerance and better on the pooled primary metric (paired intervals). Returns the decision."""
-    from iranker.pipeline import promote_step
+    beyond the tolerance and better on the pooled primary metric (paired intervals), and, when general ability was
+    checked, no task may have dropped below the base beyond generic_tolerance. Returns the decision."""
+    from iranker.pipeline import present, promote_step
 
     card = {k: model.metadata.get(k) for k in ("base_model", "profile", "params", "data_version", "code_version",
                                                "run")}
     result = promote_step(model.path, evaluation.path, registry, manifests_dir, card, tolerance=tolerance,
-                          min_gain=min_gain, report=decision.path)
+                          min_gain=min_gain, report=decision.path,
+                          generic=(present([generic.path]) or [None])[0], generic_tolerance=generic_tolerance)
     decision.metadata.update({k: v for k, v in result.items() if k != "decision"})
     return bool(result["promoted"])

@@ -211,6 +211,25 @@ def evaluate_step(datasets: list[str], model: str, base_model: str, registry: st
                         for r in metrics["results"]}}
 
 
+def generic_step(model: str, base_model: str, tasks: str, limit: int, data_dir: str, out: str) -> dict[str, Any]:
+    """The optional general-ability check (`iranker evaluate generic`): the candidate against its base model on the
+    comma-separated lm-evaluation-harness `tasks`, at most `limit` documents each, the task files in `data_dir`
+    (empty: $IRANKER_GENERIC_DATA or ../shared/data/generic). With no tasks, an artifact marked NO_DATA that the
+    gate leaves out."""
+    names = [t.strip() for t in tasks.split(",") if t.strip()]
+    if not names:
+        Path(out).mkdir(parents=True, exist_ok=True)
+        (Path(out) / NO_DATA).write_text("no general-ability tasks were given to this run (pipeline parameter "
+                                         "generic_tasks)\n")
+        return {"tasks": []}
+    from iranker.evaluate.generic import evaluate_generic
+
+    result = evaluate_generic(model, names, out, base=base_model, limit=limit, folder=data_dir or None,
+                              progress=_say)
+    return {"tasks": names, "n": {n: t["n"] for n, t in result["tasks"].items()},
+            "difference": {f"{n}/{t['primary_metric']}": t["comparison"]["diff"] for n, t in result["tasks"].items()}}
+
+
 # ------------------------------------------------------------------------------------------------------ promote
 
 def promote_step(model: str, evaluation: str, registry: str, manifests_dir: str, card: dict[str, Any],

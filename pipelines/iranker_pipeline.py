@@ -1,6 +1,7 @@
 """The iranker pipeline: ingest (DVC) -> validate (Great Expectations) -> features (Feast) -> train (PPO) ->
-evaluate -> promote. Compile with `iranker pipeline compile` (writes pipelines/iranker_pipeline.yaml, the file to
-upload in the Kubeflow UI); run locally with `iranker pipeline run --local`; submit with `iranker pipeline submit`.
+evaluate (ranking; general ability, optional) -> promote. Compile with `iranker pipeline compile` (writes
+pipelines/iranker_pipeline.yaml, the file to upload in the Kubeflow UI); run locally with `iranker pipeline run
+--local`; submit with `iranker pipeline submit`.
 """
 
 
@@ -32,7 +33,16 @@ def _hide_dockerfiles_folder() -> None:
 
 _hide_dockerfiles_folder()
 
-from components.steps import build_features, evaluate, ingest, ingest_feedback, promote, train, validate
+from components.steps import (
+    build_features,
+    evaluate,
+    evaluate_generic,
+    ingest,
+    ingest_feedback,
+    promote,
+    train,
+    validate,
+)
 
 NAME = "iranker"
 DESCRIPTION = ("Train and promote the iranker model (one LLM ranker for recommendation, LLM routing and passage "
@@ -74,6 +84,10 @@ def build_pipeline(gpu: dict | None = GPU):
         manifests_dir: str = "k8s/production",
         tolerance: float = 0.02,
         min_gain: float = 0.0,
+        generic_tasks: str = "",
+        generic_limit: int = 50,
+        generic_data: str = "",
+        generic_tolerance: float = 0.02,
     ):
         """Train, evaluate and promote the iranker model.
 
@@ -104,6 +118,12 @@ def build_pipeline(gpu: dict | None = GPU):
             tolerance: The candidate may be at most this much worse than production on any scenario
                 (lower end of the paired 95% interval).
             min_gain: The pooled primary-metric gain over production must have its lower interval end above this.
+            generic_tasks: General-ability tasks (lm-evaluation-harness, e.g. "gsm8k") the candidate is checked on
+                against its base model; empty for none.
+            generic_limit: At most this many documents per general-ability task (0 for all).
+            generic_data: Folder of the task files (empty: $IRANKER_GENERIC_DATA, else ../shared/data/generic).
+            generic_tolerance: A general-ability task may drop at most this much below the base (lower end of the
+                paired 95% interval) for the candidate to be promoted.
         """
         tasks = {}
         for scenario, source, path, params in (
@@ -142,8 +162,12 @@ def build_pipeline(gpu: dict | None = GPU):
                       registry=registry, limit=eval_limit, baselines=baselines).set_display_name("evaluate")
         ev.set_caching_options(False)  # the reference (production) lives outside the pipeline's inputs
 
-        pr = promote(model=tr.outputs["model"], evaluation=ev.outputs["evaluation"], registry=registry,
-                     manifests_dir=manifests_dir, tolerance=tolerance, min_gain=min_gain)
+        gen = evaluate_generic(model=tr.outputs["model"], tasks=generic_tasks, limit=generic_limit,
+                               data_dir=generic_data).set_display_name("evaluate general ability")
+
+        pr = promote(model=tr.outputs["model"], evaluation=ev.outputs["evaluation"], generic=gen.outputs["generic"],
+                     registry=registry, manifests_dir=manifests_dir, tolerance=tolerance, min_gain=min_gain,
+                     generic_tolerance=generic_tolerance)
         pr.set_display_name("promote (quality gate)").set_caching_options(False)
 
     return iranker_pipeline

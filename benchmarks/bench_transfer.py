@@ -1,0 +1,147 @@
+"""Zero-shot transfer (the IRanker paper's section 4.3 in our setting): trained on two scenarios, tested on the third.
+
+For each target scenario, on its test sets and the same instances: the base model, the model trained on the OTHER
+two scenarios (the target held out of training and of validation: `train_scenarios`), and the model trained on all
+three, each with the paired 95% interval of its difference from the base. Every run gets the same profile, the same
+number of optimizer updates and the same seed (the same CPU budget in updates; the seconds each took are recorded),
+so the only difference between them is which scenarios they saw.
+
+1. Data: `bench_train_quality.py`'s (ingested under --data-root when missing), trained on its TRAIN_DATA.
+2. Runs under --runs-dir: `all` and `without-SCENARIO` for each target; a finished run is reused, a killed one
+   resumed (`iranker.pipeline.train_step`'s rule: the folder is keyed by the settings).
+3. Evaluation (`iranker.evaluate.harness.evaluate`): `all` on every test set, `without-T` on T's; in the first
+   stage's order (--orders to add shuffled), at most --limit instances per dataset.
+
+    python benchmarks/bench_transfer.py [--config configs/cpu.yaml] [--set steps=400] [--limit 40]
+    python benchmarks/bench_transfer.py --smoke --out /tmp/transfer.json     # the tiny profile on the samples
+
+Writes benchmarks/results/bench_transfer.json (--out): the runs, the table, the machine. Log every run in
+benchmarks/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from iranker.devices import cpu_info
+from iranker.evaluate.harness import evaluate, load_eval_data
+from iranker.schema import SCENARIOS
+from iranker.train import load_config
+from iranker.train.loop import run_training
+from iranker.train.modeling import base_model_path
+
+
+def say(msg: str) -> None:
+    print(f"[bench] {msg}", file=sys.stderr, flush=True)
+
+
+# the test sets of each scenario (bench_train_quality's folders)
+TEST_SETS = {"recommendation": ("ml-100k", "games-6k"), "routing": ("routerbench",),
+             "passage": ("dl19", "noveleval")}
+
+
+def train(name: str, config: str, overrides: dict, runs: Path) -> tuple[Path, dict]:
+    cfg = load_config(config, overrides)
+    run = runs / name
+    final = run / "final"
+    started = time.perf_counter()
+    if not (final / "config.json").exists():
+        resume = (run / "checkpoints").exists() and any((run / "checkpoints").iterdir())
+        say(f"training {name} on {cfg.train_scenarios or 'every scenario'} ({cfg.steps} updates)"
+            + (" - resuming" if resume else ""))
+        final = run_training(cfg, run, resume=resume, progress=True)
+    else:
+        say(f"reusing the finished run {run}")
+    record = json.loads((Path(final) / "iranker-train.json").read_text())
+    return Path(final), {"train_scenarios": cfg.train_scenarios or list(SCENARIOS), "updates": record["steps"],
+                         "seconds_this_call": round(time.perf_counter() - started, 1), "run": str(run)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", default=str(ROOT / "configs" / "cpu.yaml"))
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="profile override (YAML value)")
+    ap.add_argument("--data-root", default=str(ROOT / "data" / "bench"))
+    ap.add_argument("--shared", default=str(ROOT.parent / "shared" / "data"))
+    ap.add_argument("--runs-dir", default=str(ROOT / "runs" / "transfer"))
+    ap.add_argument("--limit", type=int, default=40, help="test instances per dataset (seeded)")
+    ap.add_argument("--orders", default="first-stage", help="listing orders, comma-separated (first-stage,shuffled)")
+    ap.add_argument("--smoke", action="store_true", help="the smoke profile (tiny random model) on the built-in "
+                                                         "samples: checks the benchmark itself in a minute")
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "bench_transfer.json"))
+    args = ap.parse_args()
+    import yaml
+
+    overrides = {}
+    for item in args.set:
+        key, _, value = item.partition("=")
+        overrides[key] = yaml.safe_load(value)
+    if args.smoke:
+        args.config = str(ROOT / "configs" / "smoke.yaml")
+        train_data, test_sets = ["samples"], {s: ("samples",) for s in SCENARIOS}
+    else:
+        from bench_train_quality import TRAIN_DATA, ensure_data
+
+        folders = ensure_data(Path(args.shared), Path(args.data_root))
+        train_data = [str(folders[k].resolve()) for k in TRAIN_DATA]
+        test_sets = {s: tuple(str(folders[k]) for k in names) for s, names in TEST_SETS.items()}
+    orders = tuple(o.strip() for o in args.orders.split(",") if o.strip())
+    runs = Path(args.runs_dir)
+    base_cfg = load_config(args.config, {**overrides, "data": train_data})
+    # which scenarios have training instances: a scenario with none cannot be held out (the samples have no
+    # passage training split)
+    from iranker.train.pools import load_training_instances
+
+    trainable = sorted({i.scenario for i in load_training_instances(base_cfg)})
+    targets = [s for s in SCENARIOS if s in trainable and len(trainable) > 1]
+
+    result: dict = {"machine": cpu_info(), "config": args.config, "overrides": overrides, "limit": args.limit,
+                    "orders": list(orders), "budget": "the same profile, updates and seed for every run",
+                    "runs": {}, "table": []}
+    final_all, result["runs"]["all"] = train("all", args.config, {**overrides, "data": train_data}, runs)
+    result["runs"]["all"]["train_scenarios"] = trainable
+    evaluated: dict[str, dict] = {}
+
+    def scores(name: str, model: Path, sources: tuple[str, ...]) -> dict:
+        out = runs / name / "evaluation"
+        data = load_eval_data(list(dict.fromkeys(sources)), split="test", limit=args.limit, orders=orders)
+        metrics = evaluate(data, out, model=str(model), base=base_model_path(base_cfg, runs / name), direct=False,
+                           baselines=[], progress=False)
+        return {(r["dataset"], r["scenario"]): r for r in metrics["results"]}
+
+    evaluated["all"] = scores("all", final_all, tuple(d for s in targets for d in test_sets[s]))
+    for target in targets:
+        others = [s for s in trainable if s != target]
+        name = f"without-{target}"
+        final, result["runs"][name] = train(name, args.config, {**overrides, "data": train_data,
+                                                                "train_scenarios": others}, runs)
+        evaluated[name] = scores(name, final, test_sets[target])
+        for (dataset, scenario), zero in evaluated[name].items():
+            if scenario != target:
+                continue
+            full = evaluated["all"][(dataset, scenario)]
+            m = zero["primary_metric"]
+            row = {"target": target, "dataset": dataset, "metric": m, "n": zero["n_instances"],
+                   "trained_on_zero_shot": others, "domain_zero_shot": zero["domain"],
+                   "base": zero["baselines"]["base (iterative)"][m], "zero_shot": zero["metrics"][m],
+                   "all": full["metrics"][m],
+                   "zero_shot_minus_base": {k: zero["comparison"][m][k] for k in ("diff", "low", "high", "p_value")},
+                   "all_minus_base": {k: full["comparison"][m][k] for k in ("diff", "low", "high", "p_value")}}
+            result["table"].append(row)
+            say(f"{target} / {dataset}: base {row['base']:.3f}, zero-shot {row['zero_shot']:.3f}, "
+                f"all {row['all']:.3f}")
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=1))
+    print(json.dumps(result["table"], indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,33 @@
+"""benchmarks/bench_transfer.py checks itself with --smoke: the tiny profile on the samples, trained on every scenario
+and with each one held out, evaluated on the held-out scenario's test instances."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from conftest import ROOT
+
+
+@pytest.mark.slow  # three tiny training runs and their evaluations: a few minutes
+def test_transfer_benchmark_holds_each_scenario_out_and_compares_with_base_and_all(tmp_path):
+    out = tmp_path / "transfer.json"
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_transfer.py"), "--smoke", "--runs-dir",
+                        str(tmp_path / "runs"), "--out", str(out)], capture_output=True, text=True, timeout=1800,
+                       check=False)
+    assert r.returncode == 0, r.stderr[-3000:]
+    result = json.loads(out.read_text())
+    # the samples train recommendation and routing (no passage training split): each is held out once
+    assert result["runs"]["all"]["train_scenarios"] == ["recommendation", "routing"]
+    assert result["runs"]["without-recommendation"]["train_scenarios"] == ["routing"]
+    assert result["runs"]["without-routing"]["train_scenarios"] == ["recommendation"]
+    assert {run["updates"] for run in result["runs"].values()} == {6}  # the same budget for every run
+    assert {row["target"] for row in result["table"]} == {"recommendation", "routing"}
+    for row in result["table"]:
+        assert row["domain_zero_shot"] == "held-out" and row["trained_on_zero_shot"] != [row["target"]]
+        assert row["zero_shot_minus_base"]["low"] <= row["zero_shot_minus_base"]["diff"] <= row[
+            "zero_shot_minus_base"]["high"]
+        assert row["zero_shot_minus_base"]["diff"] == pytest.approx(row["zero_shot"] - row["base"])
+    assert result["machine"]["cpus"] >= 1
