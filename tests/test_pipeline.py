@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import ROOT
+from conftest import ROOT, SHARED_DATA
 
 from iranker.metrics import paired_comparison
 from iranker.registry import GateConfig, Registry, gate, render_manifest
@@ -278,10 +278,21 @@ def test_local_pipeline_promotes_the_first_model_then_rejects_and_reuses_trainin
     for key in ("data_dir", "feature_repo", "runs_dir", "manifests_dir", "feedback_path"):
         cli += ["--param", f"{key}={params[key]}"]
     cli += ["--param", "baselines=[first-stage, popularity]", "--param", "min_gain=0.0"]
+    gsm8k = SHARED_DATA / "generic" / "gsm8k_test.jsonl"
+    if gsm8k.exists():  # general ability too: lm-evaluation-harness's GSM8K, candidate against its base
+        cli += ["--param", "generic_tasks=gsm8k", "--param", "generic_limit=2", "--param",
+                f"generic_data={gsm8k.parent}"]
     proc = subprocess.run(cli, capture_output=True, text=True, timeout=900, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout)
     assert out["promoted"] is False and "**rejected**" in Path(out["decision"]).read_text()
+    if gsm8k.exists():
+        assert "General ability against the base (tolerance 0.02):" in Path(out["decision"]).read_text()
+    second = next(p for p in Path(out["decision"]).parents if p.parent == tmp_path / "root")  # this run's folder
+    generic = second / "evaluate-generic" / "generic"
+    if gsm8k.exists():
+        assert json.loads((generic / "generic.json").read_text())["tasks"]["gsm8k"]["n"] == 2
+    assert (run / "evaluate-generic" / "generic" / "NO_DATA").exists()  # the first run checked no general ability
     assert "reusing the finished run" in proc.stderr and "against the production v0001 model" in proc.stderr
     assert "Decision: **rejected**" in proc.stderr and "recommendation" in proc.stderr  # results table + decision
     assert len(proc.stderr.splitlines()) < 400  # the runner's full output went to the log, not the terminal
