@@ -59,6 +59,17 @@ def _add_device_args(p: argparse.ArgumentParser) -> None:
                         "engine's dtype (auto: vLLM's choice)")
 
 
+def _secret(variable: str | None, option: str) -> str | None:
+    """The value of the environment variable an option names (None when the option is not given); exits with a
+    message naming the option when the variable is unset or empty."""
+    if not variable:
+        return None
+    value = os.environ.get(variable)
+    if not value:
+        _die(f"{option} {variable}: the variable is not set")
+    return value
+
+
 def _backend_options(args) -> dict:
     if args.backend == "openai":
         return {"base_url": args.base_url, "tokenizer": args.tokenizer,
@@ -453,9 +464,7 @@ def cmd_serve(args) -> None:
         repo = Path(args.feature_repo) if args.feature_repo else features.default_repo()
         if not (repo / "feature_store.yaml").exists():
             _die(f"--feature-repo {repo}: not a Feast repository (no feature_store.yaml)")
-    token = os.environ.get(args.token_env) if args.token_env else None
-    if args.token_env and not token:
-        _die(f"--token-env {args.token_env}: the variable is not set")
+    token = _secret(args.token_env, "--token-env")
     if args.routes:
         try:
             load_routes(args.routes)
@@ -483,9 +492,7 @@ def cmd_serve(args) -> None:
         from serving.eventlog import EventLog, Origin
 
         spool = Path(args.log_spool) if args.log_spool else cache_dir() / "log-spool" / args.name
-        log_token = os.environ.get(args.log_token_env) if args.log_token_env else None
-        if args.log_token_env and not log_token:
-            _die(f"--log-token-env {args.log_token_env}: the variable is not set")
+        log_token = _secret(args.log_token_env, "--log-token-env")
         try:
             served.event_log = EventLog(args.log_url, spool, Origin(
                 source=f"http://{socket.gethostname()}:{args.http_port}/", service=args.name,
@@ -502,9 +509,7 @@ def cmd_collect(args) -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     from serving.collector import Store, run
 
-    token = os.environ.get(args.token_env) if args.token_env else None
-    if args.token_env and not token:
-        _die(f"--token-env {args.token_env}: the variable is not set")
+    token = _secret(args.token_env, "--token-env")
     try:
         known = len(Store(args.out).known)
     except OSError as e:
@@ -534,9 +539,7 @@ def cmd_replay(args) -> None:
 
     from serving.replay import pick, replay
 
-    token = os.environ.get(args.token_env) if args.token_env else None
-    if args.token_env and not token:
-        _die(f"--token-env {args.token_env}: the variable is not set")
+    token = _secret(args.token_env, "--token-env")
     try:
         instances = pick(args.data, args.split, args.limit, args.seed)
     except (OSError, ValueError) as e:
