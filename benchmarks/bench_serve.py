@@ -393,9 +393,7 @@ def run_hostile(args, shared: Path) -> dict:
     smalls = [dict(r, candidates=r["candidates"][:3 + k % 3]) for k, r in enumerate(valid)]
     smalls = [smalls[k % len(smalls)] for k in range(args.hostile_small)]
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     server_args = ["--deadline", f"{args.hostile_deadline:g}", "--max-batch", str(args.max_batch)]
     if args.hostile_max_request_tokens is not None:
@@ -767,9 +765,7 @@ def main() -> None:
 def run_load(args, phases: set[str]) -> dict:
     """The throughput (sequential, concurrent) and mixed phases on one server; returns their part of the result."""
     requests, sizes = build_requests(Path(args.shared), args.requests)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     llms = [StandInLLM(n) for n in ("small", "large")]
     routes = Path(tempfile.mkdtemp(prefix="iranker-bench-")) / "routes.yaml"
@@ -790,9 +786,7 @@ def run_load(args, phases: set[str]) -> dict:
         from iranker.models import resolve_model
 
         model_dir = resolve_model(args.model)
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            vport = s.getsockname()[1]
+        vport = free_port()
         log = open(Path(tempfile.mkdtemp(prefix="iranker-bench-")) / "vllm.log", "w")  # noqa: SIM115
         print(f"[bench] starting vLLM ({args.vllm}) on port {vport}; log {log.name}", file=sys.stderr, flush=True)
         vllm = start_vllm_server(model_dir, vport, python=args.vllm, log=log, dtype="float32",
