@@ -11,6 +11,7 @@ import subprocess
 import sys
 from collections import Counter
 
+import pandas as pd
 import pytest
 from conftest import ROOT
 from test_eventlog import Collector, _wait_for
@@ -102,6 +103,8 @@ def test_replayed_users_outcomes_become_a_dataset_that_trains_and_is_gated(tiny_
     step = feedback_step(str(store), {}, str(data), str(tmp_path / "feedback-artifact"), dvc=False)
     folder = data / "feedback"
     rows = [json.loads(line) for line in (folder / "instances.jsonl").read_text().splitlines()]
+    calls = pd.read_parquet(folder / "tables" / "calls.parquet")  # every answered call, once, in the dataset
+    assert len(calls) == calls["request_id"].nunique() == answered  # those served while the collector was down too
     # every outcome joined to its call: each recommendation and passage outcome is an instance; a routed call is one
     # when the answer was good after a failed LLM (two routes with grades, one above 0), else skipped and counted
     verdicts = {e["id"]: e["data"]["verdict"] for e in events if e["type"] == FEEDBACK_TYPE and "verdict" in e["data"]}
