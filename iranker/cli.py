@@ -648,7 +648,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     ev = sub.add_parser("evaluate", help="score a model, the base model and simple baselines on the same instances",
                         epilog="example: iranker evaluate --data data/ml-100k --data data/dl19 --model "
-                        "runs/cpu/final --out reports/cpu --limit 200")
+                        "runs/cpu/final --out reports/cpu --limit 200. General ability (GSM8K through "
+                        "lm-evaluation-harness): iranker evaluate generic --help")
     ev.add_argument("--data", action="append", required=True,
                     help="dataset folder (from `iranker data ingest`), instances JSONL file or 'samples' "
                     "(repeatable)")
