@@ -47,8 +47,21 @@ def _add_backend_args(p: argparse.ArgumentParser) -> None:
                    help="fast mode: list the candidates once and mask eliminated ones (cached), or re-list the "
                         "pool at every step (relist); default: the layout the model was trained in, else cached")
     _add_device_args(p)
+    _add_template_args(p)
     p.add_argument("--reasoning", action="store_true", help="think + answer at every step (overrides requests)")
     p.add_argument("--batch-size", type=int, default=16, help="requests ranked together (default 16)")
+
+
+STORE_ERROR = "thought templates: "  # how iranker.thoughts begins a bad store's error
+
+
+def _add_template_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--thought-templates", default=None, metavar="STORE",
+                   help="a thought store folder (`iranker thoughts collect`, or thoughts/ of a reasoning-mode training "
+                        "run): each request is shown the thoughts kept for its most similar stored queries "
+                        "(default: none)")
+    p.add_argument("--templates-k", type=int, default=3, metavar="K",
+                   help="thought templates shown per request (default 3)")
 
 
 def _add_device_args(p: argparse.ArgumentParser) -> None:
@@ -85,7 +98,13 @@ def _open_model(args, explicit: dict | None = None):
 
     from iranker.ranker import open_model
 
-    backend, config = open_model(args.model, args.backend, explicit, **_backend_options(args))
+    try:
+        backend, config = open_model(args.model, args.backend, explicit, thoughts=args.thought_templates,
+                                     templates_k=args.templates_k, **_backend_options(args))
+    except ValueError as e:
+        if not str(e).startswith(STORE_ERROR):
+            raise
+        _die(f"--thought-templates: {str(e).removeprefix(STORE_ERROR)}")
     return backend, replace(config, batch_size=args.batch_size)
 
 
@@ -270,6 +289,30 @@ def cmd_data_validate(args) -> None:
     print(json.dumps(report.summary(), indent=1, default=str))
     if not report.success:
         raise SystemExit(1)
+
+
+def cmd_thoughts_collect(args) -> None:
+    from dataclasses import replace
+
+    from iranker.features import load_with_features
+    from iranker.train.thoughts import collect_thoughts
+
+    if args.pool_size < 2:
+        _die(f"--pool-size: at least 2 candidates, got {args.pool_size}")
+    everything = load_with_features(args.data)
+    chosen, per_dataset = [], {}
+    for inst in everything:
+        if args.split not in ("all", inst.split) or len({inst.grade(c.id) for c in inst.candidates}) < 2:
+            continue
+        per_dataset[inst.dataset] = per_dataset.get(inst.dataset, 0) + 1
+        if not args.limit or per_dataset[inst.dataset] <= args.limit:
+            chosen.append(inst)
+    if not chosen:
+        _die(f"--data {' '.join(args.data)}: no {args.split!r} instance with two grades or more")
+    backend, config = _open_model(args, {"layout": args.layout})
+    config = replace(config, max_new_tokens=args.max_new_tokens, temperature=args.temperature)
+    print(json.dumps(collect_thoughts(backend, config, chosen, args.out, pool_size=args.pool_size,
+                                      per_instance=args.per_instance, seed=args.seed), indent=1))
 
 
 def cmd_features_apply(args) -> None:
@@ -485,8 +528,15 @@ def cmd_serve(args) -> None:
     options = _backend_options(args)
     _say(f"serving {model} ({why}) with the {args.backend} backend on port {args.http_port}; Feast: {repo or 'off'}; "
          f"auth: {'bearer token' if token else 'off'}")
+    if args.thought_templates:
+        from iranker.thoughts import ThoughtStore
+
+        try:
+            ThoughtStore.load(args.thought_templates)
+        except ValueError as e:
+            _die(f"--thought-templates: {str(e).removeprefix(STORE_ERROR)}")
     served = IRankerModel(args.name, model, args.backend, options, repo, config, {"layout": args.layout},
-                          routes=args.routes)
+                          routes=args.routes, thoughts=args.thought_templates, templates_k=args.templates_k)
     if args.log_url:
         from iranker.models import cache_dir
         from serving.eventlog import EventLog, Origin
@@ -756,6 +806,7 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--layout", default=None, choices=["cached", "relist"],
                     help="default: the layout the model was trained in, else cached")
     _add_device_args(sv)
+    _add_template_args(sv)
     sv.add_argument("--feature-repo", default=None, help="Feast repository for user histories (default "
                     "feature_repo/ or $IRANKER_FEATURE_REPO)")
     sv.add_argument("--no-features", action="store_true", help="no Feast lookups (requests must carry histories)")
@@ -828,6 +879,23 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--token-env", default=None, help="send this environment variable's value as a bearer token")
     rp.add_argument("--seed", type=int, default=0, help="the sample's seed when --limit cuts (default 0)")
     rp.set_defaults(func=cmd_replay)
+
+    th = sub.add_parser("thoughts", help="thought templates: rewarded reasoning kept for similar queries") \
+        .add_subparsers(dest="thoughts_command", required=True)
+    tc = th.add_parser("collect", help="rank sub-pools of training instances in reasoning mode and keep the "
+                       "thoughts of the decisions that removed a lowest-grade candidate")
+    tc.add_argument("--data", required=True, nargs="+", metavar="DIR",
+                    help="dataset folders (from `iranker data ingest`), instances JSONL files or 'samples'")
+    tc.add_argument("--split", default="train", help="the split whose queries the store holds (default train)")
+    tc.add_argument("--out", required=True, metavar="STORE", help="thought store folder (appended to if it exists)")
+    tc.add_argument("--pool-size", type=int, default=4, help="candidates per sub-pool (default 4)")
+    tc.add_argument("--per-instance", type=int, default=1, help="sub-pools drawn per instance (default 1)")
+    tc.add_argument("--limit", type=int, default=0, help="at most this many instances per dataset (default all)")
+    tc.add_argument("--max-new-tokens", type=int, default=256, help="tokens generated per step (default 256)")
+    tc.add_argument("--temperature", type=float, default=0.0, help="sampling temperature (default 0: greedy)")
+    tc.add_argument("--seed", type=int, default=0, help="the sub-pools' seed (default 0)")
+    _add_backend_args(tc)
+    tc.set_defaults(func=cmd_thoughts_collect)
 
     feats = sub.add_parser("features", help="Feast user features").add_subparsers(dest="features_command",
                                                                                   required=True)

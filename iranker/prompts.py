@@ -187,7 +187,20 @@ class RankContext:
     texts: tuple[str, ...]  # sanitised candidate texts, request order
 
 
-def build_context(req: RankRequest, max_words: int = DEFAULT_MAX_WORDS, max_history: int = 20) -> RankContext:
+TEMPLATE_WORDS = 80  # per thought template shown (iranker.thoughts)
+TEMPLATES_HEADER = "Reasoning that worked on similar cases (templates, not about these candidates):"
+
+
+def render_templates(thoughts: Sequence[str], max_words: int = TEMPLATE_WORDS) -> str:
+    """Thought templates as the model is shown them, after the request's context: one sanitised line each."""
+    lines = [sanitize(t, max_words) for t in thoughts]
+    lines = [f"- {t}" for t in lines if t]
+    return TEMPLATES_HEADER + "\n" + "\n".join(lines) if lines else ""
+
+
+def build_context(req: RankRequest, max_words: int = DEFAULT_MAX_WORDS, max_history: int = 20,
+                  templates: Sequence[str] = ()) -> RankContext:
+    """The request's context block, sanitised once; `templates` (thought templates, `iranker.thoughts`) follow it."""
     tpl = TEMPLATES[req.scenario]
     history = [sanitize(h, 24) for h in (req.history or [])][-max_history:]
     context = tpl.context.format(
@@ -195,6 +208,9 @@ def build_context(req: RankRequest, max_words: int = DEFAULT_MAX_WORDS, max_hist
         history="\n".join(f"- {h}" for h in history) or "- (no history known)",
         preference=PREFERENCE_TEXT.get(req.preference or "", ""),
     )
+    shown = render_templates(templates)
+    if shown:
+        context += "\n\n" + shown
     texts = tuple(candidate_text(c.text, c.features, max_words) for c in req.candidates)
     return RankContext(req.scenario, context, texts)
 

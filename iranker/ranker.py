@@ -33,6 +33,7 @@ from iranker.backends.base import Backend
 from iranker.parsing import parse_label, parse_permutation
 from iranker.prompts import LABELS, MAX_POOL, RankContext, build_context, direct_prompt, iterative_prompt
 from iranker.schema import Elimination, RankRequest, RankResponse, Usage
+from iranker.thoughts import ThoughtStore, retrieval_text
 
 
 @dataclass
@@ -46,6 +47,8 @@ class RankerConfig:
     temperature: float = 0.0  # reasoning / direct generation
     max_words: int = 120  # per candidate text shown to the model
     speculate: int = 1  # cached layout: guessed eliminations verified in the same pass (exact; 0 = off)
+    thoughts: ThoughtStore | None = None  # thought templates retrieved per request (iranker.thoughts)
+    templates_k: int = 3  # how many
 
     def __post_init__(self):
         if not 2 <= self.window <= MAX_POOL:
@@ -56,8 +59,23 @@ class RankerConfig:
             raise ValueError(f"speculate: must be >= 0, got {self.speculate}")
         if self.layout not in ("cached", "relist"):
             raise ValueError(f"layout: expected 'cached' or 'relist', got {self.layout!r}")
+        if self.templates_k < 0:
+            raise ValueError(f"templates_k: must be >= 0, got {self.templates_k}")
         if self.batch_size < 1:
             raise ValueError(f"batch_size: must be >= 1, got {self.batch_size}")
+
+
+PARSE_FAILURE = "parse failure"  # how a reasoning-mode elimination that fell back begins its `reasoning`
+
+
+def request_context(req: RankRequest, config: RankerConfig) -> RankContext:
+    """The context block `req` is ranked with under `config`: with its thought templates when the configuration has
+    a store - the one place training, evaluation and serving build it, so they render templates alike."""
+    templates: list[str] = []
+    if config.thoughts is not None and config.templates_k:
+        text = retrieval_text(req.scenario, req.query, req.history)
+        templates = config.thoughts.nearest(req.scenario, text, config.templates_k)
+    return build_context(req, config.max_words, templates=templates)
 
 
 def _always() -> bool:
@@ -174,7 +192,7 @@ class _Ranker:
 class IterativeRanker(_Ranker):
     def _rank_batch(self, batch: Sequence[RankRequest], alive: Sequence[Callable[[], bool]]) -> list[RankResponse]:
         cfg = self.config
-        tasks = [_Task(req, build_context(req, cfg.max_words), list(range(len(req.candidates))), alive=ok)
+        tasks = [_Task(req, request_context(req, cfg), list(range(len(req.candidates))), alive=ok)
                  for req, ok in zip(batch, alive, strict=True)]
         largest = max((min(len(t.pool), cfg.window) for t in tasks), default=0)
         self.alphabet = LABELS if cfg.reasoning else fast_alphabet(self.backend, largest)  # refused before any work
@@ -253,7 +271,7 @@ class IterativeRanker(_Ranker):
                         t.eliminate(p.labels.index(ans.label), ans.think)
                     else:
                         t.parse_failures += 1
-                        t.eliminate(len(t.pool) - 1, f"parse failure ({ans.error}); fallback: removed the last")
+                        t.eliminate(len(t.pool) - 1, f"{PARSE_FAILURE} ({ans.error}); fallback: removed the last")
             else:
                 for t, p, ch in zip(active, prompts, self.backend.choose(prompts)):
                     t.count(ch.prompt_tokens, ch.completion_tokens)
@@ -280,7 +298,7 @@ class DirectRanker(_Ranker):
             if len(req.candidates) > MAX_POOL:
                 raise ValueError(f"candidates: direct ranking takes at most {MAX_POOL} candidates, "
                                  f"got {len(req.candidates)}; use the iterative method")
-            prompts.append(direct_prompt(build_context(req, cfg.max_words), list(range(len(req.candidates))),
+            prompts.append(direct_prompt(request_context(req, cfg), list(range(len(req.candidates))),
                                          reasoning=cfg.reasoning))
         budget = 4 * max(len(p.labels) for p in prompts) + 8 + (cfg.max_new_tokens if cfg.reasoning else 0)
         out = []
@@ -321,7 +339,7 @@ def first_prompt(backend: Backend, config: RankerConfig, req: RankRequest) -> st
     in-process backends decode the very token ids they run, a remote endpoint gets the text it is sent."""
     from iranker.prompts import render_plain
 
-    ctx = build_context(req, config.max_words)
+    ctx = request_context(req, config)
     n = len(req.candidates)
     reasoning = req.options.reasoning
     if req.options.method == "direct":
@@ -355,7 +373,7 @@ def estimate_cost(backend: Backend, config: RankerConfig, req: RankRequest) -> R
     window's prompt once and re-reads its closing cue per decision, the relist layout (and reasoning mode) prefills the
     remaining pool at every step, and reasoning mode adds up to `max_new_tokens` generated per step. Without a
     tokenizer (a test backend), four characters count as a token."""
-    ctx = build_context(req, config.max_words)
+    ctx = request_context(req, config)
     n, w = len(req.candidates), config.window
     encoder = getattr(backend, "encoder", None)
     overhead, tail, item_tokens = 0, 4, []
@@ -390,18 +408,22 @@ def estimate_cost(backend: Backend, config: RankerConfig, req: RankRequest) -> R
 
 
 def open_model(model: str | None = None, backend: str = "transformers", explicit: dict | None = None,
-               warn=None, **backend_options) -> tuple[Backend, RankerConfig]:
+               warn=None, thoughts: str | None = None, templates_k: int = 3,
+               **backend_options) -> tuple[Backend, RankerConfig]:
     """The backend and the ranker configuration to rank `model` with - the one way `rank`, `evaluate`, the
     pipeline's evaluate step and `serve` open a model.
 
     The ranking settings are those saved with a trained model folder (`iranker.settings`), else the defaults;
     `explicit` values (layout, max_words, window, stride, max_item_tokens; None = not given) take precedence, each
-    one that differs from the saved value with a warning. For the openai backend the settings come from the
+    one that differs from the saved value with a warning. `thoughts`: a thought store folder whose `templates_k`
+    nearest thoughts are shown with each request (`iranker.thoughts`; read before the model loads, so a bad store
+    fails fast). For the openai backend the settings come from the
     `tokenizer` folder (the trained model's own folder, whose chat template renders the prompts).
     """
     from iranker.backends import load_backend
     from iranker.settings import settings_for
 
+    store = ThoughtStore.load(thoughts) if thoughts else None
     source = backend_options.get("tokenizer") if backend == "openai" else model
     settings = settings_for(source if isinstance(source, str) else None, explicit, warn)
     if backend in ("transformers", "vllm"):
@@ -419,5 +441,5 @@ def open_model(model: str | None = None, backend: str = "transformers", explicit
                          f"its tokenizer now reads {alphabet!r} as single tokens; rank it with the tokenizer it was "
                          "trained with")
     config = RankerConfig(layout=settings.layout, window=settings.window, stride=settings.stride,
-                          max_words=settings.max_words)
+                          max_words=settings.max_words, thoughts=store, templates_k=templates_k)
     return loaded, config

@@ -39,8 +39,9 @@ class IRankerModel(kserve.Model):
     def __init__(self, name: str = "iranker", model: str | None = None, backend: str = "transformers",
                  backend_options: dict[str, Any] | None = None, feature_repo: str | Path | None = None,
                  config: ServeConfig | None = None, ranker_options: dict[str, Any] | None = None,
-                 routes: str | Path | None = None):
+                 routes: str | Path | None = None, thoughts: str | None = None, templates_k: int = 3):
         super().__init__(name)
+        self.thoughts, self.templates_k = thoughts, templates_k  # thought templates (iranker.thoughts)
         self.model_name = model
         self.backend_kind = backend
         self.backend_options = backend_options or {}
@@ -74,6 +75,7 @@ class IRankerModel(kserve.Model):
         from iranker.ranker import open_model, rank_requests
 
         self.backend, ranker_config = open_model(self.model_name, self.backend_kind, dict(self.ranker_options),
+                                                 thoughts=self.thoughts, templates_k=self.templates_k,
                                                  **self.backend_options)
         if self.feature_repo is not None:
             from iranker.features import CandidateFeatureStore, UserFeatures, served_datasets

