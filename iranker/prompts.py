@@ -223,20 +223,25 @@ def _items(texts: list[str], alphabet: Sequence[str] = LABELS) -> tuple[tuple[st
     return tuple(f"[{lab}] {t}\n" for lab, t in zip(labels, texts)), labels
 
 
+THINK_OPEN = "<think>"  # reasoning mode with `open_think`: the assistant turn starts inside the thought
+
+
 def iterative_prompt(ctx: RankContext, pool: list[int], reasoning: bool = False,
-                     alphabet: Sequence[str] = LABELS) -> Prompt:
+                     alphabet: Sequence[str] = LABELS, open_think: bool = False) -> Prompt:
     """The prompt of one elimination step: the pool (candidate indices) labelled with `alphabet` in the given
     order (A.. by default; in fast mode the tokenizer's single-token labels).
 
     The task and answer format come before the candidates and only a short cue after them, so that the part a
-    cached step re-reads is a few tokens.
+    cached step re-reads is a few tokens. `open_think` (reasoning mode): the assistant turn opens with `<think>`, as
+    R1-style models are prompted, so that a small model writes its thought before the answer instead of skipping it;
+    the answer is parsed with that prefix in front (`Prompt.answer_prefix`).
     """
     tpl = TEMPLATES[ctx.scenario]
     items, labels = _items([ctx.texts[i] for i in pool], alphabet)
     fmt = REASONING_FORMAT if reasoning else FAST_FORMAT
     return Prompt(system=tpl.system, head=f"{tpl.worst_task} {fmt}\n\n{ctx.context}\n\n{tpl.items_header}\n",
                   items=items, tail=f"\n{tpl.worst_cue}", labels=labels,
-                  answer_prefix="" if reasoning else ANSWER_PREFIX)
+                  answer_prefix=(THINK_OPEN if open_think else "") if reasoning else ANSWER_PREFIX)
 
 
 def direct_prompt(ctx: RankContext, pool: list[int], reasoning: bool = False) -> Prompt:

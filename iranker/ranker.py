@@ -49,6 +49,7 @@ class RankerConfig:
     speculate: int = 1  # cached layout: guessed eliminations verified in the same pass (exact; 0 = off)
     thoughts: ThoughtStore | None = None  # thought templates retrieved per request (iranker.thoughts)
     templates_k: int = 3  # how many
+    open_think: bool = False  # reasoning mode: the assistant turn opens with <think> (iranker.prompts.iterative_prompt)
 
     def __post_init__(self):
         if not 2 <= self.window <= MAX_POOL:
@@ -260,13 +261,13 @@ class IterativeRanker(_Ranker):
             active = [t for t in tasks if t.active]
             if not active:
                 return
-            prompts = [iterative_prompt(t.ctx, t.pool, reasoning=cfg.reasoning, alphabet=self.alphabet)
-                       for t in active]
+            prompts = [iterative_prompt(t.ctx, t.pool, reasoning=cfg.reasoning, alphabet=self.alphabet,
+                                        open_think=cfg.open_think) for t in active]
             if cfg.reasoning:
                 gens = self.backend.generate(prompts, cfg.max_new_tokens, cfg.temperature)
                 for t, p, g in zip(active, prompts, gens):
                     t.count(g.prompt_tokens, g.completion_tokens)
-                    ans = parse_label(g.text, p.labels, reasoning=True)
+                    ans = parse_label(p.answer_prefix + g.text, p.labels, reasoning=True)
                     if ans.ok:
                         t.eliminate(p.labels.index(ans.label), ans.think)
                     else:
@@ -346,7 +347,7 @@ def first_prompt(backend: Backend, config: RankerConfig, req: RankRequest) -> st
         prompt = direct_prompt(ctx, list(range(n)), reasoning=reasoning)
     else:
         pool = list(range(n))[-config.window:]  # a longer list is ranked bottom window first
-        prompt = iterative_prompt(ctx, pool, reasoning=reasoning,
+        prompt = iterative_prompt(ctx, pool, reasoning=reasoning, open_think=config.open_think,
                                   alphabet=LABELS if reasoning else fast_alphabet(backend, len(pool)))
     if hasattr(backend, "render"):
         return backend.render(prompt)

@@ -106,3 +106,10 @@ def test_cli_refuses_a_missing_store_in_one_line(tmp_path):
         (f"iranker: error: --thought-templates: {tmp_path / 'nothing' / THOUGHTS_FILE} not found (a thought store "
          "folder holds thoughts.jsonl and store.json; `iranker thoughts collect` or a reasoning-mode training run "
          "writes one)")]
+
+
+def test_open_think_starts_the_assistant_turn_inside_the_thought(tiny_backend):
+    req = RankRequest.model_validate({"scenario": "passage", "query": "tides", "options": {"reasoning": True},
+                                      "candidates": [{"id": "a", "text": "the moon"}, {"id": "b", "text": "cats"}]})
+    assert first_prompt(tiny_backend, RankerConfig(open_think=True), req).endswith("<think>")
+    assert not first_prompt(tiny_backend, RankerConfig(), req).endswith("<think>")

@@ -64,10 +64,18 @@ def collect_thoughts(backend, config, instances: Sequence[RankingInstance], out:
     if progress:
         print(f"[iranker] thoughts: ranking {len(reqs)} pools of {pool_size} in reasoning mode with {backend.name}",
               file=sys.stderr, flush=True)
-    responses = rank_requests(backend, reqs, replace(config, thoughts=None), progress=progress)
+    config = replace(config, thoughts=None)
+    kept = failures = 0
     with ThoughtWriter(out, source=source or f"collected with {backend.name}") as writer:
-        kept = sum(keep_thoughts(writer, instances[n], pool, r) for (n, pool), r in zip(pairs, responses,
-                                                                                        strict=True))
+        for start in range(0, len(reqs), config.batch_size):  # kept batch by batch: a stopped run keeps its thoughts
+            chunk = slice(start, start + config.batch_size)
+            responses = rank_requests(backend, reqs[chunk], config)
+            for (n, pool), r in zip(pairs[chunk], responses, strict=True):
+                kept += keep_thoughts(writer, instances[n], pool, r)
+                failures += r.parse_failures
+            if progress:
+                print(f"[iranker] thoughts: {min(start + config.batch_size, len(reqs))}/{len(reqs)} pools, "
+                      f"{writer.seen} decisions, {kept} kept", file=sys.stderr, flush=True)
         decisions = writer.seen
     return {"store": str(out), "pools": len(reqs), "decisions": decisions, "kept": kept,
-            "parse_failures": sum(r.parse_failures for r in responses)}
+            "parse_failures": failures}
