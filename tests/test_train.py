@@ -153,6 +153,10 @@ def test_reasoning_mode_ppo_runs_token_level_updates(tmp_path, smoke):
         assert r["reward"] == pytest.approx(r["expected_reward"] - (1 - r["format_ok_rate"]))
         assert r["kl"] >= 0
     assert (final / "model.safetensors").exists()
+    # the thought store ships with the model: a random model's responses are never rewarded, so it is empty
+    store = json.loads((final / "thoughts" / "store.json").read_text())
+    assert store == {"format": 1, "index": "bm25", "count": 0}
+    assert (final / "thoughts" / "thoughts.jsonl").read_text() == ""
 
 
 def test_reasoning_update_raises_the_probability_of_a_rewarded_response(tmp_path, smoke):
