@@ -71,7 +71,8 @@ PARSE_FAILURE = "parse failure"  # how a reasoning-mode elimination that fell ba
 
 def request_context(req: RankRequest, config: RankerConfig) -> RankContext:
     """The context block `req` is ranked with under `config`: with its thought templates when the configuration has
-    a store - the one place training, evaluation and serving build it, so they render templates alike."""
+    a store - the one place evaluation, serving, cost estimates and printed prompts build it, so they render
+    templates alike. Training shows no templates (the method retrieves them at inference)."""
     templates: list[str] = []
     if config.thoughts is not None and config.templates_k:
         text = retrieval_text(req.scenario, req.query, req.history)
