@@ -106,10 +106,15 @@ def _open_model(args, explicit: dict | None = None):
                                      thoughts=getattr(args, "thought_templates", None),
                                      templates_k=getattr(args, "templates_k", 3), **_backend_options(args))
     except ValueError as e:
-        if not str(e).startswith(STORE_ERROR):
-            raise
-        _die(f"--thought-templates: {str(e).removeprefix(STORE_ERROR)}")
+        _store_die(e)
+        raise
     return backend, replace(config, batch_size=args.batch_size)
+
+
+def _store_die(e: ValueError) -> None:
+    """Exit with a one-line error naming --thought-templates when `e` is a bad thought store's; else return."""
+    if str(e).startswith(STORE_ERROR):
+        _die(f"--thought-templates: {str(e).removeprefix(STORE_ERROR)}")
 
 
 def _die(msg: str, code: int = 2) -> NoReturn:
@@ -530,10 +535,11 @@ def cmd_serve(args) -> None:
     if args.thought_templates:
         from iranker.thoughts import ThoughtStore
 
-        try:
+        try:  # before the server starts, so a bad store fails fast
             ThoughtStore.load(args.thought_templates)
         except ValueError as e:
-            _die(f"--thought-templates: {str(e).removeprefix(STORE_ERROR)}")
+            _store_die(e)
+            raise
     served = IRankerModel(args.name, model, args.backend, options, repo, config, {"layout": args.layout},
                           routes=args.routes, thoughts=args.thought_templates, templates_k=args.templates_k)
     if args.log_url:
