@@ -376,11 +376,16 @@ def cmd_evaluate(args) -> None:
     orders = [o for o in args.orders.split(",") if o]
     data = load_eval_data(args.data, split=args.split, limit=args.limit, seed=args.seed, orders=orders)
     baselines = [b for b in (args.baselines.split(",") if args.baselines else []) if b]
-    metrics = evaluate(data, args.out, model=args.model, base=args.base, direct=not args.no_direct,
-                       baselines=baselines if args.baselines is not None else
-                       ["first-stage", "bm25", "minilm", "popularity", "best-average", "nearest-neighbour"],
-                       max_words=args.max_words, batch_size=args.batch_size, train_run=args.train_run,
-                       seed=args.seed, device=args.device, dtype=args.dtype)
+    try:
+        metrics = evaluate(data, args.out, model=args.model, base=args.base, direct=not args.no_direct,
+                           baselines=baselines if args.baselines is not None else
+                           ["first-stage", "bm25", "minilm", "popularity", "best-average", "nearest-neighbour"],
+                           max_words=args.max_words, batch_size=args.batch_size, train_run=args.train_run,
+                           seed=args.seed, device=args.device, dtype=args.dtype, thoughts=args.thought_templates,
+                           templates_k=args.templates_k)
+    except ValueError as e:
+        _store_die(e)
+        raise
     print(summary_table(metrics), file=sys.stderr)
     _say(f"report: {Path(args.out) / 'report.md'}")
     print(json.dumps({"out": args.out, "metrics": str(Path(args.out) / "metrics.json"),
@@ -729,6 +734,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--train-run", default=None, help="a training run folder: adds its reward curves")
     ev.add_argument("--seed", type=int, default=0,
                     help="seed of the --limit sample, the shuffled listing and the bootstrap intervals (default 0)")
+    _add_template_args(ev)
     ev.set_defaults(func=cmd_evaluate)
 
     eg = sub.add_parser("evaluate-generic", help="general ability (also `iranker evaluate generic`): "

@@ -171,3 +171,32 @@ def test_evaluate_cli_errors_name_the_input(tmp_path):
     r = run("--data", "samples", "--split", "all", "--baselines", "bm25,magic", "--model", "x")
     assert r.returncode == 1 and "baselines: unknown magic" in r.stderr
     assert not (tmp_path / "o" / "metrics.json").exists()
+
+
+def test_thought_templates_are_an_evaluated_system_beside_the_plain_base(tmp_path, two_models):
+    """`evaluate(thoughts=...)` without a trained model: the base shown the store's templates is the evaluated
+    system, paired against the same base shown none, and the result says what it was shown."""
+    from iranker.evaluate.harness import evaluate, load_eval_data
+    from iranker.thoughts import ThoughtWriter, retrieval_text
+
+    data = load_eval_data(["samples"], split="all", limit=2, orders=("first-stage",))
+    with ThoughtWriter(tmp_path / "store", source="test") as w:
+        for inst in data.instances:
+            assert w.add(inst.scenario, retrieval_text(inst.scenario, inst.query, inst.history),
+                         "drop the candidate that does not answer the request", 1.0, len(inst.candidates))
+    with pytest.raises(ValueError, match="thought templates: .*nothing"):  # a bad store fails before any model loads
+        evaluate(data, tmp_path / "bad", base=str(two_models[0]), thoughts=tmp_path / "nothing", progress=False)
+    assert not (tmp_path / "bad").exists()
+    m = str(two_models[0])
+    metrics = evaluate(data, tmp_path / "out", base=m, direct=False, baselines=[], max_words=30, progress=False,
+                       thoughts=tmp_path / "store", templates_k=2)
+    assert metrics["system"] == "base (templates)"
+    assert metrics["thought_templates"] == {"store": str(tmp_path / "store"), "templates_k": 2,
+                                            "thoughts": len(data.instances), "shown_to": "base (templates)"}
+    assert metrics["ranking_settings"]["base (templates)"]["templates_k"] == 2
+    assert "thought_templates" not in metrics["ranking_settings"]["base (iterative)"]
+    for r in metrics["results"]:
+        assert r["comparison"]["against"] == "base (iterative)" and "mrr" in r["comparison"]
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "Thought templates: base (templates) is shown the 2 nearest" in report
+    assert report.count("base (iterative)") >= 1 and "| **base (templates)** |" in report

@@ -36,6 +36,8 @@ class ModelSystem:
     name: str  # as reported, e.g. "trained", "base (iterative)"
     model: str  # folder or alias
     method: str = "iterative"  # iterative | direct
+    thoughts: str | None = None  # a thought store whose nearest thoughts each request is shown (iranker.thoughts)
+    templates_k: int = 3
 
 
 @dataclass
@@ -146,7 +148,8 @@ def rank_with(system: ModelSystem, instances: Sequence[RankingInstance], max_wor
     out = [None] * len(instances)
     if not todo:
         return out, "", None
-    backend, config = open_model(system.model, "transformers", {"max_words": max_words}, device=device, dtype=dtype)
+    backend, config = open_model(system.model, "transformers", {"max_words": max_words}, thoughts=system.thoughts,
+                                 templates_k=system.templates_k, device=device, dtype=dtype)
     reqs = [instances[k].to_request(method=system.method) for k in todo]
     _say(f"{system.name}: ranking {len(reqs)} instances ({system.method}) with {backend.name} ({config.layout} "
          f"layout, {config.max_words} words per candidate)")
@@ -155,6 +158,8 @@ def rank_with(system: ModelSystem, instances: Sequence[RankingInstance], max_wor
         out[k] = r
     settings = {"layout": config.layout, "max_words": config.max_words, "window": config.window,
                 "stride": config.stride}
+    if config.thoughts is not None:
+        settings.update(thought_templates=config.thoughts.path, templates_k=config.templates_k)
     return out, backend.name, settings
 
 
@@ -178,15 +183,24 @@ def trained_scenarios(model: str | Path | None) -> list[str]:
 def evaluate(data: EvalData, out: str | Path, model: str | None = None, base: str | None = None,
              direct: bool = True, baselines: Sequence[str] = tuple(BASELINES), max_words: int | None = None,
              batch_size: int = 16, train_run: str | Path | None = None, seed: int = 0,
-             progress: bool = True, device: str = "auto", dtype: str = "auto") -> dict:
-    """Evaluate and write metrics.json, per_instance.jsonl, report.md and plots into `out`; returns metrics."""
+             progress: bool = True, device: str = "auto", dtype: str = "auto", thoughts: str | Path | None = None,
+             templates_k: int = 3) -> dict:
+    """Evaluate and write metrics.json, per_instance.jsonl, report.md and plots into `out`; returns metrics.
+
+    `thoughts`: a thought store (`iranker.thoughts`) whose `templates_k` nearest thoughts the evaluated system is
+    shown with each request, as `iranker rank|serve --thought-templates` shows them: the trained model with them
+    when `model` is given, else the base with them ("base (templates)") against the same base without."""
     from iranker.models import EMBEDDED_ALIAS
+    from iranker.thoughts import ThoughtStore
 
     unknown = [b for b in baselines if b not in BASELINES]
     if unknown:
         raise ValueError(f"baselines: unknown {', '.join(unknown)}; choose from {', '.join(BASELINES)}")
     if train_run is not None and not (Path(train_run) / "metrics.jsonl").exists():
         raise FileNotFoundError(f"--train-run {train_run}: no metrics.jsonl (is it an `iranker train --out` folder?)")
+    if templates_k < 1:
+        raise ValueError(f"templates_k: expected at least 1 thought per request, got {templates_k}")
+    store = ThoughtStore.load(thoughts) if thoughts else None  # a bad store fails before any model loads
     out = Path(out)  # made once there is something to write: a model that fails to load leaves nothing behind
     base = base or EMBEDDED_ALIAS
     instances = data.instances
@@ -194,8 +208,11 @@ def evaluate(data: EvalData, out: str | Path, model: str | None = None, base: st
     t0 = time.perf_counter()
 
     systems: list[ModelSystem] = []
+    shown = {"thoughts": str(thoughts), "templates_k": templates_k} if store is not None else {}
     if model:
-        systems.append(ModelSystem("trained", model))
+        systems.append(ModelSystem("trained", model, **shown))
+    elif store is not None:
+        systems.append(ModelSystem("base (templates)", base, **shown))
     systems.append(ModelSystem("base (iterative)", base))
     if direct:
         systems.append(ModelSystem("base (direct)", base, "direct"))
@@ -266,6 +283,8 @@ def evaluate(data: EvalData, out: str | Path, model: str | None = None, base: st
                                      "system": name, **{key: m[key] for key in REPORTED}})
     metrics = {"model": model_names.get(main, main), "system": main, "base": model_names.get("base (iterative)"),
                "train_scenarios": trained_on,
+               "thought_templates": ({"store": str(thoughts), "templates_k": templates_k, "thoughts": len(store),
+                                      "shown_to": main} if store is not None else None),
                "method": "iterative", "sources": data.sources, "n_instances": len(instances),
                "max_words": (settings[main] or {}).get("max_words", max_words), "ranking_settings": settings,
                "seconds": round(time.perf_counter() - t0, 1), "results": results}

@@ -44,9 +44,13 @@ def comparison_line(res: dict) -> str:
 
 
 def summary_table(metrics: dict) -> str:
-    """One line per group: primary metric and MRR of the evaluated system, the base and the best baseline."""
-    lines = [("| dataset | scenario | n | metric | random | best simple baseline | base (iterative) | "
-             f"{metrics['system']} | paired difference [95% interval] |"), "|" + "---|" * 9]
+    """One line per group: primary metric and MRR of the evaluated system, the base and the best baseline (the base
+    column and the paired difference only where the evaluated system is not the base itself)."""
+    against_base = metrics["system"] != "base (iterative)"
+    lines = [("| dataset | scenario | n | metric | random | best simple baseline | "
+              + ("base (iterative) | " if against_base else "") + f"{metrics['system']} |"
+              + (" paired difference [95% interval] |" if against_base else "")),
+             "|" + "---|" * (9 if against_base else 7)]
     for r in metrics["results"]:
         for m in dict.fromkeys([r["primary_metric"], "mrr"]):
             simple = {n: v[m] for n, v in r["baselines"].items() if not n.startswith(("base", "random"))}
@@ -57,8 +61,10 @@ def summary_table(metrics: dict) -> str:
                 f"| {r['dataset']} | {r['scenario']} | {r['n_instances']} | {m} | "
                 f"{r['baselines']['random (expected)'][m]:.3f} | "
                 + (f"{simple[best]:.3f} ({best})" if best else "-") + " | "
-                + (f"{base:.3f}" if base is not None else "-") + f" | {r['metrics'].get(m, 0):.3f} | "
-                + (f"{c['diff']:+.3f} [{c['low']:+.3f}, {c['high']:+.3f}]" if c else "-") + " |")
+                + ((f"{base:.3f}" if base is not None else "-") + " | " if against_base else "")
+                + f"{r['metrics'].get(m, 0):.3f} |"
+                + ((f" {c['diff']:+.3f} [{c['low']:+.3f}, {c['high']:+.3f}] |" if c else " - |")
+                   if against_base else ""))
     return "\n".join(lines)
 
 
@@ -71,6 +77,11 @@ def write_report(metrics: dict, out: Path, train_run: str | Path | None = None) 
           f"{metrics['base']}. Candidate texts capped at {metrics['max_words']} words. Intervals are 95% "
           "bootstrap intervals over instances; `random (expected)` is the exact expectation of a random order."),
           "", "## Summary", "", summary_table(metrics), ""]
+    shown = metrics.get("thought_templates")
+    if shown:
+        md[-3:-3] = [(f"Thought templates: {shown['shown_to']} is shown the {shown['templates_k']} nearest of the "
+                      f"{shown['thoughts']} thoughts in `{shown['store']}` with each request; the other model "
+                      "systems are shown none."), ""]
     for r in metrics["results"]:
         domain = f", {r['domain']}" if r.get("domain") else ""  # zero-shot transfer: trained on other scenarios
         md += [(f"## {r['dataset']} · {r['scenario']} ({r['n_instances']} instances, {r['candidates']} candidates"
