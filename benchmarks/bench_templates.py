@@ -77,7 +77,7 @@ def main() -> None:
     data = load_eval_data(args.data, split=args.split, limit=args.limit, seed=args.seed, orders=("first-stage",))
     instances = data.instances
     reqs = [i.to_request() for i in instances]
-    backend, config = open_model(args.model)
+    backend, config = open_model(args.model, templates_k=0)  # plain: none of a store the model may be saved with
     config = replace(config, batch_size=args.batch_size)
     runs, seconds = {}, {}
     for name, cfg in (("plain", config), ("templates", replace(config, thoughts=store, templates_k=args.k))):

@@ -61,13 +61,14 @@ def build_features(dataset: Input[Dataset], routing: Input[Dataset], feature_rep
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
 def train(recommendation: Input[Dataset], routing: Input[Dataset], passage: Input[Dataset], feedback: Input[Dataset],
           recommendation_version: str, routing_version: str, passage_version: str, feedback_version: str,
-          profile: str, overrides: dict, runs_dir: str, model: Output[Model]):
-    """PPO on elimination steps of the three scenarios' training splits and the feedback's, if any (one model)."""
+          profile: str, overrides: dict, runs_dir: str, templates_k: int, model: Output[Model]):
+    """PPO on elimination steps of the three scenarios' training splits and the feedback's, if any (one model);
+    `templates_k` > 0: the model is saved to be shown that many of its own thought templates per request."""
     from iranker.pipeline import train_step
 
     result = train_step(profile, [recommendation.path, routing.path, passage.path, feedback.path],
                         [recommendation_version, routing_version, passage_version, feedback_version], overrides,
-                        runs_dir, model.path)
+                        runs_dir, model.path, templates_k=templates_k)
     model.metadata.update(result)
 
 

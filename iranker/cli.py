@@ -63,8 +63,9 @@ def _add_template_args(p: argparse.ArgumentParser) -> None:
                    help="a thought store folder (`iranker thoughts collect`, or thoughts/ of a reasoning-mode training "
                         "run): each request is shown the thoughts kept for its most similar stored queries "
                         "(default: none)")
-    p.add_argument("--templates-k", type=int, default=3, metavar="K",
-                   help="thought templates shown per request (default 3)")
+    p.add_argument("--templates-k", type=int, default=None, metavar="K",
+                   help="thought templates shown per request (default: the model's saved setting, else 3 with "
+                        "--thought-templates; 0 turns off the templates a model was saved with)")
 
 
 def _add_device_args(p: argparse.ArgumentParser) -> None:
@@ -104,7 +105,7 @@ def _open_model(args, explicit: dict | None = None):
     try:
         backend, config = open_model(args.model, args.backend, explicit,
                                      thoughts=getattr(args, "thought_templates", None),
-                                     templates_k=getattr(args, "templates_k", 3), **_backend_options(args))
+                                     templates_k=getattr(args, "templates_k", None), **_backend_options(args))
     except ValueError as e:
         _store_die(e)
         raise

@@ -148,16 +148,20 @@ def profile_path(profile: str) -> Path:
 
 
 def train_step(profile: str, datasets: list[str], data_versions: list[str], overrides: dict[str, Any],
-               runs_dir: str, out: str) -> dict[str, Any]:
+               runs_dir: str, out: str, templates_k: int = 0) -> dict[str, Any]:
     """Train on the datasets with a profile; the run folder is keyed by the configuration and the data versions, so
     a re-run reuses a finished run and resumes a killed one from its last checkpoint. Copies the final model to
-    `out` (a transformers folder)."""
+    `out` (a transformers folder). `templates_k` > 0 saves the model to be shown that many of its own thought
+    templates per request (`ranking.templates_k`; reasoning mode keeps the store), wherever it ranks next: the
+    evaluate step, the gate and the server."""
     from iranker.train import load_config
     from iranker.train.loop import run_training
     from iranker.train.modeling import base_model_path
 
     datasets, data_versions = present(datasets), [v for v in data_versions if v]
-    cfg = load_config(profile_path(profile), {**(overrides or {}), "data": list(datasets)})
+    cfg = load_config(profile_path(profile), {**(overrides or {}), **({"ranking.templates_k": templates_k}
+                                                                       if templates_k else {}),
+                                              "data": list(datasets)})
     settings = cfg.model_dump(exclude={"data"})
     key = hashlib.sha256(json.dumps({"config": settings, "data": sorted(data_versions)}, sort_keys=True,
                                     default=str).encode()).hexdigest()[:12]
@@ -215,7 +219,8 @@ def generic_step(model: str, base_model: str, tasks: str, limit: int, data_dir: 
     """The optional general-ability check (`iranker evaluate generic`): the candidate against its base model on the
     comma-separated lm-evaluation-harness `tasks`, at most `limit` documents each, the task files in `data_dir`
     (empty: $IRANKER_GENERIC_DATA or ../shared/data/generic). With no tasks, an artifact marked NO_DATA that the
-    gate leaves out."""
+    gate leaves out. A task that runs the model's code (humaneval) runs it: naming it in the pipeline's
+    generic_tasks is the confirmation `iranker evaluate generic` asks for, and the step's container its boundary."""
     names = [t.strip() for t in tasks.split(",") if t.strip()]
     if not names:
         Path(out).mkdir(parents=True, exist_ok=True)
@@ -225,7 +230,7 @@ def generic_step(model: str, base_model: str, tasks: str, limit: int, data_dir: 
     from iranker.evaluate.generic import evaluate_generic
 
     result = evaluate_generic(model, names, out, base=base_model, limit=limit, folder=data_dir or None,
-                              progress=_say)
+                              confirm_run_unsafe_code=True, progress=_say)
     return {"tasks": names, "n": {n: t["n"] for n, t in result["tasks"].items()},
             "difference": {f"{n}/{t['primary_metric']}": t["comparison"]["diff"] for n, t in result["tasks"].items()}}
 

@@ -27,6 +27,7 @@ import math
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Literal
 
 from iranker.backends.base import Backend
@@ -409,25 +410,47 @@ def estimate_cost(backend: Backend, config: RankerConfig, req: RankRequest) -> R
     return RequestCost(math.ceil(tokens), passes)
 
 
+def model_thoughts(model: str | None) -> Path:
+    """The thought store a model folder ships (`thoughts/`, a reasoning-mode training run's), for a model saved with
+    `templates_k` > 0; a ValueError when it has none."""
+    from iranker.models import shipped_models
+
+    shipped = shipped_models()
+    folder = (shipped[model] if model in shipped else Path(model)) / "thoughts" if model else None
+    if folder is None or not folder.is_dir():
+        raise ValueError(f"thought templates: {model}: its ranking settings show templates_k thought templates per "
+                         "request, but it has no thoughts/ folder (a reasoning-mode training run's final/ ships one); "
+                         "give a store with --thought-templates or turn them off with --templates-k 0")
+    return folder
+
+
 def open_model(model: str | None = None, backend: str = "transformers", explicit: dict | None = None,
-               warn=None, thoughts: str | None = None, templates_k: int = 3,
+               warn=None, thoughts: str | None = None, templates_k: int | None = None,
                **backend_options) -> tuple[Backend, RankerConfig]:
     """The backend and the ranker configuration to rank `model` with - the one way `rank`, `evaluate`, the
     pipeline's evaluate step and `serve` open a model.
 
     The ranking settings are those saved with a trained model folder (`iranker.settings`), else the defaults;
     `explicit` values (layout, max_words, window, stride, max_item_tokens; None = not given) take precedence, each
-    one that differs from the saved value with a warning. `thoughts`: a thought store folder whose `templates_k`
-    nearest thoughts are shown with each request (`iranker.thoughts`; read before the model loads, so a bad store
-    fails fast). For the openai backend the settings come from the
+    one that differs from the saved value with a warning. Thought templates (`iranker.thoughts`): `thoughts`, a
+    store folder whose `templates_k` nearest thoughts (None: the saved setting, else 3) are shown with each request;
+    without it, a model saved with `templates_k` > 0 is shown its own store (its `thoughts/` folder), and an
+    explicit `templates_k` of 0 turns that off. The store is read before the model loads, so a bad one fails fast.
+    For the openai backend the settings come from the
     `tokenizer` folder (the trained model's own folder, whose chat template renders the prompts).
     """
     from iranker.backends import load_backend
     from iranker.settings import settings_for
 
-    store = ThoughtStore.load(thoughts) if thoughts else None
     source = backend_options.get("tokenizer") if backend == "openai" else model
-    settings = settings_for(source if isinstance(source, str) else None, explicit, warn)
+    settings = settings_for(source if isinstance(source, str) else None, {**(explicit or {}), "templates_k":
+                                                                           templates_k}, warn)
+    store = None
+    if thoughts:
+        store = ThoughtStore.load(thoughts)
+        settings = settings.model_copy(update={"templates_k": settings.templates_k or 3})
+    elif settings.templates_k:
+        store = ThoughtStore.load(model_thoughts(source))
     if backend in ("transformers", "vllm"):
         backend_options.setdefault("max_item_tokens", settings.max_item_tokens)
     loaded = load_backend(backend, model, **backend_options)
@@ -443,5 +466,5 @@ def open_model(model: str | None = None, backend: str = "transformers", explicit
                          f"its tokenizer now reads {alphabet!r} as single tokens; rank it with the tokenizer it was "
                          "trained with")
     config = RankerConfig(layout=settings.layout, window=settings.window, stride=settings.stride,
-                          max_words=settings.max_words, thoughts=store, templates_k=templates_k)
+                          max_words=settings.max_words, thoughts=store, templates_k=settings.templates_k)
     return loaded, config

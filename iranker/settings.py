@@ -36,6 +36,9 @@ class RankingSettings(BaseModel):
     stride: int = Field(default=10, ge=1, description="how far a sliding window moves up on longer lists")
     label_scheme: str | None = Field(default=None, description="how the tokenizer reads labels (recorded by "
                                                                "training; decided per tokenizer)")
+    templates_k: int = Field(default=0, ge=0,
+                             description="thought templates shown with each request from the model's own store "
+                                         "(its thoughts/ folder, kept by reasoning-mode training; 0: none)")
     labels: str | None = Field(default=None, pattern="^[A-Z]*$",
                                description="fast mode's label alphabet: the letters the tokenizer reads as one token "
                                            "(recorded by training; decided per tokenizer)")

@@ -76,6 +76,7 @@ def build_pipeline(gpu: dict | None = GPU):
         feature_repo: str = "feature_repo",
         profile: str = "gpu-3b",
         train_overrides: dict = {},  # noqa: B006
+        templates_k: int = 0,
         runs_dir: str = "runs/pipeline",
         eval_limit: int = 0,
         baselines: list = ["first-stage", "bm25", "minilm", "popularity",  # noqa: B006
@@ -110,6 +111,9 @@ def build_pipeline(gpu: dict | None = GPU):
             feature_repo: Feast repository the features step applies and materializes.
             profile: Training profile: smoke, demo, cpu, gpu-3b, or a YAML file.
             train_overrides: Settings that override the profile, e.g. {"steps": 200, "lr_actor": 1e-6}.
+            templates_k: Thought templates (IRanker-COT) the trained model is shown per request from its own store,
+                which reasoning-mode training keeps (train_overrides {"mode": "reasoning"}): saved with the model's
+                ranking settings, so the evaluate step, the gate and the server all show them; 0 for none.
             runs_dir: Folder for training runs (a re-run resumes from the last checkpoint).
             eval_limit: At most this many test instances per dataset (0 for all).
             baselines: Simple baselines scored on the same instances.
@@ -118,8 +122,9 @@ def build_pipeline(gpu: dict | None = GPU):
             tolerance: The candidate may be at most this much worse than production on any scenario
                 (lower end of the paired 95% interval).
             min_gain: The pooled primary-metric gain over production must have its lower interval end above this.
-            generic_tasks: General-ability tasks (lm-evaluation-harness, e.g. "gsm8k") the candidate is checked on
-                against its base model; empty for none.
+            generic_tasks: General-ability tasks (lm-evaluation-harness: "gsm8k", "humaneval", comma-separated)
+                the candidate is checked on against its base model; empty for none. HumanEval runs the code the
+                model writes, inside the step's container.
             generic_limit: At most this many documents per general-ability task (0 for all).
             generic_data: Folder of the task files (empty: $IRANKER_GENERIC_DATA, else ../shared/data/generic).
             generic_tolerance: A general-ability task may drop at most this much below the base (lower end of the
@@ -146,7 +151,8 @@ def build_pipeline(gpu: dict | None = GPU):
                    recommendation_version=tasks["recommendation"][1].outputs["Output"],
                    routing_version=tasks["routing"][1].outputs["Output"],
                    passage_version=tasks["passage"][1].outputs["Output"], feedback_version=fb.outputs["Output"],
-                   profile=profile, overrides=train_overrides, runs_dir=runs_dir).set_display_name("train (PPO)")
+                   profile=profile, overrides=train_overrides, runs_dir=runs_dir,
+                   templates_k=templates_k).set_display_name("train (PPO)")
         if gpu:
             from kfp import kubernetes
 

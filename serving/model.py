@@ -39,7 +39,8 @@ class IRankerModel(kserve.Model):
     def __init__(self, name: str = "iranker", model: str | None = None, backend: str = "transformers",
                  backend_options: dict[str, Any] | None = None, feature_repo: str | Path | None = None,
                  config: ServeConfig | None = None, ranker_options: dict[str, Any] | None = None,
-                 routes: str | Path | None = None, thoughts: str | None = None, templates_k: int = 3):
+                 routes: str | Path | None = None, thoughts: str | None = None,
+                 templates_k: int | None = None):
         super().__init__(name)
         self.thoughts, self.templates_k = thoughts, templates_k  # thought templates (iranker.thoughts)
         self.model_name = model

@@ -113,3 +113,37 @@ def test_open_think_starts_the_assistant_turn_inside_the_thought(tiny_backend):
                                       "candidates": [{"id": "a", "text": "the moon"}, {"id": "b", "text": "cats"}]})
     assert first_prompt(tiny_backend, RankerConfig(open_think=True), req).endswith("<think>")
     assert not first_prompt(tiny_backend, RankerConfig(), req).endswith("<think>")
+
+
+def test_a_model_saved_with_templates_k_is_shown_its_own_store_wherever_it_is_opened(tmp_path, tiny_model_dir):
+    """Train/serve parity for the templates: `ranking.templates_k` in the saved settings makes `open_model` (rank,
+    evaluate, the gate, serve) show the model its own thoughts/ store; an explicit 0 turns it off; a model that
+    claims templates but ships no store is an error that says what to do."""
+    import shutil
+
+    from iranker.ranker import open_model
+    from iranker.settings import RankingSettings, write_settings
+    from iranker.train.config import TrainConfig
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    write_settings(model, RankingSettings(templates_k=2))
+    with pytest.raises(ValueError, match="thought templates: .*no thoughts/ folder.*--templates-k 0"):
+        open_model(str(model))
+    _store(model / "thoughts")
+    _, config = open_model(str(model))
+    assert config.templates_k == 2 and len(config.thoughts) == 4
+    assert config.thoughts.path == str(model / "thoughts")
+    warned = []
+    _, config = open_model(str(model), templates_k=0, warn=warned.append)
+    assert config.thoughts is None and warned and "templates_k=0 differs" in warned[0]
+    _store(tmp_path / "other")
+    _, config = open_model(str(model), thoughts=str(tmp_path / "other"))  # a store given: it, the saved K
+    assert config.thoughts.path == str(tmp_path / "other") and config.templates_k == 2
+    _, config = open_model(str(tiny_model_dir), thoughts=str(tmp_path / "other"))  # no saved setting: 3
+    assert config.templates_k == 3
+    # the store is what reasoning-mode training keeps: a fast-mode profile cannot ask for it
+    with pytest.raises(ValueError, match="ranking.templates_k: .*reasoning"):
+        TrainConfig.model_validate({"data": ["samples"], "ranking": {"templates_k": 2}})
+    assert TrainConfig.model_validate({"data": ["samples"], "mode": "reasoning", "algo": "ppo",
+                                       "ranking": {"templates_k": 2}}).ranking.templates_k == 2

@@ -142,7 +142,8 @@ def test_every_profile_is_a_valid_config(profile):
 
 def test_reasoning_mode_ppo_runs_token_level_updates(tmp_path, smoke):
     """Reasoning mode: sampled think + answer responses, token-level PPO; failures to parse are counted."""
-    cfg = smoke.model_copy(update={"mode": "reasoning", "steps": 2, "batch_size": 3, "max_new_tokens": 12})
+    cfg = smoke.model_copy(update={"mode": "reasoning", "steps": 2, "batch_size": 3, "max_new_tokens": 12,
+                                   "ranking": smoke.ranking.model_copy(update={"templates_k": 2})})
     final = run_training(cfg, tmp_path / "run", progress=False)
     rows = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2]
@@ -157,6 +158,12 @@ def test_reasoning_mode_ppo_runs_token_level_updates(tmp_path, smoke):
     store = json.loads((final / "thoughts" / "store.json").read_text())
     assert store == {"format": 1, "index": "bm25", "count": 0}
     assert (final / "thoughts" / "thoughts.jsonl").read_text() == ""
+    # saved with ranking.templates_k: wherever the model is opened next, it is shown its own store
+    from iranker.ranker import open_model
+
+    assert json.loads((final / "iranker-ranking.json").read_text())["templates_k"] == 2
+    _, config = open_model(str(final))
+    assert config.templates_k == 2 and config.thoughts.path == str(final / "thoughts")
 
 
 def test_reasoning_update_raises_the_probability_of_a_rewarded_response(tmp_path, smoke):

@@ -37,7 +37,7 @@ class ModelSystem:
     model: str  # folder or alias
     method: str = "iterative"  # iterative | direct
     thoughts: str | None = None  # a thought store whose nearest thoughts each request is shown (iranker.thoughts)
-    templates_k: int = 3
+    templates_k: int | None = None  # None: the model's saved setting, else 3 with a store
 
 
 @dataclass
@@ -184,12 +184,13 @@ def evaluate(data: EvalData, out: str | Path, model: str | None = None, base: st
              direct: bool = True, baselines: Sequence[str] = tuple(BASELINES), max_words: int | None = None,
              batch_size: int = 16, train_run: str | Path | None = None, seed: int = 0,
              progress: bool = True, device: str = "auto", dtype: str = "auto", thoughts: str | Path | None = None,
-             templates_k: int = 3) -> dict:
+             templates_k: int | None = None) -> dict:
     """Evaluate and write metrics.json, per_instance.jsonl, report.md and plots into `out`; returns metrics.
 
     `thoughts`: a thought store (`iranker.thoughts`) whose `templates_k` nearest thoughts the evaluated system is
     shown with each request, as `iranker rank|serve --thought-templates` shows them: the trained model with them
-    when `model` is given, else the base with them ("base (templates)") against the same base without."""
+    when `model` is given, else the base with them ("base (templates)") against the same base without. A model
+    saved with `templates_k` > 0 (its ranking settings) is shown its own store without being asked, as served."""
     from iranker.models import EMBEDDED_ALIAS
     from iranker.thoughts import ThoughtStore
 
@@ -198,8 +199,8 @@ def evaluate(data: EvalData, out: str | Path, model: str | None = None, base: st
         raise ValueError(f"baselines: unknown {', '.join(unknown)}; choose from {', '.join(BASELINES)}")
     if train_run is not None and not (Path(train_run) / "metrics.jsonl").exists():
         raise FileNotFoundError(f"--train-run {train_run}: no metrics.jsonl (is it an `iranker train --out` folder?)")
-    if templates_k < 1:
-        raise ValueError(f"templates_k: expected at least 1 thought per request, got {templates_k}")
+    if thoughts and templates_k is not None and templates_k < 1:
+        raise ValueError(f"templates_k: expected at least 1 thought per request with a store, got {templates_k}")
     store = ThoughtStore.load(thoughts) if thoughts else None  # a bad store fails before any model loads
     out = Path(out)  # made once there is something to write: a model that fails to load leaves nothing behind
     base = base or EMBEDDED_ALIAS
@@ -283,8 +284,8 @@ def evaluate(data: EvalData, out: str | Path, model: str | None = None, base: st
                                      "system": name, **{key: m[key] for key in REPORTED}})
     metrics = {"model": model_names.get(main, main), "system": main, "base": model_names.get("base (iterative)"),
                "train_scenarios": trained_on,
-               "thought_templates": ({"store": str(thoughts), "templates_k": templates_k, "thoughts": len(store),
-                                      "shown_to": main} if store is not None else None),
+               "thought_templates": ({"store": str(thoughts), "templates_k": settings[main]["templates_k"],
+                                      "thoughts": len(store), "shown_to": main} if store is not None else None),
                "method": "iterative", "sources": data.sources, "n_instances": len(instances),
                "max_words": (settings[main] or {}).get("max_words", max_words), "ranking_settings": settings,
                "seconds": round(time.perf_counter() - t0, 1), "results": results}

@@ -168,6 +168,9 @@ class TrainConfig(_Section):
             raise ValueError("pools.episodes + pools.on_policy must not exceed 1 (shares of one batch)")
         if self.pools.max_size > self.ranking.window:
             raise ValueError(f"pools.max_size must not exceed ranking.window ({self.ranking.window})")
+        if self.ranking.templates_k and self.mode != "reasoning":
+            raise ValueError("ranking.templates_k: the model's own thought store comes from reasoning-mode training "
+                             "(mode: reasoning); a fast-mode model is shown a store with --thought-templates instead")
         if self.mode == "reasoning" and self.algo == "expected":
             raise ValueError("algo: 'expected' needs the explicit action distribution of fast mode")
         return self
