@@ -589,7 +589,8 @@ def cmd_evaluate_generic(args) -> None:
     result = evaluate_generic(args.model, tasks, args.out, base=args.base, limit=args.limit, folder=args.data_dir,
                               num_fewshot=args.num_fewshot, max_gen_toks=args.max_gen_toks,
                               batch_size=args.batch_size, device=args.device, dtype=args.dtype, seed=args.seed,
-                              confirm_run_unsafe_code=args.confirm_run_unsafe_code, progress=_say)
+                              confirm_run_unsafe_code=args.confirm_run_unsafe_code, backend=args.backend,
+                              python=args.vllm_python, progress=_say)
     print((Path(args.out) / "report.md").read_text())
     _say(f"wrote {args.out}/generic.json ({', '.join(result['tasks'])})")
 
@@ -757,6 +758,11 @@ def build_parser() -> argparse.ArgumentParser:
     eg.add_argument("--max-gen-toks", type=int, default=None, help="longest answer generated (default: lm_eval's, "
                     "256)")
     eg.add_argument("--batch-size", type=int, default=8, help="documents generated together (default 8)")
+    eg.add_argument("--backend", default="transformers", choices=["transformers", "vllm"],
+                    help="where each model runs: in process (lm_eval's hf class) or served by a real vLLM OpenAI "
+                    "server started from the vLLM environment (lm_eval's local-completions; default transformers)")
+    eg.add_argument("--vllm-python", default=None, help="vllm backend: the vLLM environment's Python (default "
+                    "$IRANKER_VLLM_PYTHON, else .venv-vllm/bin/python from `make vllm-env`)")
     eg.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="default auto")
     eg.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"],
                     help="default auto: bfloat16 where the CPU computes it natively, or on CUDA")

@@ -11,7 +11,9 @@ A thought store is a folder, a model artifact beside the checkpoint it came from
 Only rewarded thoughts are kept: those whose decision removed a candidate of the pool's lowest grade (exclusion reward
 1). Retrieval is BM25 (`bm25s`) over the stored queries of the request's scenario: queries are short and lexical
 overlap finds the same task and topic; it installs from the package registry with numpy/scipy only, so the serving
-image needs no embedding model. Identical thoughts are returned once.
+image needs no embedding model. Identical thoughts are returned once. `retrieval="minilm"` (cosine similarity of
+all-MiniLM-L6-v2 embeddings, `iranker.embedding`) is the alternative `benchmarks/bench_templates.py --retrieval`
+measures against it.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from typing import Self
 FORMAT = 1
 STORE_FILE = "store.json"
 THOUGHTS_FILE = "thoughts.jsonl"
+RETRIEVALS = ("bm25", "minilm")
 KEEP_REWARD = 1.0  # a thought is kept when its decision earned this exclusion reward (the lowest grade removed)
 _THINK = re.compile(r"<think>(.*?)</think>", re.DOTALL | re.IGNORECASE)
 
@@ -95,10 +98,12 @@ class ThoughtWriter:
 
 
 class ThoughtStore:
-    """A loaded thought store with a BM25 index per scenario."""
+    """A loaded thought store with an index per scenario (BM25, or MiniLM embeddings)."""
 
-    def __init__(self, thoughts: Iterable[Thought], path: str = ""):
-        self.path = path
+    def __init__(self, thoughts: Iterable[Thought], path: str = "", retrieval: str = "bm25"):
+        if retrieval not in RETRIEVALS:
+            raise ValueError(f"thought templates: retrieval {retrieval!r} is not one of {', '.join(RETRIEVALS)}")
+        self.path, self.retrieval = path, retrieval
         self.by_scenario: dict[str, list[Thought]] = {}
         for t in thoughts:
             self.by_scenario.setdefault(t.scenario, []).append(t)
@@ -108,7 +113,7 @@ class ThoughtStore:
         return sum(len(v) for v in self.by_scenario.values())
 
     @classmethod
-    def load(cls, folder: str | os.PathLike) -> ThoughtStore:
+    def load(cls, folder: str | os.PathLike, retrieval: str = "bm25") -> ThoughtStore:
         """Read a store folder; a missing file or a malformed line is a ValueError naming the file and line."""
         folder = Path(folder)
         meta_path, rows_path = folder / STORE_FILE, folder / THOUGHTS_FILE
@@ -132,7 +137,7 @@ class ThoughtStore:
                 except (ValueError, KeyError, TypeError) as e:
                     raise ValueError(f"thought templates: {rows_path} line {n}: expected a JSON object with "
                                      f"scenario, query, thought, reward and pool ({e})") from None
-        return cls(thoughts, str(folder))
+        return cls(thoughts, str(folder), retrieval)
 
     def _bm25(self, scenario: str):
         if scenario not in self._index:
@@ -144,18 +149,32 @@ class ThoughtStore:
             self._index[scenario] = retriever
         return self._index[scenario]
 
-    def nearest(self, scenario: str, text: str, k: int) -> list[str]:
-        """The thoughts of the `k` stored queries of `scenario` most similar to `text` (BM25), best first, each
-        thought once; fewer when the store holds fewer, none for a scenario it lacks or an empty text."""
+    def _scores(self, scenario: str, text: str) -> list[float]:
+        """Similarity of `text` to each stored query of `scenario`; 0 means nothing in common (BM25)."""
+        if self.retrieval == "minilm":
+            from iranker.embedding import embed
+
+            if scenario not in self._index:
+                self._index[scenario] = embed([t.query for t in self.by_scenario[scenario]])
+            # cosine similarity, shifted into (0, 2] so that every stored query can be returned
+            return [float(v) + 1.0 + 1e-6 for v in self._index[scenario] @ embed([text])[0]]
         import bm25s
 
-        rows = self.by_scenario.get(scenario, [])
-        if k <= 0 or not rows or not text.strip():
-            return []
         tokens = bm25s.tokenize([text], stopwords="en", show_progress=False, return_ids=False)[0]
         if not tokens:
             return []
-        scores = self._bm25(scenario).get_scores(tokens)
+        return [float(v) for v in self._bm25(scenario).get_scores(tokens)]
+
+    def nearest(self, scenario: str, text: str, k: int) -> list[str]:
+        """The thoughts of the `k` stored queries of `scenario` most similar to `text` (BM25: none that shares no
+        term; MiniLM: the k nearest), best first, each thought once; fewer when the store holds fewer, none for a
+        scenario it lacks or an empty text."""
+        rows = self.by_scenario.get(scenario, [])
+        if k <= 0 or not rows or not text.strip():
+            return []
+        scores = self._scores(scenario, text)
+        if not scores:
+            return []
         order = sorted(range(len(rows)), key=lambda i: (-float(scores[i]), i))
         out: list[str] = []
         for i in order:

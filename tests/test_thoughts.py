@@ -43,6 +43,18 @@ def test_the_store_keeps_rewarded_thoughts_and_retrieves_by_scenario(tmp_path):
     assert thought_of("[B]") is None
 
 
+def test_minilm_retrieval_ranks_by_meaning_and_always_finds_the_nearest(tmp_path):
+    _store(tmp_path / "s")
+    store = ThoughtStore.load(tmp_path / "s", retrieval="minilm")
+    assert store.nearest("passage", "ocean high water and the lunar pull", 1) == ["the moon's gravity pulls the oceans"]
+    assert store.nearest("passage", "how do vaccines train the immune system", 3)[0] == "antigens prime memory cells"
+    assert len(store.nearest("passage", "stock market prices", 3)) == 2  # two distinct thoughts, nothing shared
+    assert store.nearest("routing", "tides", 3) == ["math needs a strong model"]
+    assert store.nearest("recommendation", "tides", 3) == []
+    with pytest.raises(ValueError, match="retrieval 'tfidf' is not one of bm25, minilm"):
+        ThoughtStore.load(tmp_path / "s", retrieval="tfidf")
+
+
 def test_a_bad_store_is_an_error_naming_the_file_and_line(tmp_path):
     with pytest.raises(ValueError, match="thoughts.jsonl not found"):
         ThoughtStore.load(tmp_path)

@@ -6,7 +6,9 @@ difference gets a paired interval that the promotion gate can use.
 
 - Models load as everywhere in iranker (`iranker.models.resolve_model`: a folder, a shipped adapter merged into its
   base, or the embedded model) into lm_eval's own Hugging Face model class (`hf`), in the dtype `dtype: auto` picks
-  for the machine.
+  for the machine. With `backend="vllm"` the same folder is served by a real vLLM OpenAI server started from the
+  vLLM environment (`make vllm-env`; vLLM pins its own torch, so it runs beside iranker, not inside it), and
+  lm_eval's `local-completions` client sends it the task's token ids: the engine KServe's huggingfaceserver runs.
 - Tasks are lm_eval's own task definitions (prompt, few-shot count, answer filters, metrics), with the dataset
   pointed at a local file:
   - `gsm8k`: GSM8K's 1,319 test problems from `../shared/data/generic/gsm8k_test.jsonl` (or `data_dir`). The
@@ -22,7 +24,7 @@ difference gets a paired interval that the promotion gate can use.
 - Not available offline here (`UNAVAILABLE`, with the reason): IFEval, MBPP and MathQA (their data is on the hub
   only).
 Writes `generic.json` (per task: each model's score with its standard error, the paired comparison model - base on
-the primary metric), `per_doc.jsonl` (each document's score per model) and `report.md`.
+the primary metric), `per_doc.jsonl` (each document's score and generated answer per model) and `report.md`.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -109,9 +112,49 @@ def pass_at_k(references: list[str], predictions: list[str], k: Sequence[int] = 
     return {"pass@1": sum(passed) / len(passed)}
 
 
+BACKENDS = ("transformers", "vllm")
+VLLM_MAX_MODEL_LEN = 4096  # GSM8K's 5-shot prompts and HumanEval's longest, with the answer
+
+
+def vllm_python(given: str | Path | None = None) -> Path:
+    """The Python of the vLLM environment: `given`, else $IRANKER_VLLM_PYTHON, else .venv-vllm/bin/python."""
+    root = Path(__file__).resolve().parents[2]  # the repository, where `make vllm-env` builds it
+    path = Path(given or os.environ.get("IRANKER_VLLM_PYTHON") or root / ".venv-vllm" / "bin" / "python")
+    if not path.exists():
+        raise FileNotFoundError(f"--vllm-python: {path} not found (build the vLLM environment with `make vllm-env`, or "
+                                "point --vllm-python or IRANKER_VLLM_PYTHON at a Python that has vLLM)")
+    return path
+
+
+@contextmanager
+def _vllm_server(folder: str, dtype: str, python: Path, log_path: Path):
+    """A vLLM OpenAI server on a free loopback port for `folder`; yields its completions URL, stops it after."""
+    import socket
+
+    from iranker.backends.vllm import start_vllm_server
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "w") as log:
+        proc = start_vllm_server(folder, port, python=str(python), log=log, dtype=dtype,
+                                 extra=["--enforce-eager", "--max-model-len", str(VLLM_MAX_MODEL_LEN)])
+        try:
+            yield f"http://127.0.0.1:{port}/v1/completions"
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=60)
+            except Exception:  # noqa: BLE001 - a server that will not stop is killed
+                proc.kill()
+
+
 def run_task(model: str, cfg: dict[str, Any], limit: int = 0, batch_size: int = 8, device: str | None = None,
-             dtype: str | None = None, seed: int = 0) -> dict[str, Any]:
-    """One model on one task: {"scores": {metric: value}, "stderr": {...}, "docs": {doc_id: {metric: value}}}."""
+             dtype: str | None = None, seed: int = 0, backend: str = "transformers",
+             python: str | Path | None = None, log_path: str | Path | None = None) -> dict[str, Any]:
+    """One model on one task: {"scores": {metric: value}, "stderr": {...}, "docs": {doc_id: {metric: value}}}.
+    `backend` "vllm": through a vLLM server started with `python` (its log at `log_path`)."""
     from lm_eval import simple_evaluate
 
     from iranker.devices import resolve_device, resolve_dtype
@@ -119,21 +162,32 @@ def run_task(model: str, cfg: dict[str, Any], limit: int = 0, batch_size: int = 
 
     where = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, where)
-    device = str(where)
-    out = simple_evaluate(model="hf", model_args={"pretrained": resolve_model(model),
-                                                  "dtype": str(torch_dtype).removeprefix("torch.")},
-                          tasks=[cfg], limit=limit or None, batch_size=batch_size, device=device, log_samples=True,
-                          random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed,
-                          fewshot_random_seed=seed, confirm_run_unsafe_code=bool(cfg.get("unsafe_code")))
+    device, dtype_name, folder = str(where), str(torch_dtype).removeprefix("torch."), resolve_model(model)
+    common = {"tasks": [cfg], "limit": limit or None, "log_samples": True, "random_seed": seed,
+              "numpy_random_seed": seed, "torch_random_seed": seed, "fewshot_random_seed": seed,
+              "confirm_run_unsafe_code": bool(cfg.get("unsafe_code"))}
+    if backend == "vllm":
+        with _vllm_server(folder, dtype_name, vllm_python(python), Path(log_path or "vllm.log")) as url:
+            out = simple_evaluate(model="local-completions", model_args={
+                "model": "iranker", "base_url": url, "tokenizer": folder, "tokenizer_backend": "huggingface",
+                "tokenized_requests": True, "num_concurrent": batch_size, "max_retries": 3,
+                "max_length": VLLM_MAX_MODEL_LEN, "timeout": 3600}, **common)
+    elif backend == "transformers":
+        out = simple_evaluate(model="hf", model_args={"pretrained": folder, "dtype": dtype_name},
+                              batch_size=batch_size, device=device, **common)
+    else:
+        raise ValueError(f"--backend: {backend!r} is not one of {', '.join(BACKENDS)}")
     res = out["results"][cfg["task"]]
     metrics = [k for k in res if "," in k and "_stderr," not in k]
     docs: dict[str, dict[str, float]] = {}
+    responses: dict[str, str] = {}
     for s in out["samples"][cfg["task"]]:
         key, metric = str(s["doc_id"]), f"{s['metrics'][0]},{s['filter']}"
         docs.setdefault(key, {})[metric] = float(s[s["metrics"][0]])
-    return {"scores": {m: float(res[m]) for m in metrics},
+        responses[key] = s["resps"][0][0]  # the generation itself, before any answer filter
+    return {"scores": {m: float(res[m]) for m in metrics}, "responses": responses,
             "stderr": {m: _num(res.get(m.replace(",", "_stderr,", 1))) for m in metrics},
-            "docs": docs, "dtype": str(torch_dtype).removeprefix("torch."), "device": device}
+            "docs": docs, "dtype": dtype_name, "device": device, "backend": backend}
 
 
 def _num(v: Any) -> float | None:
@@ -147,10 +201,12 @@ def evaluate_generic(model: str | None, tasks: Sequence[str], out: str | Path, b
                      limit: int = 0, folder: str | Path | None = None, num_fewshot: int | None = None,
                      max_gen_toks: int | None = None, batch_size: int = 8, device: str | None = None,
                      dtype: str | None = None, seed: int = 0, confirm_run_unsafe_code: bool = False,
+                     backend: str = "transformers", python: str | Path | None = None,
                      progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """`model` (None: the default model) and, when given, `base` on each task's first `limit` documents; writes the
     module's three files to `out` and returns what generic.json holds. Tasks that run the model's code (HumanEval)
-    need `confirm_run_unsafe_code`."""
+    need `confirm_run_unsafe_code`. `backend` "vllm" serves each model with vLLM (`python`: the vLLM environment's;
+    the server's log goes to `out`/vllm-ROLE.log)."""
     from iranker.devices import cpu_info
     from iranker.metrics import paired_comparison
     from iranker.models import display_name
@@ -160,6 +216,10 @@ def evaluate_generic(model: str | None, tasks: Sequence[str], out: str | Path, b
         raise ValueError(f"--tasks: {', '.join(unsafe)} runs the code the model writes (in a child process with a "
                          f"{HUMANEVAL_TIMEOUT_S:g} s limit, not a security sandbox); confirm with "
                          f"--confirm-run-unsafe-code")
+    if backend not in BACKENDS:
+        raise ValueError(f"--backend: {backend!r} is not one of {', '.join(BACKENDS)}")
+    if backend == "vllm":
+        python = vllm_python(python)
     configs = {t: task_config(t, folder, num_fewshot, max_gen_toks) for t in tasks}  # every error before any run
     systems = {"model": model} if base is None else {"model": model, "base": base}
     result: dict[str, Any] = {"model": model or "embedded", "base": base, "limit": limit, "seed": seed,
@@ -171,21 +231,23 @@ def evaluate_generic(model: str | None, tasks: Sequence[str], out: str | Path, b
             if progress:
                 progress(f"{name}: {role} {display_name(m) if m else 'embedded'} on "
                          f"{limit or 'all'} documents ({cfg.get('num_fewshot', 0)}-shot)")
-            runs[role] = run_task(m, cfg, limit, batch_size, device, dtype, seed)
+            runs[role] = run_task(m, cfg, limit, batch_size, device, dtype, seed, backend=backend, python=python,
+                                  log_path=Path(out) / f"vllm-{role}.log")
         primary = PRIMARY[name]
         entry: dict[str, Any] = {
             "primary_metric": primary, "num_fewshot": cfg.get("num_fewshot", 0),
             "max_gen_toks": (cfg.get("generation_kwargs") or {}).get("max_gen_toks"),
             "source_file": cfg["metadata"]["source_file"], "n": len(runs["model"]["docs"]),
             **{role: {"scores": r["scores"], "stderr": r["stderr"]} for role, r in runs.items()},
-            "dtype": runs["model"]["dtype"], "device": runs["model"]["device"]}
+            "dtype": runs["model"]["dtype"], "device": runs["model"]["device"], "backend": backend}
         if "base" in runs:
             ids = sorted(set(runs["model"]["docs"]) & set(runs["base"]["docs"]), key=int)
             entry["comparison"] = paired_comparison([runs["model"]["docs"][i][primary] for i in ids],
                                                     [runs["base"]["docs"][i][primary] for i in ids])
         result["tasks"][name] = entry
         for role, r in runs.items():
-            rows += [{"task": name, "system": role, "doc_id": int(i), **scores} for i, scores in r["docs"].items()]
+            rows += [{"task": name, "system": role, "doc_id": int(i), **scores, "response": r["responses"].get(i)}
+                     for i, scores in r["docs"].items()]
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "generic.json").write_text(json.dumps(result, indent=1))
