@@ -60,7 +60,7 @@ TRAIN_DATA = ("ml-100k", "games-6k", "routerbench", "dl19-top100", "dl19-tasb-to
 
 
 def ensure_data(shared: Path, root: Path) -> dict[str, Path]:
-    from iranker.data import ingest
+    from iranker.ingest import ingest
 
     rec = shared / "recommendation"
     dl19, dl21 = shared / "passage", shared / "passage-dl21"

@@ -259,7 +259,7 @@ def _params(pairs: list[str]) -> dict[str, str]:
 
 
 def cmd_data_ingest(args) -> None:
-    from iranker.data import ingest
+    from iranker.ingest import ingest
 
     result = ingest(args.source, args.path, args.out, _params(args.param), dvc=not args.no_dvc,
                     push=not args.no_push, progress=_say)
@@ -508,8 +508,9 @@ def cmd_serve(args) -> None:
     from iranker import features
 
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-    from serving.model import IRankerModel, ServeConfig, serve
+    from serving.model import IRankerModel, ServeConfig
     from serving.router import load_routes
+    from serving.server import serve
 
     model, why = _serving_model(args)
     repo = None

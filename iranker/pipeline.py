@@ -60,7 +60,8 @@ def ingest_step(source: str, path: str, params: dict[str, Any], data_dir: str, n
                 dvc: bool = True) -> dict[str, Any]:
     """Ingest a public source into `data_dir/name` (validated with Great Expectations, written atomically, DVC
     tracked and pushed when `data_dir` lies in a DVC repository), then copy the folder to the artifact `out`."""
-    from iranker.data import PROVENANCE, ingest
+    from iranker.data import PROVENANCE
+    from iranker.ingest import ingest
 
     target = resolve_path(data_dir) / name
     result = ingest(source, resolve_path(path), target, {k: str(v) for k, v in (params or {}).items()},

@@ -26,7 +26,7 @@ from serving.batching import Batcher
 from serving.feedback import Call, Shown
 from serving.policy import DeadlineExceeded, Overloaded, ServeConfig, Unauthorized, authorized, check_cost, check_policy
 
-__all__ = ["IRankerModel", "ServeConfig", "serve"]
+__all__ = ["IRankerModel", "ServeConfig"]
 
 logger = logging.getLogger("iranker.serving")
 
@@ -389,18 +389,3 @@ def _usage(body: bytes) -> dict | None:
 def _count(requests: Sequence[RankRequest], status: str) -> None:
     for r in requests:
         m.REQUESTS.labels(r.scenario, status).inc()
-
-
-def serve(model: IRankerModel, http_port: int = 8080) -> None:
-    """Load the model, then start KServe's model server with it and our routes (blocks): readiness comes only
-    after loading."""
-    from kserve import ModelServer
-    from kserve.model_server import app
-
-    from serving import connections
-    from serving.routes import install
-
-    connections.install(model.config.header_timeout_s, model.config.max_connections_per_client)
-    model.load()
-    install(app, model)
-    ModelServer(http_port=http_port, enable_grpc=False).start([model])

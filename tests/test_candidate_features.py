@@ -173,7 +173,7 @@ _CACHE: dict = {}
 def _ingested(shared, scenario):
     import tempfile
 
-    from iranker.data import ingest
+    from iranker.ingest import ingest
 
     if scenario not in _CACHE:
         out = tempfile.mkdtemp(prefix=f"iranker-{scenario}-")

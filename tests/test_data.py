@@ -10,8 +10,9 @@ import shutil
 import pytest
 from conftest import ROOT
 
-from iranker.data import DataError, build, ingest, render
+from iranker.data import DataError, build, render
 from iranker.data.routing import PREFERENCE_WEIGHTS
+from iranker.ingest import ingest
 
 SAMPLES = ROOT / "samples"
 

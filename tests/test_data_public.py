@@ -10,7 +10,8 @@ import pytest
 import yaml
 from conftest import run_dvc
 
-from iranker.data import DataError, build, ingest
+from iranker.data import DataError, build
+from iranker.ingest import ingest
 
 pytestmark = pytest.mark.slow
 

@@ -13,7 +13,8 @@ import sys
 import yaml
 from conftest import ROOT, run_dvc
 
-from iranker.data import PROVENANCE, ingest
+from iranker.data import PROVENANCE
+from iranker.ingest import ingest
 
 sys.path.insert(0, str(ROOT))
 
@@ -50,14 +51,14 @@ def test_committed_data_dvc_is_the_version_the_pipeline_ingests(tmp_path):
 
 
 def test_a_change_to_the_data_code_that_leaves_the_data_alone_keeps_the_version(tmp_path, monkeypatch):
-    from iranker import data
+    from iranker import ingest as ingest_module
 
     repo = _dvc_repo(tmp_path / "repo")
     ingest("trec-dl", ROOT / "samples" / "trec-dl", repo / "data" / "p", push=False)
     before = (repo / "data.dvc").read_text()
     first = (repo / "data" / "p" / PROVENANCE).read_text()
     # another version of the code (an edited error message) that writes the same data
-    monkeypatch.setattr(data, "provenance", lambda: {"iranker": "9.9", "git": "edited", "data_code_sha256": "x"})
+    monkeypatch.setattr(ingest_module, "provenance", lambda: {"iranker": "9.9", "git": "edited", "data_code_sha256": "x"})
     ingest("trec-dl", ROOT / "samples" / "trec-dl", repo / "data" / "p", push=False)
     assert (repo / "data" / "p" / PROVENANCE).read_text() != first  # recorded ...
     assert (repo / "data.dvc").read_text() == before  # ... but not versioned

@@ -92,9 +92,9 @@ def two_models(tmp_path_factory, tiny_tokenizer):
 
 @pytest.mark.slow
 def test_harness_writes_metrics_report_and_plots(tmp_path, two_models):
-    from iranker.data import ingest
     from iranker.evaluate import score_by_scenario
     from iranker.evaluate.harness import evaluate, load_eval_data
+    from iranker.ingest import ingest
     from iranker.metrics import ranking_to_run, score_run
     from iranker.ranker import RankerConfig, rank_requests
 

@@ -32,8 +32,8 @@ def _replay(url, data, limit, seed):
 
 @pytest.mark.slow  # real servers, real data, a training run: about a minute
 def test_replayed_users_outcomes_become_a_dataset_that_trains_and_is_gated(tiny_model_dir, shared_data, tmp_path):
-    from iranker.data import ingest
     from iranker.features import UserFeatures
+    from iranker.ingest import ingest
     from iranker.io import load_instances
     from iranker.pipeline import evaluate_step, features_step, feedback_step, promote_step, train_step, validate_step
     from iranker.settings import RankingSettings, write_settings

@@ -432,7 +432,7 @@ def test_submit_uploads_the_pipeline_then_new_versions_and_starts_runs():
 def test_train_step_resumes_a_killed_run_and_reuses_a_finished_one(tmp_path):
     import hashlib
 
-    from iranker.data import ingest
+    from iranker.ingest import ingest
     from iranker.pipeline import profile_path, train_step
     from iranker.train import load_config
     from iranker.train.loop import run_training

@@ -75,7 +75,7 @@ def feature_repo(tmp_path_factory):
     """A Feast repository (SQLite online store) holding the built-in RecBole sample's users and items and the
     RouterBench sample's models."""
     from iranker import features
-    from iranker.data import ingest
+    from iranker.ingest import ingest
 
     tmp = tmp_path_factory.mktemp("feast")
     data = tmp / "rec"

@@ -11,7 +11,8 @@ import sys
 import pytest
 from conftest import ROOT, run_dvc
 
-from iranker.data import DataError, ingest
+from iranker.data import DataError
+from iranker.ingest import ingest
 from iranker.validation import validate_dir
 
 SAMPLES = ROOT / "samples"

@@ -1,7 +1,7 @@
 """Data: public formats -> canonical tables (parquet) -> ranking instances (JSONL) with a manifest, validated, versioned.
 
     built = build("recbole", "path/to/ml-100k", {"negative_sampling": "popularity"})
-    result = ingest("recbole", "path/to/ml-100k", "data/ml-100k")    # validate, write atomically, DVC add + push
+    result = iranker.ingest.ingest("recbole", "path/to/ml-100k", "data/ml-100k")    # + validate, DVC add + push
 
 A dataset folder holds `tables/<name>.parquet`, `instances.jsonl`, `manifest.json` (source, parameters, the md5 that
 DVC records for each input, the md5 of each output, counts), `validation.md` (the Great Expectations report) and
@@ -37,9 +37,7 @@ __all__ = [
     "SOURCES",
     "Built",
     "DataError",
-    "IngestResult",
     "build",
-    "ingest",
     "load_dataset_instances",
     "load_sources",
     "load_tables",
@@ -123,14 +121,6 @@ class Built:
     stats: dict[str, Any]
 
 
-@dataclasses.dataclass
-class IngestResult:
-    out: Path
-    manifest: dict[str, Any]
-    report: Any
-    dvc: str
-
-
 PROVENANCE = "provenance.json"  # beside the data, never hashed by DVC (the repository's .dvcignore names it)
 
 
@@ -141,7 +131,7 @@ def provenance() -> dict[str, str]:
 
     here = Path(__file__).resolve().parent
     h = hashlib.sha256()
-    for p in sorted([*here.glob("*.py"), here.parent / "schema.py"]):
+    for p in sorted([*here.glob("*.py"), here.parent / "schema.py", here.parent / "ingest.py"]):
         h.update(p.name.encode() + p.read_bytes())
     return {**code_version(), "data_code_sha256": h.hexdigest()[:16]}
 
@@ -247,37 +237,6 @@ def portable_source(path: str | Path, out: str | Path) -> str:
         except ValueError:
             continue
     return str(path)
-
-
-def ingest(source: str, path: str | Path, out: str | Path, params: dict[str, str] | None = None,
-           dvc: bool = True, push: bool = True, progress: Callable[[str], None] | None = None) -> IngestResult:
-    """Build, validate, write atomically, then `dvc add` the data folder and push it (when inside a DVC repo).
-
-    Raises DataError for unreadable input and `iranker.validation.ValidationFailed` when the new data fails its
-    Great Expectations suites; in both cases nothing under `out` and nothing in the DVC remote changes.
-    """
-    from iranker.validation import ValidationFailed, validate_built
-
-    say = progress or (lambda _m: None)
-    say(f"reading {source} data from {path}")
-    built = build(source, path, params)
-    built.path = portable_source(path, out)
-    say(f"built {len(built.instances)} instances; validating with Great Expectations")
-    report = validate_built(built)
-    if not report.success:
-        raise ValidationFailed(report)
-    files = render(built)
-    files["validation.md"] = report.to_markdown().encode()
-    files[PROVENANCE] = (json.dumps(provenance(), indent=1) + "\n").encode()
-    write_dataset(files, Path(out))
-    say(f"wrote {out}")
-    manifest = json.loads(files["manifest.json"])
-    status = "not tracked (--no-dvc)"
-    if dvc:
-        from iranker.data.versioning import track
-
-        status = track(Path(out), push=push, progress=say)
-    return IngestResult(out=Path(out), manifest=manifest, report=report, dvc=status)
 
 
 SAMPLES_DIR = Path(__file__).resolve().parent.parent.parent / "samples"

@@ -7,6 +7,10 @@ from collections.abc import Sequence
 from iranker.metrics import instance_metrics, random_instance_metrics
 from iranker.schema import RankingInstance, RankResponse
 
+# Published nDCG@10 on TREC DL 2019 (trec_eval, full qrels), for the evaluation report's reference line.
+PUBLISHED_DL19 = {"BM25": 0.5058, "SPLADE++": 0.7308, "RankZephyr-7B (BM25 top-100)": 0.7365,
+                  "MonoT5-3B (BM25 top-100)": 0.7173, "Qwen2.5-7B-Instruct listwise (BM25 top-100)": 0.6987}
+
 
 def _mean(rows: Sequence[dict[str, float]]) -> dict[str, float]:
     return {k: sum(r[k] for r in rows) / len(rows) for k in rows[0]} if rows else {}

@@ -26,9 +26,6 @@ KS = (1, 3, 5, 10)
 PRIMARY = {"recommendation": "mrr", "passage": "ndcg@10", "routing": "ndcg@3"}
 REPORTED = ("mrr", "ndcg@10", "ndcg@3", "hit@1")
 RANDOM = "random (expected)"
-# Published nDCG@10 on TREC DL 2019 (trec_eval, full qrels), for the report's reference line.
-PUBLISHED_DL19 = {"BM25": 0.5058, "SPLADE++": 0.7308, "RankZephyr-7B (BM25 top-100)": 0.7365,
-                  "MonoT5-3B (BM25 top-100)": 0.7173, "Qwen2.5-7B-Instruct listwise (BM25 top-100)": 0.6987}
 
 
 @dataclass

@@ -69,7 +69,7 @@ def summary_table(metrics: dict) -> str:
 
 
 def write_report(metrics: dict, out: Path, train_run: str | Path | None = None) -> None:
-    from iranker.evaluate.harness import PUBLISHED_DL19
+    from iranker.evaluate import PUBLISHED_DL19
 
     plots = write_plots(metrics, out, train_run)
     md = [f"# Evaluation: {metrics['system']} ({metrics['model']})", "",
