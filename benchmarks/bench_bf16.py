@@ -324,6 +324,9 @@ def main() -> None:
     ap.add_argument("--wait-idle", type=float, default=0,
                     help="wait up to this many seconds for an idle machine before starting (default: do not wait)")
     args = ap.parse_args()
+    from iranker.logs import setup
+
+    setup()  # the library's progress lines on stderr
     shared = Path(args.shared)
     if not shared.exists():
         sys.exit(f"public data not found at {shared} (--shared)")

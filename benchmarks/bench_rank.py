@@ -54,6 +54,9 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--quality-queries", type=int, default=43, help="DL19 queries for the layout comparison (0: skip)")
     args = ap.parse_args()
+    from iranker.logs import setup
+
+    setup()  # the library's progress lines on stderr
     shared = Path(args.shared)
     if not shared.exists():
         sys.exit(f"public data not found at {shared} (--shared)")

@@ -732,6 +732,9 @@ def main() -> None:
                                                 "bench_serve_vllm.json with --vllm, bench_serve_hostile.json with "
                                                 "--phases hostile)")
     args = ap.parse_args()
+    from iranker.logs import setup
+
+    setup()  # the library's progress lines on stderr
     phases = {p.strip() for p in args.phases.split(",") if p.strip()}
     if not phases or phases - {"throughput", "mixed", "hostile", "logging"}:
         ap.error(f"--phases: expected one or more of throughput, mixed, hostile, logging, got {args.phases!r}")

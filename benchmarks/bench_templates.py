@@ -70,6 +70,9 @@ def main() -> None:
     ap.add_argument("--smoke", action="store_true", help="the samples with a tiny hand-written store (a check)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "bench_templates.json"))
     args = ap.parse_args()
+    from iranker.logs import setup
+
+    setup()  # the library's progress lines on stderr
     out = Path(args.out)
     if args.smoke:
         args.store = str(smoke_store(out.parent / (out.stem + "-store")))

@@ -95,6 +95,9 @@ def main() -> None:
                     help="comma-separated, of supervised, per-step, episode, episode-recompute, before")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "bench_train.json"))
     args = ap.parse_args()
+    from iranker.logs import setup
+
+    setup()  # the library's progress lines on stderr
     paths = [p.strip() for p in args.paths.split(",") if p.strip()]
     unknown = set(paths) - {"supervised", "per-step", "episode", "episode-recompute", "before"}
     if unknown:

@@ -136,6 +136,9 @@ def main() -> None:
     ap.add_argument("--select-instances", type=int, default=300,
                     help="whole validation lists the selection ranks (spread over the datasets)")
     args = ap.parse_args()
+    from iranker.logs import setup
+
+    setup()  # the library's progress lines on stderr
     shared = Path(args.shared)
     if not shared.exists():
         sys.exit(f"public data not found at {shared} (--shared)")

@@ -78,6 +78,9 @@ def main() -> None:
                                                          "samples: checks the benchmark itself in a minute")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "bench_transfer.json"))
     args = ap.parse_args()
+    from iranker.logs import setup
+
+    setup()  # the library's progress lines on stderr
     import yaml
 
     overrides = {}

@@ -47,6 +47,9 @@ def main() -> None:
     ap.add_argument("runs", nargs="+", help="training run folders; the first is the reference")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
+    from iranker.logs import setup
+
+    setup()  # the library's progress lines on stderr
     from iranker.devices import cpu_info
 
     runs = [summary(Path(r)) for r in args.runs]

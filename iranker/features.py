@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import json
+import logging
 import os
 import shutil
 import sys
@@ -34,6 +35,8 @@ from pathlib import Path
 import pandas as pd
 
 from iranker.data.base import DataError
+
+log = logging.getLogger(__name__)
 
 FEATURE_VIEWS = ("user_context", "item_attributes", "model_quality", "model_task_quality")
 USER_FEATURES = ("history_titles", "history_item_ids", "n_interactions", "mean_rating", "favourite_classes")
@@ -499,7 +502,7 @@ _WARNED: set[str] = set()
 def _warn_once(msg: str) -> None:
     if msg not in _WARNED:
         _WARNED.add(msg)
-        print(f"[iranker] warning: {msg}", file=sys.stderr, flush=True)
+        log.warning(msg)
 
 
 class UserFeatures:

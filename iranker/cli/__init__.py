@@ -8,6 +8,7 @@ import sys
 
 from iranker.cli import data, evaluate, features, model, pipeline, serve, train
 from iranker.cli.common import _die, _yaml_pairs
+from iranker.logs import setup
 
 __all__ = ["_yaml_pairs", "build_parser", "main"]  # _yaml_pairs: benchmarks read --set pairs as the CLI does
 
@@ -31,6 +32,7 @@ def main(argv: list[str] | None = None) -> None:
     if argv[:2] == ["evaluate", "generic"]:  # a command of its own beside `iranker evaluate --data ...`
         argv = ["evaluate-generic", *argv[2:]]
     args = build_parser().parse_args(argv)
+    setup()  # the library's progress lines and warnings, on stderr
     try:
         args.func(args)
     except (ValueError, FileNotFoundError, RuntimeError, ImportError) as e:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 from typing import NoReturn
@@ -111,4 +112,4 @@ def _yaml_pairs(pairs: list[str], flag: str, form: str) -> dict:
 
 
 def _say(msg: str) -> None:
-    print(f"[iranker] {msg}", file=sys.stderr, flush=True)
+    logging.getLogger("iranker.cli").info(msg)

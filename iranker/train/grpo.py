@@ -9,10 +9,12 @@ model is written to `out/final` as a standard transformers folder, like the PPO 
 from __future__ import annotations
 
 import json
+import logging
 import shutil
-import sys
 import time
 from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 
 def run_grpo(cfg, out: str | Path, progress: bool = True) -> Path:
@@ -78,8 +80,7 @@ def run_grpo(cfg, out: str | Path, progress: bool = True) -> Path:
     (tmp / "iranker-train.json").write_text(json.dumps(summary, indent=1))
     shutil.rmtree(final, ignore_errors=True)
     tmp.replace(final)
-    print(f"[iranker] grpo: {completions} elimination steps in {seconds:.0f} s "
-          f"({completions / seconds:.2f}/s)", file=sys.stderr)
+    log.info(f"grpo: {completions} elimination steps in {seconds:.0f} s ({completions / seconds:.2f}/s)")
     return final
 
 

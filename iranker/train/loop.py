@@ -10,6 +10,7 @@ ranking settings it was trained under (`iranker-ranking.json`), which `rank`, `e
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import sys
@@ -35,7 +36,7 @@ class Trainer:
 
         self.cfg, self.instances, self.out = cfg, instances, Path(out)
         self.procs = processes or Processes()
-        self.say = log or (lambda m: print(f"[iranker] {m}", file=sys.stderr, flush=True))
+        self.say = log or logging.getLogger(__name__).info
         self.progress = progress and self.procs.main
         self.policy = Policy(cfg, model, tokenizer)
         if cfg.mode == "reasoning":

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-import sys
+import logging
 from collections.abc import Callable
 from pathlib import Path
 
@@ -12,6 +12,8 @@ from iranker.train.loop import Trainer
 from iranker.train.modeling import load_model
 from iranker.train.pools import load_training_instances
 
+logger = logging.getLogger(__name__)  # `log` is the callers' progress callback here
+
 
 def select_checkpoint(run: str | Path, states: list[Path], pools: int = 64, out: str | Path | None = None,
                       log: Callable[[str], None] | None = None) -> dict:
@@ -19,7 +21,7 @@ def select_checkpoint(run: str | Path, states: list[Path], pools: int = 64, out:
     VALIDATION split, in the layout the run trained in, and write the best checkpoint as a transformers folder
     (`out/final`, default `run/selected/final`). Returns {"scores": {name: probe}, "best", "model", "pools"}."""
     run = Path(run)
-    say = log or (lambda m: print(f"[iranker] {m}", file=sys.stderr, flush=True))
+    say = log or logger.info
     cfg = TrainConfig.model_validate(json.loads((run / "config.json").read_text()))
     cfg = cfg.model_copy(update={"probe": cfg.probe.model_copy(update={"pools": pools})})
     if not states:
@@ -67,7 +69,7 @@ def select_served(run: str | Path, states: list[Path], instances: int = 300, out
     from iranker.ranker import RankerConfig, rank_requests
 
     run = Path(run)
-    say = log or (lambda m: print(f"[iranker] {m}", file=sys.stderr, flush=True))
+    say = log or logger.info
     cfg = TrainConfig.model_validate(json.loads((run / "config.json").read_text()))
     if not states:
         raise ValueError(f"{run}: no checkpoints to choose from")

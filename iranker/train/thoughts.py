@@ -8,7 +8,7 @@ model. Sub-pools are small (`pool_size`) because every step of reasoning mode ge
 
 from __future__ import annotations
 
-import sys
+import logging
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -18,6 +18,8 @@ from iranker.ranker import PARSE_FAILURE, rank_requests
 from iranker.rewards import exclusion_score
 from iranker.schema import RankingInstance, RankResponse
 from iranker.thoughts import ThoughtWriter, retrieval_text
+
+log = logging.getLogger(__name__)
 
 
 def keep_thoughts(writer: ThoughtWriter, inst: RankingInstance, candidates: Sequence[str],
@@ -62,8 +64,7 @@ def collect_thoughts(backend, config, instances: Sequence[RankingInstance], out:
         by_id = {c.id: c for c in req.candidates}
         reqs.append(req.model_copy(update={"candidates": [by_id[c] for c in pool]}))
     if progress:
-        print(f"[iranker] thoughts: ranking {len(reqs)} pools of {pool_size} in reasoning mode with {backend.name}",
-              file=sys.stderr, flush=True)
+        log.info(f"thoughts: ranking {len(reqs)} pools of {pool_size} in reasoning mode with {backend.name}")
     config = replace(config, thoughts=None)
     kept = failures = 0
     with ThoughtWriter(out, source=source or f"collected with {backend.name}") as writer:
@@ -74,8 +75,8 @@ def collect_thoughts(backend, config, instances: Sequence[RankingInstance], out:
                 kept += keep_thoughts(writer, instances[n], pool, r)
                 failures += r.parse_failures
             if progress:
-                print(f"[iranker] thoughts: {min(start + config.batch_size, len(reqs))}/{len(reqs)} pools, "
-                      f"{writer.seen} decisions, {kept} kept", file=sys.stderr, flush=True)
+                log.info(f"thoughts: {min(start + config.batch_size, len(reqs))}/{len(reqs)} pools, "
+                         f"{writer.seen} decisions, {kept} kept")
         decisions = writer.seen
     return {"store": str(out), "pools": len(reqs), "decisions": decisions, "kept": kept,
             "parse_failures": failures}
