@@ -104,3 +104,28 @@ def test_a_missing_model_folder_is_one_line_and_leaves_nothing_behind(tmp_path):
             "iranker: error: --model missing/: no such folder (and not a Hugging Face id such as org/name)"
         assert "Traceback" not in out.stderr
     assert not (tmp_path / "report").exists()
+
+
+def test_every_option_has_help_that_names_its_default():
+    """Each argument of every command says what it is, and each option with a default says the default."""
+    import argparse
+
+    from iranker.cli import build_parser
+
+    def walk(parser, path):
+        for a in parser._actions:
+            if isinstance(a, argparse._SubParsersAction):
+                for name, sp in a.choices.items():
+                    yield from walk(sp, [*path, name])
+            elif not isinstance(a, (argparse._HelpAction, argparse._VersionAction)):
+                yield " ".join(path), a
+
+    missing = []
+    for command, a in walk(build_parser(), []):
+        name = "/".join(a.option_strings) or a.dest
+        if not a.help:
+            missing.append(f"{command} {name}: no help")
+        elif a.option_strings and a.default not in (None, False, [], argparse.SUPPRESS) and \
+                "default" not in a.help.lower():
+            missing.append(f"{command} {name}: default {a.default!r} not in its help")
+    assert missing == []

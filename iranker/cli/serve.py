@@ -143,7 +143,8 @@ def register(sub) -> None:
     sv.add_argument("--name", default="iranker", help="KServe model name (default iranker)")
     sv.add_argument("--http-port", type=int, default=8080, help="port of the HTTP server (default 8080)")
     sv.add_argument("--backend", default="transformers", choices=["transformers", "openai", "vllm"],
-                    help="in process (transformers, vllm) or a remote OpenAI-compatible predictor (openai)")
+                    help="in process (transformers, vllm) or a remote OpenAI-compatible predictor (openai); default "
+                    "transformers")
     sv.add_argument("--base-url", default=os.environ.get("IRANKER_OPENAI_BASE_URL"),
                     help="openai backend: the predictor's API root (env IRANKER_OPENAI_BASE_URL)")
     sv.add_argument("--tokenizer", default=None, help="openai backend: tokenizer for the chat template")
@@ -157,7 +158,7 @@ def register(sub) -> None:
     sv.add_argument("--max-queue", type=int, default=64, help="requests waiting before 503 (default 64)")
     sv.add_argument("--max-batch", type=int, default=16, help="requests ranked together (default 16)")
     sv.add_argument("--max-wait-ms", type=float, default=5.0, help="wait to fill a batch (default 5 ms)")
-    sv.add_argument("--deadline", type=float, default=60.0, help="per-request deadline in seconds (504 after it)")
+    sv.add_argument("--deadline", type=float, default=60.0, help="per-request deadline in seconds, 504 after it (default 60)")
     sv.add_argument("--token-env", default=None, help="name of an environment variable holding a bearer token; "
                     "requests must then send Authorization: Bearer TOKEN (off by default, e.g. behind a gateway)")
     sv.add_argument("--allow-method", action="append", default=[], choices=["direct"],
@@ -200,10 +201,10 @@ def register(sub) -> None:
     co = sub.add_parser("collect", help="receive inference-log CloudEvents (KServe's logger, iranker serve "
                         "--log-url) and store each exactly once, date-partitioned (README: The feedback loop)")
     co.add_argument("--out", required=True, help="the store's folder (events/date=YYYY-MM-DD/events.jsonl)")
-    co.add_argument("--port", type=int, default=8090)
-    co.add_argument("--host", default="0.0.0.0")
+    co.add_argument("--port", type=int, default=8090, help="port to listen on (default 8090)")
+    co.add_argument("--host", default="0.0.0.0", help="address to listen on (default 0.0.0.0: every interface)")
     co.add_argument("--token-env", default=None, help="require this environment variable's value as a bearer token")
-    co.add_argument("--max-body-bytes", type=int, default=8 << 20, help="larger events are refused with 413")
+    co.add_argument("--max-body-bytes", type=int, default=8 << 20, help="larger events are refused with 413 (default 8 MiB)")
     co.set_defaults(func=cmd_collect)
 
     rp = sub.add_parser("replay", help="simulated users: send a dataset's instances to a running server and post "
