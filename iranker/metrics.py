@@ -6,6 +6,11 @@ with `ir_measures` (trec_eval's implementation) in `score_run`; the tests check 
 Conventions (trec_eval): graded gain is linear (gain = grade), discount 1/log2(rank + 1), the ideal ordering is
 built from every judged grade of the instance, including judged candidates the ranking does not contain.
 A candidate is relevant for MRR and Hit@k when its grade >= `min_grade` (default 1, trec_eval's default).
+
+Intervals and significance come from `scipy.stats` (percentile bootstrap; Fisher's paired randomization test).
+`ranx` is not used: whole runs already go through trec_eval's own implementation (`ir_measures`), the per-instance
+functions run inside the reward's hot loop where a numba-compiled library adds a compile step and nothing else,
+and the random expectations (exact, per instance) have no equivalent there.
 """
 
 from __future__ import annotations
@@ -142,37 +147,48 @@ def ranking_to_run(ranking: Sequence[str]) -> dict[str, float]:
 
 def bootstrap_interval(values: Sequence[float], n_resamples: int = 2000, level: float = 0.95,
                        seed: int = 0) -> tuple[float, float]:
-    """Percentile bootstrap interval of the mean of per-instance values (seeded, so reports are reproducible)."""
+    """Percentile bootstrap interval of the mean of per-instance values (`scipy.stats.bootstrap`, seeded, so reports
+    are reproducible); a single value, or values that are all the same, is its own interval."""
     import numpy as np
+    from scipy import stats
 
     x = np.asarray(values, dtype=float)
     if x.size == 0:
         return (0.0, 0.0)
-    rng = np.random.default_rng(seed)
-    means = x[rng.integers(0, x.size, size=(n_resamples, x.size))].mean(axis=1)
-    alpha = (1 - level) / 2
-    return float(np.quantile(means, alpha)), float(np.quantile(means, 1 - alpha))
+    if x.size == 1 or bool(np.all(x == x[0])):
+        return (float(x[0]), float(x[0]))
+    ci = stats.bootstrap((x,), np.mean, n_resamples=n_resamples, confidence_level=level, method="percentile",
+                         random_state=seed, vectorized=True).confidence_interval
+    return float(ci.low), float(ci.high)
+
+
+def _mean_difference(a, b, axis=-1):
+    import numpy as np
+
+    return np.mean(a - b, axis=axis)
 
 
 def paired_comparison(a: Sequence[float], b: Sequence[float], n_resamples: int = 10_000, level: float = 0.95,
                       seed: int = 0) -> dict[str, float]:
     """System a against system b on the same instances: mean difference a-b with its paired bootstrap interval,
-    the relative change, and the two-sided p-value of a paired randomization (sign-flip) test.
+    the relative change, and the two-sided p-value of a paired randomization test (Fisher's: the sign of each
+    instance's difference flipped, `scipy.stats.permutation_test` with paired samples; exact for small sets).
 
     >>> r = paired_comparison([1, 1, 1, 0.5], [0.5, 0.5, 0.5, 0.5]); r["diff"], r["wins"], r["losses"]
     (0.375, 3, 0)
     """
     import numpy as np
+    from scipy import stats
 
     x, y = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
     if x.shape != y.shape:
         raise ValueError(f"paired comparison needs the same instances: {x.size} values against {y.size}")
     d = x - y
     lo, hi = bootstrap_interval(d, n_resamples=min(n_resamples, 4000), level=level, seed=seed)
-    rng = np.random.default_rng(seed)
-    observed = abs(d.mean()) if d.size else 0.0
-    flips = rng.choice([-1.0, 1.0], size=(n_resamples, d.size))
-    p = float(((np.abs((flips * d).mean(axis=1)) >= observed - 1e-12).sum() + 1) / (n_resamples + 1))
+    p = 1.0
+    if d.size and bool(np.any(d != 0)):
+        p = float(stats.permutation_test((x, y), _mean_difference, permutation_type="samples",
+                                         n_resamples=n_resamples, random_state=seed, vectorized=True).pvalue)
     base = y.mean() if y.size else 0.0
     return {"diff": float(d.mean()) if d.size else 0.0, "low": lo, "high": hi, "p_value": p,
             "relative": float(d.mean() / base) if base else 0.0, "wins": int((d > 0).sum()),

@@ -60,3 +60,23 @@ def test_bm25_on_dl19_matches_the_reference_and_ir_measures(shared_data):
 def test_ranking_to_run_keeps_the_order():
     run = ranking_to_run(["b", "a"])
     assert score_run({"q": run}, {"q": {"a": 1}}, ["mrr"])["mrr"] == 0.5
+
+
+def test_the_paired_test_is_fishers_randomization_and_the_interval_a_bootstrap_of_the_mean():
+    """With few instances scipy enumerates every sign flip: the p-value equals the exact two-sided count."""
+    import itertools
+
+    import numpy as np
+
+    from iranker.metrics import bootstrap_interval, paired_comparison
+
+    a, b = [0.9, 0.7, 0.8, 0.4, 0.6, 0.75], [0.5, 0.6, 0.9, 0.3, 0.2, 0.55]
+    d = np.subtract(a, b)
+    flips = [abs(np.mean(np.multiply(signs, d))) >= abs(d.mean()) - 1e-12
+             for signs in itertools.product([-1, 1], repeat=d.size)]
+    r = paired_comparison(a, b)
+    assert r["p_value"] == pytest.approx(sum(flips) / len(flips))
+    assert r["low"] <= r["diff"] <= r["high"] and (r["wins"], r["losses"], r["ties"]) == (5, 1, 0)
+    assert paired_comparison([0.5, 0.5], [0.5, 0.5])["p_value"] == 1.0  # no difference at all
+    lo, hi = bootstrap_interval(list(np.linspace(0, 1, 101)), seed=3)
+    assert 0.43 < lo < 0.5 < hi < 0.57 and bootstrap_interval([0.3]) == (0.3, 0.3)
