@@ -87,9 +87,10 @@ def evaluate(recommendation: Input[Dataset], routing: Input[Dataset], passage: I
              feedback: Input[Dataset], model: Input[Model], registry: str, limit: int, baselines: list,
              evaluation: Output[Artifact], metrics: Output[Metrics], report: Output[Markdown]):
     """Candidate vs production (or the base model) and the simple baselines on the test splits (the feedback's: its
-    latest users and queries, held out)."""
-    import shutil
+    latest users and queries, held out). The report artifact carries its plots inline, so the UI shows them."""
+    from pathlib import Path
 
+    from iranker.evaluate.report import inline_images
     from iranker.logs import setup
     from iranker.pipeline import evaluate_step
 
@@ -101,7 +102,7 @@ def evaluate(recommendation: Input[Dataset], routing: Input[Dataset], passage: I
                                 "data_version": model.metadata.get("data_version")})
     for name, value in result["primary"].items():
         metrics.log_metric(name.replace("/", "."), float(value))
-    shutil.copyfile(f"{evaluation.path}/report.md", report.path)
+    Path(report.path).write_text(inline_images(Path(evaluation.path, "report.md").read_text(), evaluation.path))
 
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)

@@ -200,3 +200,16 @@ def test_thought_templates_are_an_evaluated_system_beside_the_plain_base(tmp_pat
     report = (tmp_path / "out" / "report.md").read_text()
     assert "Thought templates: base (templates) is shown the 2 nearest" in report
     assert report.count("base (iterative)") >= 1 and "| **base (templates)** |" in report
+
+
+def test_inline_images_embeds_the_reports_own_plots(tmp_path):
+    import base64
+
+    from iranker.evaluate.report import inline_images
+
+    (tmp_path / "plot-a.png").write_bytes(b"\x89PNG fake")
+    md = "# r\n\n![a](plot-a.png)\n\n![b](plot-missing.png)\n![c](https://example.org/c.png)\n"
+    out = inline_images(md, tmp_path)
+    encoded = base64.b64encode(b"\x89PNG fake").decode()
+    assert f"![a](data:image/png;base64,{encoded})" in out
+    assert "![b](plot-missing.png)" in out and "![c](https://example.org/c.png)" in out

@@ -260,6 +260,9 @@ def test_local_pipeline_promotes_the_first_model_then_rejects_and_reuses_trainin
     manifest = (tmp_path / "k8s" / "model.yaml").read_bytes()
     metrics = json.loads((run / "evaluate" / "evaluation" / "metrics.json").read_text())
     assert {r["scenario"] for r in metrics["results"]} == {"recommendation", "routing", "passage"}
+    # the report artifact the UI shows carries the per-scenario plots inline
+    shown = (run / "evaluate" / "report").read_text()
+    assert shown.count("](data:image/png;base64,") == len(metrics["results"]) + 1  # and the training reward
     # the gate also reads the feedback's held-out slice: its latest 2 of 10 queries
     assert [r["n_instances"] for r in metrics["results"] if r["dataset"] == "feedback"] == [2]
     assert all({"random (expected)", "first-stage", "base (iterative)"} <= set(r["baselines"]) for r in metrics["results"])

@@ -104,6 +104,21 @@ def write_report(metrics: dict, out: Path, train_run: str | Path | None = None) 
     (out / "report.md").write_text("\n".join(md))
 
 
+def inline_images(markdown: str, folder: str | Path) -> str:
+    """The report with each `![alt](file.png)` that names a file in `folder` embedded as a data URI, so that a viewer
+    that shows only the Markdown (a Kubeflow Pipelines Markdown artifact) shows the plots too."""
+    import base64
+    import re
+
+    def embed(m: re.Match) -> str:
+        path = Path(folder) / m.group(2)
+        if not path.is_file():
+            return m.group(0)
+        return f"![{m.group(1)}](data:image/png;base64,{base64.b64encode(path.read_bytes()).decode()})"
+
+    return re.sub(r"!\[([^\]]*)\]\(([^)\s]+\.png)\)", embed, markdown)
+
+
 def write_plots(metrics: dict, out: Path, train_run: str | Path | None = None) -> dict:
     import matplotlib
 
