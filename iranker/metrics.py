@@ -185,8 +185,8 @@ def paired_comparison(a: Sequence[float], b: Sequence[float], n_resamples: int =
         raise ValueError(f"paired comparison needs the same instances: {x.size} values against {y.size}")
     d = x - y
     lo, hi = bootstrap_interval(d, n_resamples=min(n_resamples, 4000), level=level, seed=seed)
-    p = 1.0
-    if d.size and bool(np.any(d != 0)):
+    p = 1.0  # no difference, or one instance: every sign flip is as far from 0 as the observed mean
+    if d.size > 1 and bool(np.any(d != 0)):
         p = float(stats.permutation_test((x, y), _mean_difference, permutation_type="samples",
                                          n_resamples=n_resamples, random_state=seed, vectorized=True).pvalue)
     base = y.mean() if y.size else 0.0

@@ -78,5 +78,7 @@ def test_the_paired_test_is_fishers_randomization_and_the_interval_a_bootstrap_o
     assert r["p_value"] == pytest.approx(sum(flips) / len(flips))
     assert r["low"] <= r["diff"] <= r["high"] and (r["wins"], r["losses"], r["ties"]) == (5, 1, 0)
     assert paired_comparison([0.5, 0.5], [0.5, 0.5])["p_value"] == 1.0  # no difference at all
+    one = paired_comparison([0.9], [0.4])  # one instance: both flips are as extreme, and the interval is the value
+    assert (one["p_value"], one["low"], one["high"]) == (1.0, pytest.approx(0.5), pytest.approx(0.5))
     lo, hi = bootstrap_interval(list(np.linspace(0, 1, 101)), seed=3)
     assert 0.43 < lo < 0.5 < hi < 0.57 and bootstrap_interval([0.3]) == (0.3, 0.3)
