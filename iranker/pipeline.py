@@ -180,9 +180,9 @@ def train_step(profile: str, datasets: list[str], data_versions: list[str], over
         final = run_training(cfg, run, resume=resume, progress=True)
         status = "resumed" if resume else "trained"
     _copy_tree(Path(final), Path(out))
-    for log in ("metrics.jsonl", "probe.jsonl"):
-        if (run / log).exists():
-            shutil.copy2(run / log, Path(out) / log)  # reward curves for the report
+    for curve in ("metrics.jsonl", "probe.jsonl"):
+        if (run / curve).exists():
+            shutil.copy2(run / curve, Path(out) / curve)  # reward curves for the report
     return {"run": str(run), "status": status, "profile": profile, "base_model": base_model_path(cfg, run),
             "params": json.loads(json.dumps(settings, default=str)), "data_version": sorted(data_versions),
             "code_version": code_version()}

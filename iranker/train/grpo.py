@@ -14,7 +14,7 @@ import shutil
 import time
 from pathlib import Path
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 
 def run_grpo(cfg, out: str | Path, progress: bool = True) -> Path:
@@ -80,7 +80,7 @@ def run_grpo(cfg, out: str | Path, progress: bool = True) -> Path:
     (tmp / "iranker-train.json").write_text(json.dumps(summary, indent=1))
     shutil.rmtree(final, ignore_errors=True)
     tmp.replace(final)
-    log.info(f"grpo: {completions} elimination steps in {seconds:.0f} s ({completions / seconds:.2f}/s)")
+    logger.info(f"grpo: {completions} elimination steps in {seconds:.0f} s ({completions / seconds:.2f}/s)")
     return final
 
 
