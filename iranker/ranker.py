@@ -413,10 +413,9 @@ def estimate_cost(backend: Backend, config: RankerConfig, req: RankRequest) -> R
 def model_thoughts(model: str | None) -> Path:
     """The thought store a model folder ships (`thoughts/`, a reasoning-mode training run's), for a model saved with
     `templates_k` > 0; a ValueError when it has none."""
-    from iranker.models import shipped_models
+    from iranker.settings import model_folder
 
-    shipped = shipped_models()
-    folder = (shipped[model] if model in shipped else Path(model)) / "thoughts" if model else None
+    folder = model_folder(model) / "thoughts" if model else None
     if folder is None or not folder.is_dir():
         raise ValueError(f"thought templates: {model}: its ranking settings show templates_k thought templates per "
                          "request, but it has no thoughts/ folder (a reasoning-mode training run's final/ ships one); "

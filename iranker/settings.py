@@ -52,14 +52,19 @@ class RankingSettings(BaseModel):
         return self
 
 
+def model_folder(model: str | Path) -> Path:
+    """Where a model's files are: a shipped model's folder for its name, else the path given."""
+    from iranker.models import shipped_models
+
+    shipped = shipped_models()
+    return shipped[model] if isinstance(model, str) and model in shipped else Path(model)
+
+
 def read_settings(model: str | Path | None) -> RankingSettings | None:
     """The settings saved with a trained model folder or a shipped model's name, or None (base models, hub ids)."""
     if model is None:
         return None
-    from iranker.models import shipped_models
-
-    shipped = shipped_models()
-    path = (shipped[model] if isinstance(model, str) and model in shipped else Path(model)) / SETTINGS_FILE
+    path = model_folder(model) / SETTINGS_FILE
     if not path.is_file():
         return None
     try:
