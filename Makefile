@@ -15,7 +15,7 @@ VLLM_LOCK  := constraints-vllm.txt
 VLLM_STAMP := $(VLLM_VENV)/.installed-$(shell cat pyproject.toml $(VLLM_LOCK) | cksum | cut -d' ' -f1)
 export DVC_NO_ANALYTICS=1 GX_ANALYTICS_ENABLED=false HF_HUB_DISABLE_TELEMETRY=1 TOKENIZERS_PARALLELISM=false
 
-.PHONY: install model data data-version test test-fast test-vllm vllm-env demo bench bench-train bench-serve serve clean lock lock-vllm image image-check
+.PHONY: install model data data-version docs docs-serve test test-fast test-vllm vllm-env demo bench bench-train bench-serve serve clean lock lock-vllm image image-check
 
 # Every version installed is pinned by constraints.txt (refresh it on purpose with `make lock`).
 $(STAMP): pyproject.toml $(LOCK)
@@ -59,6 +59,14 @@ data: install
 	$(VENV)/bin/iranker data ingest recbole samples/recbole --out data/samples/recommendation
 	$(VENV)/bin/iranker data ingest trec-dl samples/trec-dl --out data/samples/passage
 	$(VENV)/bin/iranker data ingest routerbench samples/routerbench --out data/samples/routing
+
+# The docs site (mkdocs.yml, docs/) into site/; --strict: a broken link, a missing page or an unknown generated
+# table fails the build. tests/test_docs.py runs the same build in make test.
+docs: install
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
+
+docs-serve: install
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs serve
 
 # Everything, including the real vLLM engine (tests/test_vllm.py, from .venv-vllm).
 test: install model vllm-env
