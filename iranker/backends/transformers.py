@@ -17,7 +17,7 @@ from iranker.prompts import Prompt
 
 # a prompt is prefilled in chunks of this many tokens: an abandoned request stops at the next one (serving)
 PREFILL_CHUNK = 1_024
-CPU_STEP_TOKENS = 4_500  # cached-layout batch on a CPU: ~6 short (600-token) prompts, 2 long ones; README
+CPU_STEP_TOKENS = 4_500  # cached-layout batch on a CPU: ~6 short (600-token) prompts, 2 long ones; docs: Benchmarks
 
 
 def _left_pad(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -96,7 +96,7 @@ def register(sub) -> None:
     eg.add_argument("--base", default=None, help="its base, scored on the same documents for a paired comparison "
                     "(e.g. smollm2-135m); default: none")
     eg.add_argument("--tasks", default="gsm8k", help="comma-separated tasks: gsm8k, humaneval (default gsm8k; "
-                    "README, General ability, says why the others are not here)")
+                    "docs: Evaluation, General ability, says why the others are not here)")
     eg.add_argument("--limit", type=int, default=0, help="the first N documents of each task (default 0 = all)")
     eg.add_argument("--out", required=True, help="folder for generic.json, per_doc.jsonl and report.md")
     eg.add_argument("--data-dir", default=None, help="the task files' folder (default $IRANKER_GENERIC_DATA, else "

@@ -183,10 +183,10 @@ def register(sub) -> None:
                     help="open connections one client address may hold (default 64; more are closed at once; 0: no "
                     "bound - behind a proxy every connection has the proxy's address)")
     sv.add_argument("--routes", default=None, help="a routes file (YAML): answer OpenAI chat completions as an LLM "
-                    "router over the LLMs it lists (README: Serving)")
+                    "router over the LLMs it lists (docs: The LLM router)")
     sv.add_argument("--log-url", default=None, help="post every ranking, rerank and routed call to this URL as a "
                     "pair of CloudEvents in KServe's inference-logger format (e.g. `iranker collect`'s); off the "
-                    "request path, spooled to disk while the sink is down (README: The feedback loop)")
+                    "request path, spooled to disk while the sink is down (docs: The feedback loop)")
     sv.add_argument("--log-spool", default=None, help="where events that could not be sent wait to be sent again "
                     "(default: ~/.cache/iranker/log-spool/NAME)")
     sv.add_argument("--log-token-env", default=None, help="send this environment variable's value as a bearer "
@@ -199,7 +199,7 @@ def register(sub) -> None:
     sv.set_defaults(func=cmd_serve)
 
     co = sub.add_parser("collect", help="receive inference-log CloudEvents (KServe's logger, iranker serve "
-                        "--log-url) and store each exactly once, date-partitioned (README: The feedback loop)")
+                        "--log-url) and store each exactly once, date-partitioned (docs: The feedback loop)")
     co.add_argument("--out", required=True, help="the store's folder (events/date=YYYY-MM-DD/events.jsonl)")
     co.add_argument("--port", type=int, default=8090, help="port to listen on (default 8090)")
     co.add_argument("--host", default="0.0.0.0", help="address to listen on (default 0.0.0.0: every interface)")
