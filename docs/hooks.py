@@ -29,7 +29,19 @@ for p in (ROOT, ROOT / "benchmarks"):
     if str(p) not in sys.path:
         sys.path.insert(0, str(p))
 
-MARKER = re.compile(r"^<!-- (readme|cli-reference|http-reference|profiles|table: [\w-]+|plot: [\w-]+) -->$", re.MULTILINE)
+def _render():
+    """benchmarks/render_results.py, imported from its file (MkDocs may reset sys.path between hooks)."""
+    import importlib.util
+
+    if "render_results" not in sys.modules:
+        spec = importlib.util.spec_from_file_location("render_results", ROOT / "benchmarks" / "render_results.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["render_results"] = module
+        spec.loader.exec_module(module)
+    return sys.modules["render_results"]
+
+
+MARKER = re.compile(r"^([ \t]*)<!-- (readme|cli-reference|http-reference|profiles|table: [\w-]+|plot: [\w-]+) -->$", re.MULTILINE)
 PLOTS_DIR = "plots"
 _plots: dict[str, str] = {}  # plot name -> its path in the site
 
@@ -40,10 +52,9 @@ def on_files(files, config):
 
     wanted = set()
     for f in files.documentation_pages():
-        wanted.update(re.findall(r"^<!-- plot: ([\w-]+) -->$", Path(f.abs_src_path).read_text(), re.MULTILINE))
+        wanted.update(re.findall(r"^[ \t]*<!-- plot: ([\w-]+) -->$", Path(f.abs_src_path).read_text(), re.MULTILINE))
     if wanted:
-        import render_results
-
+        render_results = _render()
         out = Path(tempfile.mkdtemp(prefix="iranker-docs-plots-"))
         for name in sorted(wanted):
             if name not in render_results.PLOTS:
@@ -61,8 +72,11 @@ def on_files(files, config):
 
 
 def on_page_markdown(markdown, page, config, files):
-    def fill(match: re.Match) -> str:
-        what = match.group(1)
+    def fill(match: re.Match) -> str:  # a marker inside a list item is indented: so is what replaces it
+        indent = match.group(1)
+        return "\n".join(indent + line if line else line for line in generate(match.group(2)).splitlines())
+
+    def generate(what: str) -> str:
         if what == "readme":
             return readme()
         if what == "cli-reference":
@@ -73,8 +87,7 @@ def on_page_markdown(markdown, page, config, files):
             return profiles()
         kind, name = what.split(": ")
         if kind == "table":
-            import render_results
-
+            render_results = _render()
             if name not in render_results.TABLES:
                 raise ValueError(f"docs/{page.file.src_uri}: unknown table {name!r} (benchmarks/render_results.py "
                                  f"has {sorted(render_results.TABLES)})")
