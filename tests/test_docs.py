@@ -16,12 +16,10 @@ import re
 import shlex
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 import pytest
-from conftest import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
@@ -198,26 +196,14 @@ def test_the_readme_rerank_call_answers_what_the_readme_shows(embedded_model, tm
     [body] = [b for lang, _, b in code_blocks(README) if "iranker serve" in b and "/v1/rerank" in b]
     curl = shlex.split(body.replace("\\\n", " ").split("curl", 1)[1])
     payload, url = curl[curl.index("-d") + 1], next(t for t in curl if t.startswith("localhost:8080/"))
-    port = free_port()
-    server = subprocess.Popen([sys.executable, "-m", "iranker.cli", "serve", "--no-features", "--http-port",
-                               str(port)], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                              env={**os.environ, "IRANKER_REGISTRY": str(tmp_path / "registry")})
+    from test_serving import Server  # the suite's real `iranker serve` on loopback
+
+    server = Server("--no-features", env={"IRANKER_REGISTRY": str(tmp_path / "registry")})
     try:
-        base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline:
-            assert server.poll() is None, server.stderr.read()[-2000:]
-            try:
-                if httpx.get(f"{base}/v1/models/iranker", timeout=5).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(1)
-        answer = httpx.post(base + url.removeprefix("localhost:8080"), content=payload,
+        answer = httpx.post(server.url + url.removeprefix("localhost:8080"), content=payload,
                             headers={"Content-Type": "application/json"}, timeout=300).json()
     finally:
-        server.terminate()
-        server.wait(timeout=60)
+        server.close()
     shown = _json_after(text, "curl -s localhost:8080/v1/rerank")
     assert answer["results"] == shown["results"]
     assert answer["usage"] == shown["usage"] and answer["model"] == shown["model"] == "iranker"
