@@ -194,7 +194,8 @@ def test_the_readme_first_call_prints_what_the_readme_shows(embedded_model, tmp_
 def test_the_readme_rerank_call_answers_what_the_readme_shows(embedded_model, tmp_path):
     text = README.read_text()
     [body] = [b for lang, _, b in code_blocks(README) if "iranker serve" in b and "/v1/rerank" in b]
-    curl = shlex.split(body.replace("\\\n", " ").split("curl", 1)[1])
+    call = body.replace("\\\n", " ")
+    curl = shlex.split(call[call.index("curl -s localhost:8080/v1/rerank"):])
     payload, url = curl[curl.index("-d") + 1], next(t for t in curl if t.startswith("localhost:8080/"))
     from test_serving import Server  # the suite's real `iranker serve` on loopback
 

@@ -12,7 +12,8 @@ from typing import NoReturn
 def _add_backend_args(p: argparse.ArgumentParser, ranking: bool = True) -> None:
     """The model and where it runs; with `ranking`, also how requests are ranked (layout, templates, reasoning)."""
     p.add_argument("--model", default=None,
-                   help="model: 'smollm2-135m' (embedded default), a transformers folder, or a Hugging Face id")
+                   help="model: 'smollm2-135m' (embedded default), a shipped model's name (`iranker model list`), "
+                        "a transformers folder, or a Hugging Face id")
     p.add_argument("--backend", default="transformers", choices=["transformers", "openai", "vllm"],
                    help="where the model runs (default: transformers, in process)")
     p.add_argument("--base-url", default=os.environ.get("IRANKER_OPENAI_BASE_URL"),
