@@ -208,3 +208,22 @@ def test_the_readme_rerank_call_answers_what_the_readme_shows(embedded_model, tm
     shown = _json_after(text, "curl -s localhost:8080/v1/rerank")
     assert answer["results"] == shown["results"]
     assert answer["usage"] == shown["usage"] and answer["model"] == shown["model"] == "iranker"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("page", ["reference/python.md", "guides/ranking.md"])
+def test_the_python_examples_run_and_print_what_they_say(embedded_model, page):
+    """A page's first Python example, run as written (the embedded model): it prints a ranking, and where the
+    example says in a comment what it prints, that is what it prints."""
+    import ast
+
+    code = next(body for lang, _, body in code_blocks(ROOT / "docs" / page) if lang == "python")
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=600,
+                       check=False)
+    assert r.returncode == 0, r.stderr[-2000:]
+    printed = ast.literal_eval(r.stdout.strip())
+    said = re.search(r"print\(response\.ranking\)\s+# (\[[^\]]*\])", code)
+    if said:
+        assert printed == ast.literal_eval(said.group(1))
+    else:
+        assert sorted(printed) == ["a", "b"]
