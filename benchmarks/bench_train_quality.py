@@ -14,7 +14,8 @@
    with its standard error; the best is merged into --run/selected/final (--no-select: final/).
 4. Evaluation (`iranker.evaluate.harness.evaluate`, the code behind `iranker evaluate`): on the held-out test
    splits, the trained model against the base model (iterative and direct), the random expectation and the simple
-   baselines, with paired bootstrap intervals; the report and plots go to --report.
+   baselines, with paired bootstrap intervals; the report and plots go to --report, with the run's per-update
+   log and validation probe (metrics.jsonl, probe.jsonl) that render_results.py draws the training curves from.
 5. Throughput: elimination steps per second of PPO (ours) and GRPO (TRL) on the same data and profile, a few
    updates each, one after the other.
 
@@ -32,6 +33,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import shutil
 import subprocess
 import sys
 import time
@@ -181,6 +183,9 @@ def main() -> None:
     metrics = evaluate(data, args.report, model=str(model_dir), direct=not args.no_direct,
                        max_words=cfg.ranking.max_words, train_run=run)
     eval_s = time.perf_counter() - t1
+    for log_file in ("metrics.jsonl", "probe.jsonl"):  # the per-update log and the validation probe, kept with the
+        if (run / log_file).is_file():             # results: render_results.py draws the training curves from them
+            shutil.copyfile(run / log_file, Path(args.report) / log_file)
 
     speed = {}
     if args.throughput_updates:
