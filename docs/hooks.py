@@ -25,12 +25,13 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-for p in (ROOT, ROOT / "benchmarks"):
-    if str(p) not in sys.path:
-        sys.path.insert(0, str(p))
+if str(ROOT) not in sys.path:  # serving/ is imported from the checkout
+    sys.path.insert(0, str(ROOT))
+
 
 def _render():
-    """benchmarks/render_results.py, imported from its file (MkDocs may reset sys.path between hooks)."""
+    """benchmarks/render_results.py, imported from its file (benchmarks/ is not a package, and a sys.path entry
+    added here was not seen by the page hooks under MkDocs 1.6)."""
     import importlib.util
 
     if "render_results" not in sys.modules:
@@ -55,16 +56,16 @@ def on_files(files, config):
         wanted.update(re.findall(r"^[ \t]*<!-- plot: ([\w-]+) -->$", Path(f.abs_src_path).read_text(), re.MULTILINE))
     if wanted:
         render_results = _render()
-        out = Path(tempfile.mkdtemp(prefix="iranker-docs-plots-"))
-        for name in sorted(wanted):
-            if name not in render_results.PLOTS:
-                raise ValueError(f"docs: unknown plot {name!r} (benchmarks/render_results.py has "
-                                 f"{sorted(render_results.PLOTS)})")
-            png = out / f"{name}.png"
-            render_results.plot(name, png)
-            uri = f"{PLOTS_DIR}/{name}.png"
-            files.append(File.generated(config, uri, content=png.read_bytes()))
-            _plots[name] = uri
+        with tempfile.TemporaryDirectory(prefix="iranker-docs-plots-") as out:
+            for name in sorted(wanted):
+                if name not in render_results.PLOTS:
+                    raise ValueError(f"docs: unknown plot {name!r} (benchmarks/render_results.py has "
+                                     f"{sorted(render_results.PLOTS)})")
+                png = Path(out) / f"{name}.png"
+                render_results.plot(name, png)
+                uri = f"{PLOTS_DIR}/{name}.png"
+                files.append(File.generated(config, uri, content=png.read_bytes()))
+                _plots[name] = uri
     files.append(File.generated(config, "reference/openapi.json", content=json.dumps(_openapi(), indent=1)))
     # the log of every benchmark run (benchmarks/RESULTS.md, kept beside the result files) as a page of its own
     files.append(File.generated(config, "run-log.md", content=(ROOT / "benchmarks" / "RESULTS.md").read_text()))
@@ -117,15 +118,23 @@ def _commands(parser: argparse.ArgumentParser, prefix: str):
 def cli_reference() -> str:
     from iranker.cli import build_parser
 
-    os.environ["COLUMNS"] = "110"  # argparse wraps to the terminal: a fixed width makes the page reproducible
     parts, seen = [], set()
-    for line, parser in _commands(build_parser(), "iranker"):
+    columns = os.environ.get("COLUMNS")
+    os.environ["COLUMNS"] = "110"  # argparse wraps to the terminal: a fixed width makes the page reproducible
+    try:
+        commands = [(line, parser, parser.format_help()) for line, parser in _commands(build_parser(), "iranker")]
+    finally:
+        if columns is None:
+            os.environ.pop("COLUMNS", None)
+        else:
+            os.environ["COLUMNS"] = columns
+    for line, parser, text in commands:
         if id(parser) in seen:  # aliases
             continue
         seen.add(id(parser))
         if line == "iranker evaluate-generic":
             line = "iranker evaluate generic"  # how users type it (iranker.cli.main maps it)
-        text = parser.format_help().replace("usage: iranker evaluate-generic", "usage: iranker evaluate generic")
+        text = text.replace("usage: iranker evaluate-generic", "usage: iranker evaluate generic")
         depth = min(line.count(" ") + 2, 4)
         parts.append(f"{'#' * depth} `{line}`\n\n```text\n{text.rstrip()}\n```\n")
     return "\n".join(parts)
