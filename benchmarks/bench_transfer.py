@@ -114,10 +114,20 @@ def main() -> None:
     evaluated: dict[str, dict] = {}
 
     def scores(name: str, model: Path, sources: tuple[str, ...]) -> dict:
+        """The run's evaluation on the test sets; one finished with the same model, sets, limit and orders is
+        reused (a resumed benchmark does not evaluate a finished run again)."""
         out = runs / name / "evaluation"
-        data = load_eval_data(list(dict.fromkeys(sources)), split="test", limit=args.limit, orders=orders)
-        metrics = evaluate(data, out, model=str(model), base=base_model_path(base_cfg, runs / name), direct=False,
-                           baselines=[], progress=False)
+        key = {"model": str(model), "sources": list(dict.fromkeys(sources)), "limit": args.limit,
+               "orders": list(orders)}
+        done = out / "bench-transfer-key.json"
+        if done.is_file() and (out / "metrics.json").is_file() and json.loads(done.read_text()) == key:
+            say(f"reusing the evaluation of {name} in {out}")
+            metrics = json.loads((out / "metrics.json").read_text())
+        else:
+            data = load_eval_data(key["sources"], split="test", limit=args.limit, orders=orders)
+            metrics = evaluate(data, out, model=str(model), base=base_model_path(base_cfg, runs / name),
+                               direct=False, baselines=[], progress=False)
+            done.write_text(json.dumps(key))
         return {(r["dataset"], r["scenario"]): r for r in metrics["results"]}
 
     evaluated["all"] = scores("all", final_all, tuple(d for s in targets for d in test_sets[s]))

@@ -19,6 +19,14 @@ def test_transfer_benchmark_holds_each_scenario_out_and_compares_with_base_and_a
                        check=False)
     assert r.returncode == 0, r.stderr[-3000:]
     result = json.loads(out.read_text())
+    # started again, it reuses every finished run and every finished evaluation, and writes the same table
+    again = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_transfer.py"), "--smoke", "--runs-dir",
+                            str(tmp_path / "runs"), "--out", str(tmp_path / "again.json")], capture_output=True,
+                           text=True, timeout=1800, check=False)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert again.stderr.count("reusing the finished run") == 3, again.stderr[-3000:]
+    assert again.stderr.count("reusing the evaluation of") == 3
+    assert json.loads((tmp_path / "again.json").read_text())["table"] == result["table"]
     # the samples train recommendation and routing (no passage training split): each is held out once
     assert result["runs"]["all"]["train_scenarios"] == ["recommendation", "routing"]
     assert result["runs"]["without-recommendation"]["train_scenarios"] == ["routing"]
