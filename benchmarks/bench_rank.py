@@ -85,9 +85,7 @@ def latency_sweep(backend, shared: Path, counts: list[int], repeats: int) -> dic
                   + (f", floor {row['floor_s']:.2f}s" if row["floor_s"] is not None else ""), file=sys.stderr)
     return {"model": backend.name, "device": str(backend.device), "torch_threads": torch.get_num_threads(),
             "machine": platform.machine(), "cpu": cpu_info(), "repeats": repeats, "layout": "cached",
-            "window": cfg.window,
-            "stride": cfg.stride,
-            "available": {name: len(full.candidates) for name, full in lists.items()}, "by_scenario": by_scenario}
+            "window": cfg.window, "stride": cfg.stride, "available": {name: len(full.candidates) for name, full in lists.items()}, "by_scenario": by_scenario}
 
 
 def main() -> None:

@@ -136,9 +136,8 @@ def register(sub) -> None:
     sv = sub.add_parser("serve", help="the KServe ranking service (v1 and v2 protocols, Prometheus /metrics)",
                         epilog="example: curl -s localhost:8080/v1/models/iranker:predict -d "
                                "'{\"instances\": [REQUEST]}' (see `iranker rank --help` for a RankRequest)")
-    sv.add_argument("--model", default=None, help="model folder, alias, shipped model's name (`iranker model list`) or hub id (default: the "
-                    "registry's production "
-                    "model, else the embedded one)")
+    sv.add_argument("--model", default=None, help="model folder, alias, shipped model's name (`iranker model list`) "
+                    "or hub id (default: the registry's production model, else the embedded one)")
     sv.add_argument("--registry", default=os.environ.get("IRANKER_REGISTRY", "registry"),
                     help="model registry folder or URL (default registry/ or $IRANKER_REGISTRY)")
     sv.add_argument("--name", default="iranker", help="KServe model name (default iranker)")
