@@ -5,6 +5,7 @@ Tables (Markdown: header, separator, rows; `--list` names each one's files):
 - quality: the trained model against base, random, the first stage and the best simple baseline per test set
   (bench_train_quality_stages.json, through `quality_table.table`);
 - train_stages, train_throughput, train_frozen: training decisions per second (bench_train*.json);
+- train_frozen_cache: what a cross-update cache of the frozen layers could skip (bench_frozen_cache.json);
 - bf16_ranking: float32 against bf16 ranking on the CPU (bench_bf16.json);
 - templates, templates_retrieval: thought templates, plain against BM25 and MiniLM retrieval (bench_templates*.json);
 - generic: general ability, trained against base (generic_gsm8k/generic.json);
@@ -260,6 +261,18 @@ def train_frozen(results_dir: Path) -> str:
     rows.append(["**reused / recomputed**", "", "", f"**{_fix(ratio, 2)}x**", "", "", "", ""])
     return _md(["path", "decisions timed", "seconds", "decisions/s", "rollout (of it: prefill)", "reference",
                 "forward", "backward"], rows)
+
+
+@_table("train_frozen_cache", "bench_frozen_cache.json")
+def train_frozen_cache(results_dir: Path) -> str:
+    doc = _load(results_dir, "bench_frozen_cache.json")
+    rows = []
+    for r in doc["results"]:
+        by = r["by_scenario"]
+        budget = "unbounded" if r["budget_gb"] is None else f"{r['budget_gb']:g} GiB"
+        rows.append([str(r["updates"]), budget, f"{_short(r['held_gb_max'])} GiB", _pct(r["saved_share"]),
+                     *(_pct(by[s]["saved_share"]) if s in by else "–" for s in ("passage", "recommendation", "routing"))])
+    return _md(["updates replayed", "cache limit", "memory held", "prefix work skipped (all)", "passage", "recommendation", "routing"], rows)
 
 
 BF16_SCENARIOS = {"passage": "passage (DL19 BM25 top-20)", "recommendation": "recommendation (ML-100K)",

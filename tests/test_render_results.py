@@ -18,7 +18,7 @@ import render_results as rr
 
 RESULTS = ROOT / "benchmarks" / "results"
 
-DOCS_TABLES = {"quality", "train_stages", "train_throughput", "train_frozen", "bf16_ranking", "templates",
+DOCS_TABLES = {"quality", "train_stages", "train_throughput", "train_frozen", "train_frozen_cache", "bf16_ranking", "templates",
                "templates_retrieval", "generic", "serve_throughput", "serve_vllm", "serve_mixed", "serve_hostile",
                "serve_hostile_levers", "rank_speed", "rank_batching", "rank_layouts"}
 DOCS_PLOTS = {"training_curves", "quality_intervals", "rank_latency", "serve_concurrency"}
@@ -48,6 +48,8 @@ def expected_rows(name: str) -> int:
         return sum(len(load(f)["results"]) for f in ("bench_train_stages.json", "bench_train_stages_bf16.json")) + 1
     if name in ("train_throughput", "train_frozen"):
         return len(load(rr.SOURCES[name][0])["results"]) + 1  # and the ratio
+    if name == "train_frozen_cache":
+        return len(load("bench_frozen_cache.json")["results"])
     if name == "bf16_ranking":
         return len(load("bench_bf16.json")["ranking"]["scenarios"])
     if name in ("templates", "templates_retrieval"):
@@ -101,6 +103,10 @@ def test_spot_values_are_the_json():
 
     frozen = load("bench_train_frozen.json")
     assert close(rows(rr.table("train_frozen"))[-1][3], frozen["frozen_reuse_gain"], 2)
+
+    cache = load("bench_frozen_cache.json")["results"]
+    for row, r in zip(rows(rr.table("train_frozen_cache")), cache, strict=True):
+        assert row[0] == str(r["updates"]) and close(row[3], 100 * r["saved_share"], 0)
 
     bf16 = load("bench_bf16.json")["ranking"]["scenarios"]
     for row, s in zip(rows(rr.table("bf16_ranking")), bf16.values(), strict=True):
