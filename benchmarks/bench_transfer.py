@@ -54,10 +54,10 @@ def train(name: str, config: str, overrides: dict, runs: Path) -> tuple[Path, di
     final = run / "final"
     started = time.perf_counter()
     if not (final / "config.json").exists():
-        resume = (run / "checkpoints").exists() and any((run / "checkpoints").iterdir())
+        resume = (run / "checkpoints" / "latest").exists()  # a folder without one starts over (run_training)
         say(f"training {name} on {cfg.train_scenarios or 'every scenario'} ({cfg.steps} updates)"
             + (" - resuming" if resume else ""))
-        final = run_training(cfg, run, resume=resume, progress=True)
+        final = run_training(cfg, run, resume=run.is_dir() and any(run.iterdir()), progress=True)
     else:
         say(f"reusing the finished run {run}")
     record = json.loads((Path(final) / "iranker-train.json").read_text())

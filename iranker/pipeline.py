@@ -175,9 +175,10 @@ def train_step(profile: str, datasets: list[str], data_versions: list[str], over
         _say(f"training: reusing the finished run {run} (same configuration and data versions)")
         status = "reused"
     else:
-        resume = (run / "checkpoints").exists() and any((run / "checkpoints").iterdir())
+        # a killed run resumes from its last checkpoint; one killed before its first starts over in its folder
+        resume = (run / "checkpoints" / "latest").exists()
         _say(f"training: {'resuming' if resume else 'starting'} run {run}")
-        final = run_training(cfg, run, resume=resume, progress=True)
+        final = run_training(cfg, run, resume=run.is_dir() and any(run.iterdir()), progress=True)
         status = "resumed" if resume else "trained"
     _copy_tree(Path(final), Path(out))
     for curve in ("metrics.jsonl", "probe.jsonl"):

@@ -455,3 +455,21 @@ def test_train_step_resumes_a_killed_run_and_reuses_a_finished_one(tmp_path):
     assert again["status"] == "reused"
     other = train_step("smoke", [str(data)], ["v2"], {"steps": 2}, str(tmp_path / "runs"), str(tmp_path / "m3"))
     assert other["status"] == "trained" and other["run"] != first["run"]  # new data version: a new run
+
+
+def test_train_step_starts_over_a_run_killed_before_its_first_checkpoint(tmp_path):
+    from iranker.ingest import ingest
+    from iranker.pipeline import train_step
+
+    data = tmp_path / "routing"
+    ingest("routerbench", ROOT / "samples" / "routerbench", data, dvc=False)
+    first = train_step("smoke", [str(data)], ["v1"], {"steps": 2}, str(tmp_path / "runs"), str(tmp_path / "m1"))
+    run = Path(first["run"])
+    # what a run killed during its first update leaves: its config, a log line, the TensorBoard folder
+    shutil.rmtree(run / "final")
+    shutil.rmtree(run / "checkpoints")
+    (run / "metrics.jsonl").write_text(json.dumps({"step": 1, "stale": True}) + "\n")
+    again = train_step("smoke", [str(data)], ["v1"], {"steps": 2}, str(tmp_path / "runs"), str(tmp_path / "m2"))
+    assert again["status"] == "trained" and again["run"] == str(run)
+    rows = [json.loads(line) for line in (tmp_path / "m2" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2] and not any(r.get("stale") for r in rows)

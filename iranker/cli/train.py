@@ -59,7 +59,7 @@ def register(sub) -> None:
     train = sub.add_parser("train", help="train the ranker with PPO on elimination steps")
     train.add_argument("--config", required=True, help="profile YAML, e.g. configs/smoke.yaml")
     train.add_argument("--out", required=True, help="run folder: checkpoints/, metrics.jsonl, tb/, final/")
-    train.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
+    train.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out (a run stopped before its first checkpoint starts over there)")
     train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="override a setting, e.g. --set steps=10 or --set ppo.kl_coef=0.05")
     train.set_defaults(func=cmd_train)

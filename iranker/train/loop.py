@@ -258,6 +258,10 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, progress: bool, stop_after
                 if log.exists():  # drop log lines written after the checkpoint
                     rows = [r for r in log.read_text().splitlines() if json.loads(r)["step"] <= trainer.step]
                     log.write_text("".join(r + "\n" for r in rows))
+        elif resume:  # no checkpoint yet (stopped before the first): start over, without that start's logs
+            for log in (out / "metrics.jsonl", out / "probe.jsonl"):
+                log.unlink(missing_ok=True)
+            shutil.rmtree(out / "tb", ignore_errors=True)
         (out / "config.json").write_text(json.dumps(cfg.model_dump(), indent=1))
         trainer.say(f"training on {len(instances)} instances ({cfg.algo}, {cfg.mode} mode, {cfg.steps} updates of "
                     f"{cfg.batch_size} episodes, {trainer.policy.device.type} "
