@@ -8,6 +8,7 @@ Tables (Markdown: header, separator, rows; `--list` names each one's files):
 - train_frozen_cache: what a cross-update cache of the frozen layers could skip (bench_frozen_cache.json);
 - bf16_ranking: float32 against bf16 ranking on the CPU (bench_bf16.json);
 - templates, templates_retrieval: thought templates, plain against BM25 and MiniLM retrieval (bench_templates*.json);
+- transfer: zero-shot transfer, held out against trained on all (bench_transfer.json);
 - generic: general ability, trained against base (generic_gsm8k/generic.json);
 - serve_throughput, serve_vllm, serve_mixed, serve_hostile, serve_hostile_levers: the server under load
   (bench_serve*.json);
@@ -308,6 +309,22 @@ def templates(results_dir: Path) -> str:
                      _fix(m["random"], 3), _fix(m["first_stage"], 3)])
     return _md(["data set", "requests shown a template", "nDCG@10 plain", "with templates", "difference [95% CI]",
                 "random", "first stage"], rows)
+
+
+@_table("transfer", "bench_transfer.json")
+def transfer(results_dir: Path) -> str:
+    doc = _load(results_dir, "bench_transfer.json")
+    pending = set(doc.get("pending", []))
+    rows = []
+    for r in doc["table"]:
+        wait = r["target"] in pending and r["zero_shot"] is None
+        zero = "pending" if wait else _fix(r["zero_shot"], 3)
+        rows.append([f"{r['target']} ({' + '.join(r['trained_on_zero_shot'])})",
+                     f"{r['dataset']}, {_metric(r['metric'])}, n={r['n']}", _fix(r["random"], 3), _fix(r["base"], 3),
+                     zero, _fix(r["all"], 3), "pending" if wait else _diff(r["zero_shot_minus_base"]),
+                     _diff(r["all_minus_base"])])
+    return _md(["held out (trained on)", "test set", "random", "base", "trained on the other two", "trained on all",
+                "other two − base [95% CI]", "all − base [95% CI]"], rows)
 
 
 def _paired_or_same(d: dict, n: int, thoughts: int, scenario: str) -> str:

@@ -33,9 +33,12 @@ def test_transfer_benchmark_holds_each_scenario_out_and_compares_with_base_and_a
     assert result["runs"]["without-routing"]["train_scenarios"] == ["recommendation"]
     assert {run["updates"] for run in result["runs"].values()} == {6}  # the same budget for every run
     assert {row["target"] for row in result["table"]} == {"recommendation", "routing"}
+    assert result["pending"] == []  # every held-out run trained and evaluated
     for row in result["table"]:
         assert row["domain_zero_shot"] == "held-out" and row["trained_on_zero_shot"] != [row["target"]]
         assert row["zero_shot_minus_base"]["low"] <= row["zero_shot_minus_base"]["diff"] <= row[
             "zero_shot_minus_base"]["high"]
         assert row["zero_shot_minus_base"]["diff"] == pytest.approx(row["zero_shot"] - row["base"])
+        assert row["all_minus_base"]["diff"] == pytest.approx(row["all"] - row["base"])  # the same base scores
+        assert "base_in_all_run" not in row and 0 <= row["random"] <= 1
     assert result["machine"]["cpus"] >= 1

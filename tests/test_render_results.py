@@ -18,8 +18,8 @@ import render_results as rr
 
 RESULTS = ROOT / "benchmarks" / "results"
 
-DOCS_TABLES = {"quality", "train_stages", "train_throughput", "train_frozen", "train_frozen_cache", "bf16_ranking", "templates",
-               "templates_retrieval", "generic", "serve_throughput", "serve_vllm", "serve_mixed", "serve_hostile",
+DOCS_TABLES = {"quality", "train_stages", "train_throughput", "train_frozen", "train_frozen_cache", "bf16_ranking",
+               "templates", "transfer", "templates_retrieval", "generic", "serve_throughput", "serve_vllm", "serve_mixed", "serve_hostile",
                "serve_hostile_levers", "rank_speed", "rank_batching", "rank_layouts"}
 DOCS_PLOTS = {"training_curves", "quality_intervals", "rank_latency", "serve_concurrency"}
 
@@ -54,6 +54,8 @@ def expected_rows(name: str) -> int:
         return len(load("bench_bf16.json")["ranking"]["scenarios"])
     if name in ("templates", "templates_retrieval"):
         return len(load(rr.SOURCES[name][0])["table"])
+    if name == "transfer":
+        return len(load("bench_transfer.json")["table"])
     if name == "generic":
         return sum(len(t["model"]["scores"]) for t in load("generic_gsm8k/generic.json")["tasks"].values())
     if name in ("serve_throughput", "serve_vllm"):
@@ -107,6 +109,14 @@ def test_spot_values_are_the_json():
     cache = load("bench_frozen_cache.json")["results"]
     for row, r in zip(rows(rr.table("train_frozen_cache")), cache, strict=True):
         assert row[0] == str(r["updates"]) and close(row[3], 100 * r["saved_share"], 0)
+
+    transfer = load("bench_transfer.json")
+    for row, r in zip(rows(rr.table("transfer")), transfer["table"], strict=True):
+        assert row[0].startswith(r["target"]) and close(row[3], r["base"], 3) and close(row[5], r["all"], 3)
+        if r["zero_shot"] is None:  # a held-out run not trained and evaluated yet
+            assert r["target"] in transfer["pending"] and row[4] == row[6] == "pending"
+        else:
+            assert close(row[4], r["zero_shot"], 3) and close(row[6], r["zero_shot_minus_base"]["diff"], 3)
 
     bf16 = load("bench_bf16.json")["ranking"]["scenarios"]
     for row, s in zip(rows(rr.table("bf16_ranking")), bf16.values(), strict=True):
