@@ -177,5 +177,6 @@ def main() -> None:
     write([])
     print(json.dumps(result["table"], indent=1))
 
+
 if __name__ == "__main__":
     main()
