@@ -112,25 +112,22 @@ def main() -> None:
     trainer = FastTrainer(cfg, None, instances)  # only its draws: no policy, no model
     tokens_of: dict[tuple, int] = {}
     draws: list[tuple[tuple, int, str]] = []
-    longest = max(args.updates)
-    stream = []
-    for u in range(longest):
-        stream.append([(first.inst, tuple(first.listing)) for _, _, first in trainer._draw(u)])
-    for u, keys in enumerate(stream):
-        for key in keys:
+    ends: dict[int, int] = {}  # run length in updates -> episodes drawn by then
+    for u in range(max(args.updates)):
+        for _, _, first in trainer._draw(u):
+            key = (first.inst, tuple(first.listing))
             if key not in tokens_of:
                 enc = encoder.encode(iterative_prompt(trainer.contexts[key[0]], list(key[1]), alphabet=labels))
                 tokens_of[key] = len(enc.head) + sum(len(item) for item in enc.items)
             draws.append((key, tokens_of[key], instances[key[0]].scenario))
+        ends[u + 1] = len(draws)
         if u + 1 in args.updates:
             print(f"[bench] drew {u + 1} updates ({len(draws)} episodes)", file=sys.stderr)
-    per_update = [len(keys) for keys in stream]
 
     results = []
     for updates in args.updates:
-        upto = sum(per_update[:updates])
         for gb in args.budgets_gb:
-            r = replay(draws[:upto], gb * 2**30, per_token)
+            r = replay(draws[:ends[updates]], gb * 2**30, per_token)
             results.append({"updates": updates, "budget_gb": gb if gb < 1e8 else None, **r})
             print(f"[bench] {updates} updates, {'unbounded' if gb >= 1e8 else f'{gb:g} GiB'}: "
                   f"{r['saved_share']:.1%} of prefix tokens found", file=sys.stderr)
