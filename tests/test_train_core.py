@@ -320,3 +320,19 @@ def test_auto_training_dtype_follows_the_cpus_native_bf16():
     assert training_dtype("auto", cpu) == (torch.bfloat16 if native else torch.float32)
     assert training_dtype("float32", cpu) == torch.float32 and training_dtype("bfloat16", cpu) == torch.bfloat16
     assert resolve_dtype("auto", cpu) == torch.float32
+
+
+def test_episode_shares_hold_in_expectation_at_any_batch_size():
+    """`pools.episodes` / `pools.on_policy` at a batch they do not divide: the whole part always, one more with the
+    fractional part's probability (batch 2 at 0.75 is not all whole instances); whole splits draw nothing."""
+    from random import Random
+
+    from iranker.train.fast import shared_count
+
+    rng = Random(0)
+    counts = [shared_count(rng, 2, 0.75) for _ in range(4000)]
+    assert set(counts) == {1, 2} and sum(counts) / len(counts) == pytest.approx(1.5, abs=0.05)
+    assert {shared_count(rng, 1, 0.75) for _ in range(200)} == {0, 1}
+    a, b = Random(3), Random(3)
+    assert [shared_count(a, 4, s) for s in (0.75, 0.0, 0.5, 1.0)] == [3, 0, 2, 4]
+    assert a.random() == b.random()  # no draw was taken for the whole splits

@@ -43,7 +43,8 @@ class PoolConfig(_Section):
                                                                 "(up to the serving window) ranked by the policy "
                                                                 "as serving ranks it: eliminations sampled on the "
                                                                 "key/value cache, then all n-1 decisions scored in "
-                                                                "one pass")
+                                                                "one pass; with on_policy, held in expectation "
+                                                                "when batch_size x share is not whole")
     balance_positions: bool = Field(
         default=False, description="show each random pool in all of its cyclic orders (k episodes for a pool of "
                                    "k): every candidate takes every label position once, so a preference for a "

@@ -34,6 +34,17 @@ from iranker.train.episodes import sample_on_cache
 from iranker.train.pools import Step, TrainingSet, gae, layout_steps, reward_row, sample_pool
 
 
+def shared_count(rng, batch: int, share: float) -> int:
+    """How many of an update's `batch` episodes are of a kind given its `share`: the whole part of batch * share,
+    plus one more with the probability of its fractional part. So the share holds in expectation at any batch size
+    (rounding would make batch 2 at 0.75 all whole instances, batch 1 always one). The generator is drawn only when
+    there is a fractional part, so whole-number splits draw the same episodes as before."""
+    exact = batch * share
+    n = int(exact + 1e-9)
+    frac = exact - n
+    return n + (1 if frac > 1e-9 and rng.random() < frac else 0)
+
+
 class FastTrainer:
     def __init__(self, cfg, policy, instances: list[RankingInstance],
                  probe_instances: list[RankingInstance] | None = None, procs: Processes | None = None):
@@ -149,8 +160,8 @@ class FastTrainer:
         or "pool" (one decision on a random sub-pool). Episode e of the update belongs to process e % world."""
         cfg = self.cfg
         rng = seeded_rng(cfg.seed, "update", update)
-        n_whole = round(cfg.batch_size * cfg.pools.episodes)
-        n_on_policy = round(cfg.batch_size * cfg.pools.on_policy)
+        n_whole = shared_count(rng, cfg.batch_size, cfg.pools.episodes)
+        n_on_policy = shared_count(rng, cfg.batch_size, cfg.pools.on_policy)
         drawn: list[tuple[int, str, Step]] = []
         episodes = 0
         while episodes < cfg.batch_size:
