@@ -271,3 +271,42 @@ def test_an_abandoned_request_stops_inside_its_prefill(tiny_backend):
         assert calls == []
     finally:
         hook.remove()
+
+
+@torch.inference_mode()
+def test_models_sharing_their_lower_layers_rank_as_each_alone(tiny_tokenizer):
+    """`SharedPrefixes`: models whose lower layers are the same (a run's checkpoints and their base) run a prefix
+    through those layers once; each model's prefix cache, chunk for chunk, and rankings equal its own prefill's. A
+    model whose lower layers differ is refused."""
+    import copy
+
+    from conftest import make_tiny_model
+
+    from iranker.backends.transformers import PREFILL_CHUNK, SharedPrefixes, TransformersBackend
+
+    base = make_tiny_model(tiny_tokenizer)
+    tuned = copy.deepcopy(base)
+    torch.manual_seed(1)
+    for p in tuned.model.layers[1].parameters():  # the top layer only, as an adapter on the top layers trains
+        p.add_(0.5 * torch.randn_like(p))
+    store = SharedPrefixes(split=1)
+    reqs = [passage_request(n, f"q{n}") for n in (3, 12, 20)]
+    long_ids = torch.randint(10, len(tiny_tokenizer), (2 * PREFILL_CHUNK + 57,)).tolist()  # three prefill chunks
+    rankings = {}
+    for name, model in (("base", base), ("tuned", tuned)):
+        alone = TransformersBackend(model_obj=model, tokenizer=tiny_tokenizer, name=name)
+        shared = TransformersBackend(model_obj=model, tokenizer=tiny_tokenizer, name=name, shared_prefixes=store)
+        for a, b in zip(alone.encode_cache(long_ids).layers, shared.encode_cache(long_ids).layers, strict=True):
+            assert torch.equal(a.keys, b.keys) and torch.equal(a.values, b.values)  # the same computation
+        one = IterativeRanker(alone, RankerConfig(batch_size=4)).rank_many(reqs)
+        two = IterativeRanker(shared, RankerConfig(batch_size=4)).rank_many(reqs)
+        assert [r.ranking for r in one] == [r.ranking for r in two]
+        rankings[name] = [r.ranking for r in one]
+    assert rankings["base"] != rankings["tuned"]  # the upper layers are each model's own
+    assert store.computed == 1 + len(reqs) and store.reused == store.computed  # once per prefix, for both models
+    store.clear()
+    assert store.tokens == 0
+    other = TransformersBackend(model_obj=make_tiny_model(tiny_tokenizer, seed=3), tokenizer=tiny_tokenizer,
+                                shared_prefixes=store)
+    with pytest.raises(ValueError, match="first 1 layers differ"):
+        other.encode_cache(long_ids)

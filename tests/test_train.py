@@ -313,6 +313,28 @@ def test_served_selection_ranks_whole_validation_lists_and_reports_standard_erro
     assert saved["best"] == result["best"] and (tmp_path / "run" / "selected" / "final" / "model.safetensors").exists()
 
 
+def test_served_selection_runs_the_frozen_layers_once_for_all_models_and_scores_the_same(tmp_path, smoke):
+    """With an adapter on the top layers, every checkpoint and the base rank the same validation lists with the
+    frozen layers' prefill shared (`SharedPrefixes`); the scores equal those of each model ranking on its own."""
+    from iranker.train.select import select_served
+
+    lora = smoke.lora.model_copy(update={"r": 8, "alpha": 16, "top_layers": 1})
+    run = tmp_path / "run"
+    run_training(smoke.model_copy(update={"keep_checkpoints": 2, "lora": lora}), run, progress=False)
+    states = sorted((run / "checkpoints").glob("step-*/state.pt"))
+    said: list[str] = []
+    shared = select_served(run, states, instances=40, out=tmp_path / "shared", log=said.append, batch_size=4)
+    assert shared["frozen_layers_shared"] == 1 and set(shared["scores"]) == {"random", "base", "step-4", "step-6"}
+    assert any("frozen layers run once per prompt" in m for m in said)
+    cfg = json.loads((run / "config.json").read_text())
+    cfg["lora"]["reuse_frozen"] = False  # the same run, each model prefilling on its own
+    (run / "config.json").write_text(json.dumps(cfg))
+    alone = select_served(run, states, instances=40, out=tmp_path / "alone", log=lambda m: None, batch_size=4)
+    assert alone["frozen_layers_shared"] == 0
+    assert {k: v["mean"] for k, v in shared["scores"].items()} == {k: v["mean"] for k, v in alone["scores"].items()}
+    assert shared["best"] == alone["best"]
+
+
 def test_position_balanced_pools_leave_nothing_for_a_position_preference(tmp_path, smoke):
     """With `pools.balance_positions`, each random pool comes in all its cyclic orders, so a policy that prefers
     label positions whatever the content earns the same expected reward from every preference: the update can

@@ -6,10 +6,12 @@ decision is valid. `open_pools` gives the cached elimination layout (see `Cached
 
 from __future__ import annotations
 
+import contextlib
+import weakref
 from collections.abc import Callable, Sequence
 
 import torch
-from transformers import StaticCache
+from transformers import DynamicCache, StaticCache
 
 from iranker.backends.base import Choice, Generation, choice_from_scores
 from iranker.backends.tokens import EncodedPrompt, PromptEncoder
@@ -18,6 +20,111 @@ from iranker.prompts import Prompt
 # a prompt is prefilled in chunks of this many tokens: an abandoned request stops at the next one (serving)
 PREFILL_CHUNK = 1_024
 CPU_STEP_TOKENS = 4_500  # cached-layout batch on a CPU: ~6 short (600-token) prompts, 2 long ones; docs: Benchmarks
+# Decoders whose forward treats `inputs_embeds` as the first layer's input and runs every layer alike, so that the
+# layers below a split can run once and the rest from their output; others run whole.
+SPLIT_ARCHITECTURES = frozenset({"llama", "mistral", "qwen2", "qwen3"})
+
+
+def splittable(config) -> bool:
+    """Whether a decoder's layers can run in two parts (`run_layers`): a SPLIT_ARCHITECTURES model whose layers
+    all attend fully (no sliding-window layers, whose cache slots a split would mislabel)."""
+    types = getattr(config, "layer_types", None) or ["full_attention"]
+    return getattr(config, "model_type", None) in SPLIT_ARCHITECTURES and set(types) == {"full_attention"}
+
+
+@contextlib.contextmanager
+def run_layers(decoder, lo: int, hi: int | None, final_norm: bool, renumber: bool = False):
+    """Run `decoder` over its layers lo:hi only (its own forward: the same masks, positions and attention code),
+    fed hidden states as `inputs_embeds` when lo > 0; without the final norm unless `final_norm`. `renumber`: the
+    layers write key/value cache slots 0.. (a cache of their own, whose length its first slot tells)."""
+    layers, norm = decoder.layers, decoder.norm
+    part = list(layers)[lo:hi]
+    decoder.layers = torch.nn.ModuleList(part)
+    if not final_norm:
+        decoder.norm = torch.nn.Identity()
+    numbers = [layer.self_attn.layer_idx for layer in part] if renumber else []
+    for i, layer in enumerate(part if renumber else []):
+        layer.self_attn.layer_idx = i
+    try:
+        yield
+    finally:
+        decoder.layers, decoder.norm = layers, norm
+        for layer, i in zip(part, numbers, strict=False):
+            layer.self_attn.layer_idx = i
+
+
+class SharedPrefixes:
+    """Models whose layers below `split` are the same (a run's checkpoints that adapt only their top layers, and
+    their base) compute the same keys and values there over a prompt: each prompt prefix runs through those layers
+    once, is kept until `clear()`, and every model then runs only its own layers above the split from it.
+
+    A backend given this store (`TransformersBackend(shared_prefixes=...)`) builds its prefix caches so; the result
+    equals the backend's own prefill, chunk for chunk. A model whose lower weights differ from the first model's
+    is refused (`ValueError`), so a store never mixes models it would rank wrongly."""
+
+    def __init__(self, split: int):
+        if split < 1:
+            raise ValueError(f"split: at least 1 shared layer, got {split}")
+        self.split = split
+        self._store: dict[tuple[int, ...], tuple[list, list[torch.Tensor]]] = {}
+        self._lower: list[torch.Tensor] | None = None  # the first model's lower weights
+        self._checked: weakref.WeakSet = weakref.WeakSet()  # models compared with the first
+        self.tokens = 0  # prompt tokens held
+        self.computed = 0  # prefixes run through the shared layers
+        self.reused = 0  # prefixes found here
+
+    def clear(self) -> None:
+        self._store.clear()
+        self.tokens = 0
+
+    def _check(self, model) -> None:
+        if model in self._checked:
+            return
+        decoder = model.base_model
+        if not splittable(model.config) or not 0 < self.split < model.config.num_hidden_layers:
+            raise ValueError(f"shared_prefixes: {model.config.model_type} with {model.config.num_hidden_layers} "
+                             f"layers cannot share its first {self.split}")
+        lower = [t.detach() for layer in list(decoder.layers)[: self.split] for t in layer.parameters()]
+        lower.append(decoder.embed_tokens.weight.detach())
+        if self._lower is None:
+            self._lower = lower
+        elif len(lower) != len(self._lower) or not all(a.dtype == b.dtype and a.shape == b.shape and torch.equal(a, b)
+                                                       for a, b in zip(lower, self._lower, strict=True)):
+            raise ValueError(f"shared_prefixes: the model's first {self.split} layers differ from those the store "
+                             "was built with")
+        self._checked.add(model)
+
+    @torch.inference_mode()
+    def encode(self, backend: TransformersBackend, ids: list[int], alive: Callable[[], bool] | None = None):
+        """`backend.encode_cache(ids)` with the layers below the split run once per prefix across models."""
+        model = backend.model
+        self._check(model)
+        decoder, dev = model.base_model, backend.device
+        chunks = [ids[s: s + PREFILL_CHUNK] for s in range(0, len(ids), PREFILL_CHUNK)]
+        key = tuple(ids)
+        if key in self._store:
+            self.reused += 1
+        else:
+            lower, hidden = DynamicCache(), []
+            with run_layers(decoder, 0, self.split, final_norm=False):
+                for chunk in chunks:
+                    if alive is not None and not alive():
+                        return None
+                    out = decoder(input_ids=torch.tensor([chunk], device=dev), past_key_values=lower, use_cache=True)
+                    hidden.append(out.last_hidden_state)
+            self._store[key] = (list(lower.layers[: self.split]), hidden)
+            self.tokens += len(ids)
+            self.computed += 1
+        lower_layers, hidden = self._store[key]
+        upper = DynamicCache()
+        with run_layers(decoder, self.split, None, final_norm=True, renumber=True):
+            for h in hidden:
+                if alive is not None and not alive():
+                    return None
+                decoder(inputs_embeds=h, past_key_values=upper, use_cache=True)
+        n = model.config.num_hidden_layers
+        upper.layers = lower_layers + list(upper.layers[: n - self.split])
+        return upper
 
 
 def _left_pad(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -41,7 +148,8 @@ class TransformersBackend:
 
     def __init__(self, model: str | None = None, *, model_obj=None, tokenizer=None, device: str | None = None,
                  dtype: str | torch.dtype | None = None, max_item_tokens: int = 192, max_batch_tokens: int = 24_000,
-                 max_step_tokens: int | None = None, name: str | None = None):
+                 max_step_tokens: int | None = None, name: str | None = None,
+                 shared_prefixes: SharedPrefixes | None = None):
         if model_obj is None:
             from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -63,6 +171,7 @@ class TransformersBackend:
         self.encoder = PromptEncoder(tokenizer, max_item_tokens)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.max_batch_tokens = max_batch_tokens
+        self.shared_prefixes = shared_prefixes  # prefix caches built from a store shared with other models
         # cached layout: most cache tokens (rows x prompt length) one batched step may attend to
         self.max_step_tokens = max_step_tokens or (CPU_STEP_TOKENS if self.device.type == "cpu" else 1 << 20)
         self._init_label_head()
@@ -104,7 +213,10 @@ class TransformersBackend:
 
     def encode_cache(self, ids: list[int], alive: Callable[[], bool] | None = None):
         """Run a prompt prefix through the model (no output layer) and return its key/value cache; in chunks of
-        PREFILL_CHUNK tokens, asking `alive()` before each: None once it says the answer is no longer wanted."""
+        PREFILL_CHUNK tokens, asking `alive()` before each: None once it says the answer is no longer wanted.
+        With `shared_prefixes`, the layers the store shares run once per prefix for all its models."""
+        if self.shared_prefixes is not None:
+            return self.shared_prefixes.encode(self, ids, alive)
         cache = None
         for start in range(0, len(ids), PREFILL_CHUNK):
             if alive is not None and not alive():

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from iranker.backends.tokens import EncodedPrompt, PromptEncoder
+from iranker.backends.transformers import SPLIT_ARCHITECTURES, run_layers
 from iranker.devices import resolve_device, training_dtype
 from iranker.prompts import LABELS, MAX_POOL
 
@@ -90,9 +91,6 @@ def base_model_path(cfg, out: str | Path) -> str:
 
 # ----------------------------------------------------------------------------------------------- the policy
 
-# Decoders whose forward treats `inputs_embeds` as the first layer's input and runs every layer alike, so that the
-# layers below a LoRA can run once and the rest from their output (`lora.reuse_frozen`); others run whole.
-SPLIT_ARCHITECTURES = frozenset({"llama", "mistral", "qwen2", "qwen3"})
 # the frozen layers' outputs kept per update at most (sequence tokens); beyond it sequences run whole
 FROZEN_BUDGET_TOKENS = 262_144
 
@@ -186,6 +184,13 @@ class Policy:
         merged = copy.deepcopy(self.model).merge_and_unload()
         return merged.to(torch.float32)
 
+    def unadapted(self):
+        """The model without its adapter, as `merged` builds the trained one (a float32 copy of the same base
+        weights): the two share their layers below the adapter exactly."""
+        if not self.cfg.lora.r:
+            raise ValueError("lora.r: a model trained without an adapter has no base inside it")
+        return copy.deepcopy(self.model).unload().to(torch.float32)
+
     # ---------------------------------------------------------------------------------------- scoring
 
     @property
@@ -248,11 +253,11 @@ class Policy:
             key = (tuple(enc.head), tuple(map(tuple, enc.items)), tuple(tail), tuple(map(tuple, pools)))
             start = frozen.get(key)
             if start is None and frozen.get("tokens", 0) + length <= FROZEN_BUDGET_TOKENS:
-                with torch.no_grad(), _layers(decoder, 0, split, final_norm=False):
+                with torch.no_grad(), run_layers(decoder, 0, split, final_norm=False):
                     start = frozen[key] = decoder(input_ids=ids[None], **attend).last_hidden_state
                 frozen["tokens"] = frozen.get("tokens", 0) + length
         if start is not None:
-            with _layers(decoder, split, None, final_norm=True):
+            with run_layers(decoder, split, None, final_norm=True):
                 out = decoder(inputs_embeds=start, **attend)
         else:
             out = decoder(input_ids=ids[None], **attend)
@@ -271,17 +276,3 @@ def _decoder_and_head(model):
     """The decoder stack (hidden states out) and the output layer of a causal LM, through a PEFT wrapper."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     return base.base_model, base.get_output_embeddings()
-
-
-@contextlib.contextmanager
-def _layers(decoder, lo: int, hi: int | None, final_norm: bool):
-    """Run `decoder` over its layers lo:hi only (its own forward: the same masks, positions and attention code),
-    fed hidden states as `inputs_embeds` when lo > 0; without the final norm unless `final_norm`."""
-    layers, norm = decoder.layers, decoder.norm
-    decoder.layers = torch.nn.ModuleList(list(layers)[lo:hi])
-    if not final_norm:
-        decoder.norm = torch.nn.Identity()
-    try:
-        yield
-    finally:
-        decoder.layers, decoder.norm = layers, norm

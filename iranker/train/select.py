@@ -13,6 +13,7 @@ from iranker.train.modeling import load_model
 from iranker.train.pools import load_training_instances
 
 logger = logging.getLogger(__name__)  # `log` is the callers' progress callback here
+HOLD_BYTES = 6 << 30  # select_served keeps its merged models (float32) in memory up to this much
 
 
 def select_checkpoint(run: str | Path, states: list[Path], pools: int = 64, out: str | Path | None = None,
@@ -56,13 +57,20 @@ def select_served(run: str | Path, states: list[Path], instances: int = 300, out
                   log: Callable[[str], None] | None = None, batch_size: int = 16) -> dict:
     """Score a run's checkpoints (and the base model) as they would serve: whole VALIDATION lists (up to the
     window: 20 passages, 20 items, 11 models), about `instances` of them spread evenly over the datasets and both
-    listing orders (a dataset with fewer validation instances gives what it has), ranked by the serving ranker under the run's ranking settings and scored with the test metrics (each scenario's primary
-    metric: MRR, nDCG@10, nDCG@3). Writes the best checkpoint as `out/final` (default `run/selected/final`) and
+    listing orders (a dataset with fewer validation instances gives what it has), ranked by the serving ranker
+    under the run's ranking settings and scored with the test metrics (each scenario's primary metric: MRR,
+    nDCG@10, nDCG@3). Writes the best checkpoint as `out/final` (default `run/selected/final`) and
     `selection.json`: every checkpoint's mean with its standard error, and which others lie within one standard
-    error of the chosen one (a choice the validation data cannot make)."""
+    error of the chosen one (a choice the validation data cannot make).
+
+    When the adapter leaves the lower layers frozen (`lora.top_layers`, `lora.reuse_frozen`), the models rank the
+    lists `batch_size` at a time, all models on the same lists, and each list's prompt runs through the frozen
+    layers once for all of them (`SharedPrefixes`): the same rankings, the frozen part of the prefill paid once
+    instead of once per model."""
     import math
     from dataclasses import replace
 
+    from iranker.backends.transformers import SharedPrefixes, TransformersBackend, splittable
     from iranker.evaluate import _min_grade
     from iranker.evaluate.harness import KS, PRIMARY, load_eval_data
     from iranker.metrics import instance_metrics, random_instance_metrics
@@ -86,38 +94,62 @@ def select_served(run: str | Path, states: list[Path], instances: int = 300, out
     r = cfg.ranking
     config = RankerConfig(layout=r.layout, window=r.window, stride=r.stride, max_words=r.max_words,
                           batch_size=batch_size)
+    named = {f"step-{trainer.load_state(Path(p), optimizer=False)}": Path(p) for p in states}
+    names = (["base"] if cfg.lora.r else []) + list(named)
+    split = trainer.policy.frozen_layers
+    store = SharedPrefixes(split) if split and splittable(trainer.model.config) else None
+    # the models are kept between chunks of lists when they fit HOLD_BYTES, else merged again for each chunk
+    size = sum(p.numel() for p in trainer.model.parameters()) * 4
+    hold = store is None or size * len(names) <= HOLD_BYTES
+    held: dict = {}
 
-    def score(model_obj, name: str) -> dict:
-        from iranker.backends.transformers import TransformersBackend
+    def model_of(name: str):
+        if name in held:
+            return held[name]
+        if name == "base":
+            m = trainer.policy.unadapted()
+        else:
+            trainer.load_state(named[name], optimizer=False)
+            m = trainer.policy.merged()
+        if hold:
+            held[name] = m
+        return m
 
-        backend = TransformersBackend(model_obj=model_obj, tokenizer=tokenizer, name=name,
-                                      max_item_tokens=r.max_item_tokens)
-        responses = rank_requests(backend, [i.to_request() for i in todo], replace(config))
+    chunks = [list(range(i, min(i + batch_size, len(todo)))) for i in range(0, len(todo), batch_size)] if store \
+        else [list(range(len(todo)))]
+    ranked: dict[str, list] = {name: [] for name in names}
+    for c, idx in enumerate(chunks):
+        for name in names:
+            backend = TransformersBackend(model_obj=model_of(name), tokenizer=tokenizer, name=name,
+                                          max_item_tokens=r.max_item_tokens, shared_prefixes=store)
+            ranked[name] += rank_requests(backend, [todo[i].to_request() for i in idx], replace(config))
+            if store is None:
+                say(f"{name}: {len(todo)} validation lists ranked")
+        if store is not None:
+            say(f"validation lists {idx[-1] + 1}/{len(todo)} ranked by {len(names)} models "
+                f"(frozen layers run once per prompt: {store.computed} prompts, {store.reused} reuses)")
+            store.clear()
+    held.clear()
+
+    def score(name: str) -> dict:
         values = [instance_metrics(resp.ranking, g, KS, _min_grade(i))[PRIMARY[i.scenario]]
-                  for i, resp, g in zip(todo, responses, rel, strict=True)]
+                  for i, resp, g in zip(todo, ranked[name], rel, strict=True)]
         return _mean_se(values, todo)
 
     scores: dict[str, dict] = {"random": _mean_se([random_instance_metrics([c.id for c in i.candidates], g, KS,
                                                                             _min_grade(i))[PRIMARY[i.scenario]]
                                                     for i, g in zip(todo, rel, strict=True)], todo)}
-    if cfg.lora.r:
-        with trainer.model.disable_adapter():
-            scores["base"] = score(trainer.model.get_base_model(), "base")
-    named = {}
-    for path in states:
-        step = trainer.load_state(Path(path), optimizer=False)
-        named[f"step-{step}"] = Path(path)
-        scores[f"step-{step}"] = score(trainer.policy.merged(), f"step-{step}")
-        s = scores[f"step-{step}"]
-        say(f"checkpoint step {step}: validation primary metric {s['mean']:.4f} ± {s['se']:.4f} "
-            f"({s['n']} whole lists)")
+    for name in names:
+        scores[name] = s = score(name)
+        say(f"{name}: validation primary metric {s['mean']:.4f} ± {s['se']:.4f} ({s['n']} whole lists)")
     best = max(named, key=lambda k: scores[k]["mean"])
     close = [k for k in named if k != best and scores[k]["mean"] >= scores[best]["mean"] - scores[best]["se"]]
     trainer.load_state(named[best], optimizer=False)
     trainer.out.mkdir(parents=True, exist_ok=True)
     final = trainer.save_final()
     result = {"best": best, "within_one_se_of_best": close, "instances": len(todo), "scores": scores,
-              "metric": "each scenario's primary test metric, per whole served list, both listing orders"}
+              "metric": "each scenario's primary test metric, per whole served list, both listing orders",
+              "frozen_layers_shared": store.split if store is not None else 0}
     (trainer.out / "selection.json").write_text(json.dumps(result, indent=1))
     return {**result, "model": str(final)}
 
