@@ -322,11 +322,14 @@ def test_served_selection_runs_the_frozen_layers_once_for_all_models_and_scores_
     run = tmp_path / "run"
     run_training(smoke.model_copy(update={"keep_checkpoints": 2, "lora": lora}), run, progress=False)
     states = sorted((run / "checkpoints").glob("step-*/state.pt"))
+    cfg = json.loads((run / "config.json").read_text())
+    cfg["ranking"].update(window=5, stride=2)  # longer validation lists keep their first stage's top 5, in order
+    cfg["pools"]["max_size"] = 5
+    (run / "config.json").write_text(json.dumps(cfg))
     said: list[str] = []
     shared = select_served(run, states, instances=40, out=tmp_path / "shared", log=said.append, batch_size=4)
     assert shared["frozen_layers_shared"] == 1 and set(shared["scores"]) == {"random", "base", "step-4", "step-6"}
-    assert any("frozen layers run once per prompt" in m for m in said)
-    cfg = json.loads((run / "config.json").read_text())
+    assert any("frozen layers run once per prompt" in m for m in said) and shared["cut_to_window"] > 0
     cfg["lora"]["reuse_frozen"] = False  # the same run, each model prefilling on its own
     (run / "config.json").write_text(json.dumps(cfg))
     alone = select_served(run, states, instances=40, out=tmp_path / "alone", log=lambda m: None, batch_size=4)

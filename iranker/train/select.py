@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -54,10 +55,12 @@ def select_checkpoint(run: str | Path, states: list[Path], pools: int = 64, out:
 
 
 def select_served(run: str | Path, states: list[Path], instances: int = 300, out: str | Path | None = None,
-                  log: Callable[[str], None] | None = None, batch_size: int = 16) -> dict:
+                  log: Callable[[str], None] | None = None, batch_size: int = 16, share_frozen: bool = True) -> dict:
     """Score a run's checkpoints (and the base model) as they would serve: whole VALIDATION lists (up to the
     window: 20 passages, 20 items, 11 models), about `instances` of them spread evenly over the datasets and both
-    listing orders (a dataset with fewer validation instances gives what it has), ranked by the serving ranker
+    listing orders (a dataset with fewer validation instances gives what it has; a longer list, such as a top-100
+    passage run, keeps its first stage's top `window` candidates in its listing order, since serving ranks a longer
+    one window by window and every window after the first depends on the model), ranked by the serving ranker
     under the run's ranking settings and scored with the test metrics (each scenario's primary metric: MRR,
     nDCG@10, nDCG@3). Writes the best checkpoint as `out/final` (default `run/selected/final`) and
     `selection.json`: every checkpoint's mean with its standard error, and which others lie within one standard
@@ -66,13 +69,15 @@ def select_served(run: str | Path, states: list[Path], instances: int = 300, out
     When the adapter leaves the lower layers frozen (`lora.top_layers`, `lora.reuse_frozen`), the models rank the
     lists `batch_size` at a time, all models on the same lists, and each list's prompt runs through the frozen
     layers once for all of them (`SharedPrefixes`): the same rankings, the frozen part of the prefill paid once
-    instead of once per model."""
+    instead of once per model (`share_frozen=False`: each model prefills on its own, as before).
+    `selection.json` records the seconds spent ranking."""
     import math
     from dataclasses import replace
 
     from iranker.backends.transformers import SharedPrefixes, TransformersBackend, splittable
     from iranker.evaluate import _min_grade
     from iranker.evaluate.harness import KS, PRIMARY, load_eval_data
+    from iranker.listing import first_stage_order
     from iranker.metrics import instance_metrics, random_instance_metrics
     from iranker.ranker import RankerConfig, rank_requests
 
@@ -84,7 +89,9 @@ def select_served(run: str | Path, states: list[Path], instances: int = 300, out
     orders = ("first-stage", "shuffled")
     per_dataset = math.ceil(instances / (max(len(cfg.data), 1) * len(orders)))  # about `instances` lists in all
     data = load_eval_data(cfg.data, split="validation", limit=per_dataset, orders=orders)
-    todo = data.instances
+    window = cfg.ranking.window
+    todo = [i if len(i.candidates) <= window else i.model_copy(update={"candidates": [
+        i.candidates[j] for j in sorted(first_stage_order(i)[:window])]}) for i in data.instances]
     if not todo:
         raise ValueError(f"data: no validation-split instances in {', '.join(cfg.data)} to select a checkpoint on")
     rel = [data.qrels.get(i.id, i.relevance) for i in todo]
@@ -97,7 +104,7 @@ def select_served(run: str | Path, states: list[Path], instances: int = 300, out
     named = {f"step-{trainer.load_state(Path(p), optimizer=False)}": Path(p) for p in states}
     names = (["base"] if cfg.lora.r else []) + list(named)
     split = trainer.policy.frozen_layers
-    store = SharedPrefixes(split) if split and splittable(trainer.model.config) else None
+    store = SharedPrefixes(split) if share_frozen and split and splittable(trainer.model.config) else None
     # the models are kept between chunks of lists when they fit HOLD_BYTES, else merged again for each chunk
     size = sum(p.numel() for p in trainer.model.parameters()) * 4
     hold = store is None or size * len(names) <= HOLD_BYTES
@@ -118,6 +125,7 @@ def select_served(run: str | Path, states: list[Path], instances: int = 300, out
     chunks = [list(range(i, min(i + batch_size, len(todo)))) for i in range(0, len(todo), batch_size)] if store \
         else [list(range(len(todo)))]
     ranked: dict[str, list] = {name: [] for name in names}
+    started = time.perf_counter()
     for c, idx in enumerate(chunks):
         for name in names:
             backend = TransformersBackend(model_obj=model_of(name), tokenizer=tokenizer, name=name,
@@ -130,6 +138,7 @@ def select_served(run: str | Path, states: list[Path], instances: int = 300, out
                 f"(frozen layers run once per prompt: {store.computed} prompts, {store.reused} reuses)")
             store.clear()
     held.clear()
+    seconds = time.perf_counter() - started
 
     def score(name: str) -> dict:
         values = [instance_metrics(resp.ranking, g, KS, _min_grade(i))[PRIMARY[i.scenario]]
@@ -149,7 +158,8 @@ def select_served(run: str | Path, states: list[Path], instances: int = 300, out
     final = trainer.save_final()
     result = {"best": best, "within_one_se_of_best": close, "instances": len(todo), "scores": scores,
               "metric": "each scenario's primary test metric, per whole served list, both listing orders",
-              "frozen_layers_shared": store.split if store is not None else 0}
+              "frozen_layers_shared": store.split if store is not None else 0, "ranking_seconds": round(seconds, 1),
+              "cut_to_window": sum(len(i.candidates) > window for i in data.instances), "window": window}
     (trainer.out / "selection.json").write_text(json.dumps(result, indent=1))
     return {**result, "model": str(final)}
 
