@@ -276,6 +276,17 @@ def train_frozen_cache(results_dir: Path) -> str:
     return _md(["updates replayed", "cache limit", "memory held", "prefix work skipped (all)", "passage", "recommendation", "routing"], rows)
 
 
+@_table("train_select", "bench_select.json")
+def train_select(results_dir: Path) -> str:
+    doc = _load(results_dir, "bench_select.json")
+    rows = [[name, _fix(v["shared"], 4), _fix(v["alone"], 4)] for name, v in doc["scores"].items()]
+    sec = doc["seconds"]
+    rows.append([f"**seconds ranking ({doc['validation_lists']} lists, {len(doc['models'])} models)**",
+                 _fix(sec["shared"], 1), _fix(sec["alone"], 1)])
+    rows.append(["**alone / shared**", f"**{_fix(doc['speedup'], 2)}x**", ""])
+    return _md(["model", "frozen layers shared", "each model alone"], rows)
+
+
 BF16_SCENARIOS = {"passage": "passage (DL19 BM25 top-20)", "recommendation": "recommendation (ML-100K)",
                   "routing": "routing (RouterBench)"}
 

@@ -18,7 +18,8 @@ import render_results as rr
 
 RESULTS = ROOT / "benchmarks" / "results"
 
-DOCS_TABLES = {"quality", "train_stages", "train_throughput", "train_frozen", "train_frozen_cache", "bf16_ranking",
+DOCS_TABLES = {"quality", "train_stages", "train_throughput", "train_frozen", "train_frozen_cache", "train_select",
+               "bf16_ranking",
                "templates", "transfer", "templates_retrieval", "generic", "serve_throughput", "serve_vllm", "serve_mixed", "serve_hostile",
                "serve_hostile_levers", "rank_speed", "rank_batching", "rank_layouts"}
 DOCS_PLOTS = {"training_curves", "quality_intervals", "rank_latency", "serve_concurrency"}
@@ -50,6 +51,8 @@ def expected_rows(name: str) -> int:
         return len(load(rr.SOURCES[name][0])["results"]) + 1  # and the ratio
     if name == "train_frozen_cache":
         return len(load("bench_frozen_cache.json")["results"])
+    if name == "train_select":
+        return len(load("bench_select.json")["scores"]) + 2  # the seconds and their ratio
     if name == "bf16_ranking":
         return len(load("bench_bf16.json")["ranking"]["scenarios"])
     if name in ("templates", "templates_retrieval"):
@@ -109,6 +112,12 @@ def test_spot_values_are_the_json():
     cache = load("bench_frozen_cache.json")["results"]
     for row, r in zip(rows(rr.table("train_frozen_cache")), cache, strict=True):
         assert row[0] == str(r["updates"]) and close(row[3], 100 * r["saved_share"], 0)
+
+    select = load("bench_select.json")
+    body = rows(rr.table("train_select"))
+    for row, (name, v) in zip(body, select["scores"].items(), strict=False):
+        assert row[0] == name and close(row[1], v["shared"], 4) and close(row[2], v["alone"], 4)
+    assert close(body[-1][1], select["speedup"], 2) and close(body[-2][2], select["seconds"]["alone"], 1)
 
     transfer = load("bench_transfer.json")
     for row, r in zip(rows(rr.table("transfer")), transfer["table"], strict=True):
