@@ -62,7 +62,10 @@ def train(name: str, config: str, overrides: dict, runs: Path) -> tuple[Path, di
     else:
         say(f"reusing the finished run {run}")
     record = json.loads((Path(final) / "iranker-train.json").read_text())
+    # the updates' own seconds, from the run's log: the same whether this call trained, resumed or reused the run
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if x.strip()]
     return Path(final), {"train_scenarios": cfg.train_scenarios or list(SCENARIOS), "updates": record["steps"],
+                         "seconds_in_updates": round(sum(r["seconds"] for r in rows), 1),
                          "seconds_this_call": round(time.perf_counter() - started, 1), "run": str(run)}
 
 

@@ -27,6 +27,8 @@ def test_transfer_benchmark_holds_each_scenario_out_and_compares_with_base_and_a
     assert again.stderr.count("reusing the finished run") == 3, again.stderr[-3000:]
     assert again.stderr.count("reusing the evaluation of") == 3
     assert json.loads((tmp_path / "again.json").read_text())["table"] == result["table"]
+    reused = json.loads((tmp_path / "again.json").read_text())["runs"]
+    assert all(reused[k]["seconds_in_updates"] == v["seconds_in_updates"] > 0 for k, v in result["runs"].items())
     # the samples train recommendation and routing (no passage training split): each is held out once
     assert result["runs"]["all"]["train_scenarios"] == ["recommendation", "routing"]
     assert result["runs"]["without-recommendation"]["train_scenarios"] == ["routing"]
