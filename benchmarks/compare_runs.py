@@ -56,12 +56,18 @@ def main() -> None:
     ref = runs[0]["_rows"]
     for s in runs[1:]:
         rows = s["_rows"]
-        same = [(a, b) for a, b in zip(ref, rows, strict=False) if a["elimination_steps"] == b["elimination_steps"]]
+        # updates draw the same episodes only at the same batch size; at another the work per update differs, and
+        # the runs compare by optimizer steps per hour and decisions per second, stage by stage
+        paired = s["settings"]["batch_size"] == runs[0]["settings"]["batch_size"]
+        same = [(a, b) for a, b in zip(ref, rows, strict=False)
+                if paired and a["elimination_steps"] == b["elimination_steps"]]
         s["vs_reference"] = {
             "updates_compared": len(same),
-            "same_episodes": len(same) == min(len(ref), len(rows)),
+            "same_episodes": paired and len(same) == min(len(ref), len(rows)),
             "speed_ratio_median": round(statistics.median(a["seconds"] / b["seconds"] for a, b in same), 3)
             if same else None,
+            "by_stage": {st: {k: round(v[k] / runs[0]["stages"][st][k], 3) for k in ("steps_per_hour", "decisions_per_s")}
+                         for st, v in s["stages"].items() if st in runs[0]["stages"]},
         }
     for s in runs:
         del s["_rows"]

@@ -399,3 +399,24 @@ def test_training_on_two_scenarios_holds_the_third_out_and_evaluation_says_which
         "recommendation": "in-domain", "routing": "held-out", "passage": "held-out"}
     assert "routing (" in (tmp_path / "ev" / "report.md").read_text() and ", held-out)" in (
         tmp_path / "ev" / "report.md").read_text()
+
+
+def test_compare_runs_pairs_updates_only_at_the_same_batch_size(tmp_path, smoke):
+    """benchmarks/compare_runs.py: runs at one batch size draw the same episodes, compared update for update; at
+    another batch size they compare by steps per hour and decisions per second per stage, never update by update."""
+    cfg = smoke.model_copy(update={"algo": "expected", "steps": 2, "checkpoint_every": 2})
+    run_training(cfg, tmp_path / "a", progress=False)
+    run_training(cfg, tmp_path / "same", progress=False)
+    run_training(cfg.model_copy(update={"batch_size": cfg.batch_size * 2}), tmp_path / "double", progress=False)
+    out = tmp_path / "compare.json"
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "compare_runs.py"), str(tmp_path / "a"),
+                        str(tmp_path / "same"), str(tmp_path / "double"), "--out", str(out)], capture_output=True,
+                       text=True, timeout=300, check=False)
+    assert r.returncode == 0, r.stderr[-2000:]
+    ref, same, double = json.loads(out.read_text())["runs"]
+    assert same["vs_reference"]["same_episodes"] and same["vs_reference"]["updates_compared"] == 2
+    assert double["vs_reference"]["updates_compared"] == 0 and double["vs_reference"]["speed_ratio_median"] is None
+    stage = next(iter(ref["stages"]))
+    ratio = double["vs_reference"]["by_stage"][stage]["steps_per_hour"]
+    assert ratio == pytest.approx(double["stages"][stage]["steps_per_hour"] / ref["stages"][stage]["steps_per_hour"],
+                                  rel=1e-2)
