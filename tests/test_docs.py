@@ -5,7 +5,7 @@
 - Every `iranker …` command line in a code block of the README or the docs is parsed by the real parser, so an
   option renamed in the code fails here until the docs say it the new way.
 - The README's first calls (rank the sample; serve and call the rerank API) are run and answer what it shows.
-- The README's quality table is the one the renderer writes from the result file.
+- The README's tables (quality, transfer, templates, general ability) are the ones the renderer writes from the result files.
 """
 
 from __future__ import annotations
@@ -158,11 +158,12 @@ def test_the_readme_is_a_front_page_linking_into_the_docs():
             assert (ROOT / link).exists(), f"README links to {link}, which does not exist"
 
 
-def test_the_readme_quality_table_is_rendered_from_its_result_file():
+@pytest.mark.parametrize("name", ["quality", "transfer", "templates", "generic"])
+def test_the_readme_tables_are_rendered_from_their_result_files(name):
     sys.path.insert(0, str(ROOT / "benchmarks"))
     import render_results
 
-    assert render_results.table("quality").strip() in README.read_text()
+    assert render_results.table(name).strip() in README.read_text()
 
 
 def _json_after(text: str, anchor: str) -> dict:
