@@ -10,7 +10,7 @@
 2. Training: the `cpu` profile (configs/cpu.yaml: SmolLM2-135M + LoRA on the top layers, PPO in fast mode on the
    training splits of all three scenarios together) into --run; a finished run there is reused, a killed one resumed.
 3. Selection (`iranker.train.select.select_served`): the run's kept checkpoints (and any --checkpoint) rank about
-   --select-instances whole VALIDATION lists as served, in both listing orders, scored with the test metrics, each
+   --select-instances VALIDATION lists as served (up to the window), in both listing orders, scored with the test metrics, each
    with its standard error; the best is merged into --run/selected/final (--no-select: final/).
 4. Evaluation (`iranker.evaluate.harness.evaluate`, the code behind `iranker evaluate`): on the held-out test
    splits, the trained model against the base model (iterative and direct), the random expectation and the simple

@@ -3,7 +3,8 @@ per update on the same episodes, and the validation probe at each checkpoint. No
 
     python benchmarks/compare_runs.py runs/cpu-stages runs/cpu-layers6 --out benchmarks/results/train_lever_layers.json
 
-The first run is the reference. Runs with the same seed and data draw the same episodes, update for update; the
+The first run is the reference. Runs with the same seed, data and batch size draw the same episodes, update for
+update (at another batch size they compare by each stage's steps per hour and decisions per second); the
 speed ratio is then the median, over the updates both made, of reference seconds / run seconds - a ratio of the
 same work, robust to an update slowed by something else sharing the machine. The probe is the expected exclusion
 reward on the same seeded validation pools (`probe.pools` of them; its standard error is about 0.026 at 48 pools),
@@ -66,7 +67,8 @@ def main() -> None:
             "same_episodes": paired and len(same) == min(len(ref), len(rows)),
             "speed_ratio_median": round(statistics.median(a["seconds"] / b["seconds"] for a, b in same), 3)
             if same else None,
-            "by_stage": {st: {k: round(v[k] / runs[0]["stages"][st][k], 3) for k in ("steps_per_hour", "decisions_per_s")}
+            "by_stage": {st: {k: round(v[k] / runs[0]["stages"][st][k], 3) if runs[0]["stages"][st][k] else None
+                              for k in ("steps_per_hour", "decisions_per_s")}
                          for st, v in s["stages"].items() if st in runs[0]["stages"]},
         }
     for s in runs:

@@ -304,9 +304,29 @@ def test_models_sharing_their_lower_layers_rank_as_each_alone(tiny_tokenizer):
         rankings[name] = [r.ranking for r in one]
     assert rankings["base"] != rankings["tuned"]  # the upper layers are each model's own
     assert store.computed == 1 + len(reqs) and store.reused == store.computed  # once per prefix, for both models
-    store.clear()
-    assert store.tokens == 0
     other = TransformersBackend(model_obj=make_tiny_model(tiny_tokenizer, seed=3), tokenizer=tiny_tokenizer,
                                 shared_prefixes=store)
     with pytest.raises(ValueError, match="first 1 layers differ"):
         other.encode_cache(long_ids)
+    store.clear()  # a cleared store takes the next model it sees as its reference
+    assert store.tokens == 0 and len(other.encode_cache(long_ids).layers) == 2
+
+
+def test_only_decoders_that_split_cleanly_share_their_lower_layers():
+    """`splittable`: full-attention decoders of the known architectures; sliding-window layers would be
+    mislabelled in a split cache, and a split run leaves the decoder whole again even when it fails."""
+    from conftest import make_tiny_model, make_tiny_tokenizer
+    from transformers import LlamaConfig, MistralConfig, Qwen2Config
+
+    from iranker.backends.transformers import run_layers, splittable
+
+    assert splittable(LlamaConfig()) and splittable(Qwen2Config())
+    assert not splittable(MistralConfig()) and splittable(MistralConfig(sliding_window=None))
+    assert not splittable(Qwen2Config(use_sliding_window=True, max_window_layers=1, num_hidden_layers=2))
+    decoder = make_tiny_model(make_tiny_tokenizer()).model
+    layers, idx = list(decoder.layers), [layer.self_attn.layer_idx for layer in decoder.layers]
+    with pytest.raises(RuntimeError), run_layers(decoder, 1, None, final_norm=False, renumber=True):
+        assert decoder.layers[0].self_attn.layer_idx == 0 and len(decoder.layers) == 1
+        raise RuntimeError("a failure inside the split run")
+    assert list(decoder.layers) == layers and [layer.self_attn.layer_idx for layer in layers] == idx
+    assert not isinstance(decoder.norm, torch.nn.Identity)

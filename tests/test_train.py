@@ -330,6 +330,7 @@ def test_served_selection_runs_the_frozen_layers_once_for_all_models_and_scores_
     shared = select_served(run, states, instances=40, out=tmp_path / "shared", log=said.append, batch_size=4)
     assert shared["frozen_layers_shared"] == 1 and set(shared["scores"]) == {"random", "base", "step-4", "step-6"}
     assert any("frozen layers run once per prompt" in m for m in said) and shared["cut_to_window"] > 0
+    assert not any(", 0 reuses)" in m for m in said if "frozen layers" in m)  # every chunk shared its prompts
     cfg["lora"]["reuse_frozen"] = False  # the same run, each model prefilling on its own
     (run / "config.json").write_text(json.dumps(cfg))
     alone = select_served(run, states, instances=40, out=tmp_path / "alone", log=lambda m: None, batch_size=4)

@@ -323,16 +323,18 @@ def test_auto_training_dtype_follows_the_cpus_native_bf16():
 
 
 def test_episode_shares_hold_in_expectation_at_any_batch_size():
-    """`pools.episodes` / `pools.on_policy` at a batch they do not divide: the whole part always, one more with the
-    fractional part's probability (batch 2 at 0.75 is not all whole instances); whole splits draw nothing."""
+    """`pools.episodes` / `pools.on_policy` at a batch they do not divide: each count is its share in expectation
+    (batch 2 at 0.75 is not all whole instances), together never more than the batch; whole splits draw nothing."""
     from random import Random
 
-    from iranker.train.fast import shared_count
+    from iranker.train.fast import episode_counts
 
     rng = Random(0)
-    counts = [shared_count(rng, 2, 0.75) for _ in range(4000)]
-    assert set(counts) == {1, 2} and sum(counts) / len(counts) == pytest.approx(1.5, abs=0.05)
-    assert {shared_count(rng, 1, 0.75) for _ in range(200)} == {0, 1}
+    for batch, whole, on_policy in ((2, 0.75, 0.0), (2, 0.75, 0.25), (3, 0.5, 0.25), (1, 0.75, 0.0)):
+        counts = [episode_counts(rng, batch, whole, on_policy) for _ in range(4000)]
+        assert all(w >= 0 and o >= 0 and w + o <= batch for w, o in counts)
+        assert sum(w for w, _ in counts) / len(counts) == pytest.approx(batch * whole, abs=0.05)
+        assert sum(o for _, o in counts) / len(counts) == pytest.approx(batch * on_policy, abs=0.05)
     a, b = Random(3), Random(3)
-    assert [shared_count(a, 4, s) for s in (0.75, 0.0, 0.5, 1.0)] == [3, 0, 2, 4]
+    assert [episode_counts(a, 4, w, o) for w, o in ((0.75, 0.0), (0.5, 0.25), (0.0, 0.0))] == [(3, 0), (2, 1), (0, 0)]
     assert a.random() == b.random()  # no draw was taken for the whole splits

@@ -29,7 +29,8 @@ def splittable(config) -> bool:
     """Whether a decoder's layers can run in two parts (`run_layers`): a SPLIT_ARCHITECTURES model whose layers
     all attend fully (no sliding-window layers, whose cache slots a split would mislabel)."""
     types = getattr(config, "layer_types", None) or ["full_attention"]
-    return getattr(config, "model_type", None) in SPLIT_ARCHITECTURES and set(types) == {"full_attention"}
+    return (getattr(config, "model_type", None) in SPLIT_ARCHITECTURES and set(types) == {"full_attention"}
+            and getattr(config, "sliding_window", None) is None)
 
 
 @contextlib.contextmanager
@@ -39,13 +40,13 @@ def run_layers(decoder, lo: int, hi: int | None, final_norm: bool, renumber: boo
     layers write key/value cache slots 0.. (a cache of their own, whose length its first slot tells)."""
     layers, norm = decoder.layers, decoder.norm
     part = list(layers)[lo:hi]
-    decoder.layers = torch.nn.ModuleList(part)
-    if not final_norm:
-        decoder.norm = torch.nn.Identity()
     numbers = [layer.self_attn.layer_idx for layer in part] if renumber else []
-    for i, layer in enumerate(part if renumber else []):
-        layer.self_attn.layer_idx = i
     try:
+        decoder.layers = torch.nn.ModuleList(part)
+        if not final_norm:
+            decoder.norm = torch.nn.Identity()
+        for i, layer in enumerate(part if renumber else []):
+            layer.self_attn.layer_idx = i
         yield
     finally:
         decoder.layers, decoder.norm = layers, norm
@@ -74,7 +75,10 @@ class SharedPrefixes:
         self.reused = 0  # prefixes found here
 
     def clear(self) -> None:
+        """Drop every stored prefix and the reference weights: the next model seen becomes the reference."""
         self._store.clear()
+        self._lower = None
+        self._checked = weakref.WeakSet()
         self.tokens = 0
 
     def _check(self, model) -> None:
@@ -96,15 +100,15 @@ class SharedPrefixes:
 
     @torch.inference_mode()
     def encode(self, backend: TransformersBackend, ids: list[int], alive: Callable[[], bool] | None = None):
-        """`backend.encode_cache(ids)` with the layers below the split run once per prefix across models."""
+        """`backend.encode_cache(ids)` with the layers below the split run once per prefix across models. The
+        returned cache's lower layers are the stored ones: read it (as `CachedPools` does), never extend it."""
         model = backend.model
         self._check(model)
         decoder, dev = model.base_model, backend.device
         chunks = [ids[s: s + PREFILL_CHUNK] for s in range(0, len(ids), PREFILL_CHUNK)]
         key = tuple(ids)
-        if key in self._store:
-            self.reused += 1
-        else:
+        reuse = key in self._store
+        if not reuse:
             lower, hidden = DynamicCache(), []
             with run_layers(decoder, 0, self.split, final_norm=False):
                 for chunk in chunks:
@@ -124,6 +128,7 @@ class SharedPrefixes:
                 decoder(inputs_embeds=h, past_key_values=upper, use_cache=True)
         n = model.config.num_hidden_layers
         upper.layers = lower_layers + list(upper.layers[: n - self.split])
+        self.reused += reuse
         return upper
 
 

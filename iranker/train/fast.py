@@ -34,15 +34,20 @@ from iranker.train.episodes import sample_on_cache
 from iranker.train.pools import Step, TrainingSet, gae, layout_steps, reward_row, sample_pool
 
 
-def shared_count(rng, batch: int, share: float) -> int:
-    """How many of an update's `batch` episodes are of a kind given its `share`: the whole part of batch * share,
-    plus one more with the probability of its fractional part. So the share holds in expectation at any batch size
-    (rounding would make batch 2 at 0.75 all whole instances, batch 1 always one). The generator is drawn only when
-    there is a fractional part, so whole-number splits draw the same episodes as before."""
-    exact = batch * share
-    n = int(exact + 1e-9)
-    frac = exact - n
-    return n + (1 if frac > 1e-9 and rng.random() < frac else 0)
+def episode_counts(rng, batch: int, whole: float, on_policy: float) -> tuple[int, int]:
+    """How many of an update's `batch` episodes are whole instances and on-policy pools, given their shares: each
+    count is its share of the batch in expectation (rounding would make batch 2 at 0.75 all whole instances), and
+    together they never exceed the batch. With one uniform r, x -> floor(x) + (r < frac(x)) for x = b*whole (the
+    whole instances) and x = b*(whole + on_policy) (whole and on-policy together); r is drawn only when a product
+    is fractional, so whole-number splits draw the same episodes as before."""
+    def part(x: float) -> tuple[int, float]:
+        n = int(x + 1e-9)
+        return n, max(x - n, 0.0)
+
+    (wa, fa), (wb, fb) = part(batch * whole), part(batch * (whole + on_policy))
+    r = rng.random() if fa > 1e-9 or fb > 1e-9 else 1.0
+    n_whole = wa + (r < fa)
+    return n_whole, wb + (r < fb) - n_whole
 
 
 class FastTrainer:
@@ -160,8 +165,7 @@ class FastTrainer:
         or "pool" (one decision on a random sub-pool). Episode e of the update belongs to process e % world."""
         cfg = self.cfg
         rng = seeded_rng(cfg.seed, "update", update)
-        n_whole = shared_count(rng, cfg.batch_size, cfg.pools.episodes)
-        n_on_policy = shared_count(rng, cfg.batch_size, cfg.pools.on_policy)
+        n_whole, n_on_policy = episode_counts(rng, cfg.batch_size, cfg.pools.episodes, cfg.pools.on_policy)
         drawn: list[tuple[int, str, Step]] = []
         episodes = 0
         while episodes < cfg.batch_size:

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from iranker.backends.tokens import EncodedPrompt, PromptEncoder
-from iranker.backends.transformers import SPLIT_ARCHITECTURES, run_layers
+from iranker.backends.transformers import run_layers, splittable
 from iranker.devices import resolve_device, training_dtype
 from iranker.prompts import LABELS, MAX_POOL
 
@@ -202,7 +202,7 @@ class Policy:
         n = config.num_hidden_layers
         if not (cfg.lora.r and cfg.lora.reuse_frozen and 0 < cfg.lora.top_layers < n):
             return 0
-        if getattr(config, "model_type", None) not in SPLIT_ARCHITECTURES:
+        if not splittable(config):
             return 0  # other decoders scale inputs_embeds or index rotary tables by layer: run them whole
         return n - cfg.lora.top_layers
 

@@ -56,8 +56,8 @@ def select_checkpoint(run: str | Path, states: list[Path], pools: int = 64, out:
 
 def select_served(run: str | Path, states: list[Path], instances: int = 300, out: str | Path | None = None,
                   log: Callable[[str], None] | None = None, batch_size: int = 16, share_frozen: bool = True) -> dict:
-    """Score a run's checkpoints (and the base model) as they would serve: whole VALIDATION lists (up to the
-    window: 20 passages, 20 items, 11 models), about `instances` of them spread evenly over the datasets and both
+    """Score a run's checkpoints (and the base model) as they would serve: whole VALIDATION lists up to the
+    window (20 passages, 20 items, 11 models), about `instances` of them spread evenly over the datasets and both
     listing orders (a dataset with fewer validation instances gives what it has; a longer list, such as a top-100
     passage run, keeps its first stage's top `window` candidates in its listing order, since serving ranks a longer
     one window by window and every window after the first depends on the model), ranked by the serving ranker
@@ -66,7 +66,8 @@ def select_served(run: str | Path, states: list[Path], instances: int = 300, out
     `selection.json`: every checkpoint's mean with its standard error, and which others lie within one standard
     error of the chosen one (a choice the validation data cannot make).
 
-    When the adapter leaves the lower layers frozen (`lora.top_layers`, `lora.reuse_frozen`), the models rank the
+    The base is the run's base model in float32, as `merged` builds the checkpoints. When the adapter leaves the
+    lower layers frozen (`lora.top_layers`, `lora.reuse_frozen`; the cached layout), the models rank the
     lists `batch_size` at a time, all models on the same lists, and each list's prompt runs through the frozen
     layers once for all of them (`SharedPrefixes`): the same rankings, the frozen part of the prefill paid once
     instead of once per model (`share_frozen=False`: each model prefills on its own, as before).
@@ -104,10 +105,12 @@ def select_served(run: str | Path, states: list[Path], instances: int = 300, out
     named = {f"step-{trainer.load_state(Path(p), optimizer=False)}": Path(p) for p in states}
     names = (["base"] if cfg.lora.r else []) + list(named)
     split = trainer.policy.frozen_layers
-    store = SharedPrefixes(split) if share_frozen and split and splittable(trainer.model.config) else None
-    # the models are kept between chunks of lists when they fit HOLD_BYTES, else merged again for each chunk
+    shareable = share_frozen and split and r.layout == "cached" and splittable(trainer.model.config)
+    store = SharedPrefixes(split) if shareable else None
+    # with a store, the models are kept between chunks of lists when they fit HOLD_BYTES, else merged again for
+    # each chunk; without one there is one chunk, and one model at a time
     size = sum(p.numel() for p in trainer.model.parameters()) * 4
-    hold = store is None or size * len(names) <= HOLD_BYTES
+    hold = store is not None and size * len(names) <= HOLD_BYTES
     held: dict = {}
 
     def model_of(name: str):
@@ -131,6 +134,7 @@ def select_served(run: str | Path, states: list[Path], instances: int = 300, out
             backend = TransformersBackend(model_obj=model_of(name), tokenizer=tokenizer, name=name,
                                           max_item_tokens=r.max_item_tokens, shared_prefixes=store)
             ranked[name] += rank_requests(backend, [todo[i].to_request() for i in idx], replace(config))
+            del backend  # this model is released (unless held) before the next is merged
             if store is None:
                 say(f"{name}: {len(todo)} validation lists ranked")
         if store is not None:
@@ -157,7 +161,8 @@ def select_served(run: str | Path, states: list[Path], instances: int = 300, out
     trainer.out.mkdir(parents=True, exist_ok=True)
     final = trainer.save_final()
     result = {"best": best, "within_one_se_of_best": close, "instances": len(todo), "scores": scores,
-              "metric": "each scenario's primary test metric, per whole served list, both listing orders",
+              "metric": "each scenario's primary test metric, per served list (cut to the window), both listing "
+                        "orders",
               "frozen_layers_shared": store.split if store is not None else 0, "ranking_seconds": round(seconds, 1),
               "cut_to_window": sum(len(i.candidates) > window for i in data.instances), "window": window}
     (trainer.out / "selection.json").write_text(json.dumps(result, indent=1))
