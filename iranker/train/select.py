@@ -129,7 +129,7 @@ def select_served(run: str | Path, states: list[Path], instances: int = 300, out
         else [list(range(len(todo)))]
     ranked: dict[str, list] = {name: [] for name in names}
     started = time.perf_counter()
-    for c, idx in enumerate(chunks):
+    for idx in chunks:
         for name in names:
             backend = TransformersBackend(model_obj=model_of(name), tokenizer=tokenizer, name=name,
                                           max_item_tokens=r.max_item_tokens, shared_prefixes=store)
@@ -154,7 +154,7 @@ def select_served(run: str | Path, states: list[Path], instances: int = 300, out
                                                     for i, g in zip(todo, rel, strict=True)], todo)}
     for name in names:
         scores[name] = s = score(name)
-        say(f"{name}: validation primary metric {s['mean']:.4f} ± {s['se']:.4f} ({s['n']} whole lists)")
+        say(f"{name}: validation primary metric {s['mean']:.4f} ± {s['se']:.4f} ({s['n']} lists)")
     best = max(named, key=lambda k: scores[k]["mean"])
     close = [k for k in named if k != best and scores[k]["mean"] >= scores[best]["mean"] - scores[best]["se"]]
     trainer.load_state(named[best], optimizer=False)
