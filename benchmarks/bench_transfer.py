@@ -18,6 +18,12 @@ so the only difference between them is which scenarios they saw.
 Writes benchmarks/results/bench_transfer.json (--out): the runs, the table, the machine, and `pending` (the targets
 whose held-out run is not trained and evaluated yet: the file is rewritten after each, their zero-shot cells empty).
 Log every run in benchmarks/RESULTS.md.
+
+A benchmark whose run folders are gone (a new machine) goes on from its result file: `--recorded` takes `all` and each
+held-out run already in --out from there (its settings must be the ones given now) and trains only what is pending:
+
+    python benchmarks/bench_transfer.py --set ... --limit 40 --recorded
+
 """
 
 from __future__ import annotations
@@ -66,7 +72,23 @@ def train(name: str, config: str, overrides: dict, runs: Path) -> tuple[Path, di
     rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if x.strip()]
     return Path(final), {"train_scenarios": cfg.train_scenarios or list(SCENARIOS), "updates": record["steps"],
                          "seconds_in_updates": round(sum(r["seconds"] for r in rows), 1),
-                         "seconds_this_call": round(time.perf_counter() - started, 1), "run": str(run)}
+                         "seconds_this_call": round(time.perf_counter() - started, 1), "run": str(run),
+                         "machine": cpu_info()}
+
+
+def read_recorded(out: Path, result: dict) -> dict:
+    """The result file a benchmark goes on from (--recorded): its settings must be this call's, and it must hold
+    the run `all` with a row per held-out test set."""
+    if not out.is_file():
+        raise SystemExit(f"--recorded: {out} does not exist; run without --recorded to train every run")
+    recorded = json.loads(out.read_text())
+    for key in ("config", "overrides", "limit", "orders"):
+        if recorded.get(key) != result[key]:
+            raise SystemExit(f"--recorded: {out} was written with {key}={recorded.get(key)!r}, this call has "
+                             f"{result[key]!r}; give the same settings or run without --recorded")
+    if "all" not in recorded.get("runs", {}) or not recorded.get("table"):
+        raise SystemExit(f"--recorded: {out} holds no run `all` with its table rows")
+    return recorded
 
 
 def main() -> None:
@@ -81,6 +103,9 @@ def main() -> None:
     ap.add_argument("--smoke", action="store_true", help="the smoke profile (tiny random model) on the built-in "
                                                          "samples: checks the benchmark itself in a minute")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "bench_transfer.json"))
+    ap.add_argument("--recorded", action="store_true",
+                    help="take the runs and rows already in --out (same settings) where their run folder is gone, "
+                         "and train and evaluate only the pending targets")
     args = ap.parse_args()
     from iranker.logs import setup
 
@@ -113,9 +138,10 @@ def main() -> None:
     result: dict = {"machine": cpu_info(), "config": args.config, "overrides": overrides, "limit": args.limit,
                     "orders": list(orders), "budget": "the same profile, updates and seed for every run",
                     "runs": {}, "table": []}
-    final_all, result["runs"]["all"] = train("all", args.config, {**overrides, "data": train_data}, runs)
-    result["runs"]["all"]["train_scenarios"] = trainable
+    out = Path(args.out)
+    recorded = read_recorded(out, result) if args.recorded else None
     evaluated: dict[str, dict] = {}
+    rows: dict[tuple, dict] = {}
 
     def scores(name: str, model: Path, sources: tuple[str, ...]) -> dict:
         """The run's evaluation on the test sets; one finished with the same model, sets, limit and orders is
@@ -134,22 +160,28 @@ def main() -> None:
             done.write_text(json.dumps(key))
         return {(r["dataset"], r["scenario"]): r for r in metrics["results"]}
 
-    evaluated["all"] = scores("all", final_all, tuple(d for s in targets for d in test_sets[s]))
-    # one row per held-out test set, from the start: the zero-shot columns stay empty (None) until that target's
-    # run is trained and evaluated, and the file is written after each, so a long benchmark shows where it stands
-    rows: dict[tuple, dict] = {}
-    for (dataset, scenario), full in evaluated["all"].items():
-        if scenario not in targets:
-            continue
-        m = full["primary_metric"]
-        rows[(dataset, scenario)] = {
-            "target": scenario, "dataset": dataset, "metric": m, "n": full["n_instances"],
-            "trained_on_zero_shot": [s for s in trainable if s != scenario], "domain_zero_shot": None,
-            "base": full["baselines"]["base (iterative)"][m], "random": full["baselines"]["random (expected)"][m],
-            "zero_shot": None, "all": full["metrics"][m], "zero_shot_minus_base": None,
-            "all_minus_base": {k: full["comparison"][m][k] for k in ("diff", "low", "high", "p_value")}}
+    if recorded and not (runs / "all" / "final" / "config.json").exists():
+        say(f"taking the run `all` and its evaluation from {out}")
+        result["runs"]["all"] = recorded["runs"]["all"]
+        rows = {(r["dataset"], r["target"]): r for r in recorded["table"]}
+    else:
+        final_all, result["runs"]["all"] = train("all", args.config, {**overrides, "data": train_data}, runs)
+        result["runs"]["all"]["train_scenarios"] = trainable
+        # one row per held-out test set, from the start: the zero-shot columns stay empty (None) until that target's
+        # run is trained and evaluated, and the file is written after each, so a long benchmark shows where it stands
+        for (dataset, scenario), full in scores("all", final_all,
+                                                tuple(d for s in targets for d in test_sets[s])).items():
+            if scenario not in targets:
+                continue
+            m = full["primary_metric"]
+            rows[(dataset, scenario)] = {
+                "target": scenario, "dataset": dataset, "metric": m, "n": full["n_instances"],
+                "trained_on_zero_shot": [s for s in trainable if s != scenario], "domain_zero_shot": None,
+                "base": full["baselines"]["base (iterative)"][m],
+                "random": full["baselines"]["random (expected)"][m],
+                "zero_shot": None, "all": full["metrics"][m], "zero_shot_minus_base": None,
+                "all_minus_base": {k: full["comparison"][m][k] for k in ("diff", "low", "high", "p_value")}}
     result["table"] = list(rows.values())
-    out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
 
     def write(pending: list[str]) -> None:
@@ -160,6 +192,11 @@ def main() -> None:
         write(targets[i:])
         others = [s for s in trainable if s != target]
         name = f"without-{target}"
+        if (recorded and name in recorded["runs"] and target not in recorded.get("pending", [])
+                and not (runs / name / "final" / "config.json").exists()):
+            say(f"taking the run {name} and its evaluation from {out}")
+            result["runs"][name] = recorded["runs"][name]
+            continue
         final, result["runs"][name] = train(name, args.config, {**overrides, "data": train_data,
                                                                 "train_scenarios": others}, runs)
         evaluated[name] = scores(name, final, test_sets[target])

@@ -44,3 +44,29 @@ def test_transfer_benchmark_holds_each_scenario_out_and_compares_with_base_and_a
         assert row["all_minus_base"]["diff"] == pytest.approx(row["all"] - row["base"])  # the same base scores
         assert "base_in_all_run" not in row and 0 <= row["random"] <= 1
     assert result["machine"]["cpus"] >= 1
+
+    # on a new machine (the run folders gone) it goes on from the result file: the finished runs are taken from
+    # there, only the pending target is trained, and a call with other settings is refused, the setting named
+    pending = json.loads(out.read_text())
+    del pending["runs"]["without-routing"]
+    pending["pending"] = ["routing"]
+    for row in pending["table"]:
+        if row["target"] == "routing":
+            row.update(zero_shot=None, zero_shot_minus_base=None, domain_zero_shot=None)
+    out.write_text(json.dumps(pending))
+    bench = [sys.executable, str(ROOT / "benchmarks" / "bench_transfer.py"), "--smoke", "--runs-dir",
+             str(tmp_path / "new-machine"), "--out", str(out), "--recorded"]
+    refused = subprocess.run([*bench, "--limit", "3"], capture_output=True, text=True, timeout=600, check=False)
+    assert refused.returncode != 0 and "limit=40" in refused.stderr, refused.stderr[-2000:]
+    resumed = subprocess.run(bench, capture_output=True, text=True, timeout=1800, check=False)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "taking the run `all`" in resumed.stderr and "taking the run without-recommendation" in resumed.stderr
+    assert sorted(p.name for p in (tmp_path / "new-machine").iterdir()) == ["without-routing"]
+    finished = json.loads(out.read_text())
+    assert finished["pending"] == [] and set(finished["runs"]) == set(result["runs"])
+    for row, before in zip(finished["table"], result["table"], strict=True):
+        if row["target"] == "recommendation":
+            assert row == before
+        else:
+            assert row["zero_shot"] is not None and row["domain_zero_shot"] == "held-out"
+            assert row["zero_shot_minus_base"]["diff"] == pytest.approx(row["zero_shot"] - row["base"])
