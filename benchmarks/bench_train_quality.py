@@ -4,8 +4,9 @@
    MovieLens-100K (recbole, every user), Amazon Games-6k (llmrank), RouterBench (every training row), TREC DL 2019
    and 2021 top-100 under two first stages each (DL19: BM25 and TAS-B; DL21: BM25 and SPLADE++; each collection's
    queries split train 0.4, validation 0.2, test 0.4 over its query set, the same split under every first stage,
-   so no test query is ever trained on), and for evaluation only: the DL19 BM25 top-20, MovieLens-100K with
-   popularity-matched negatives (the same users and targets) and NovelEval (21 queries, all test). Training reads
+   so no test query is ever trained on), and for evaluation only: the DL19 and DL21 BM25 top-20 (whole lists as
+   served, the same query split), MovieLens-100K with popularity-matched negatives (the same users and targets) and
+   NovelEval (21 queries, all test). Training reads
    the top-100 lists in the windows serving ranks them in (`iranker.train.pools.serving_windows`).
 2. Training: the `cpu` profile (configs/cpu.yaml: SmolLM2-135M + LoRA on the top layers, PPO in fast mode on the
    training splits of all three scenarios together) into --run; a finished run there is reused, a killed one resumed.
@@ -26,6 +27,8 @@ dataset, what was met (`goals`), what falls short (`shortfalls`) and whether the
 in benchmarks/RESULTS.md.
 
     python benchmarks/bench_train_quality.py [--run runs/cpu] [--limit 150] [--skip-top100]
+    python benchmarks/bench_train_quality.py --smoke --run /tmp/q/run --report /tmp/q/report --out /tmp/q.json
+        # the whole chain (train, served selection, evaluation, bar) with the tiny profile on the samples
 """
 
 from __future__ import annotations
@@ -73,6 +76,7 @@ def ensure_data(shared: Path, root: Path) -> dict[str, Path]:
                                                      "dataset": "ml-100k-popneg"}),
         "routerbench": ("routerbench", shared / "routing" / "routerbench", {}),
         "dl19": ("trec-dl", dl19, {"first_stage": "*bm25*", "split": SPLIT_DL19, "dataset": "dl19-bm25-top20"}),
+        "dl21": ("trec-dl", dl21, {"first_stage": "*bm25*", "split": SPLIT_DL19, "dataset": "dl21-bm25-top20"}),
         "games-6k": ("llmrank", rec / "games-6k", {}),
         "dl19-top100": ("trec-dl", dl19, {"first_stage": "*bm25*", "split": SPLIT_DL19, "depth": "100",
                                           "dataset": "dl19-bm25-top100"}),
@@ -137,19 +141,30 @@ def main() -> None:
                     help="more checkpoint state.pt files of the run to choose from (repeatable)")
     ap.add_argument("--select-instances", type=int, default=300,
                     help="whole validation lists the selection ranks (spread over the datasets)")
+    ap.add_argument("--smoke", action="store_true", help="the smoke profile (tiny random model) on the built-in "
+                                                         "samples, every step of the chain: checks the benchmark")
     args = ap.parse_args()
     from iranker.logs import setup
 
     setup()  # the library's progress lines on stderr
-    shared = Path(args.shared)
-    if not shared.exists():
-        sys.exit(f"public data not found at {shared} (--shared)")
-    folders = ensure_data(shared, Path(args.data_root))
-    # train on the folders this benchmark ingested (the profile names the same datasets under data/)
     from iranker.cli import _yaml_pairs
 
     overrides = _yaml_pairs(args.set, "--set", "KEY=VALUE")
-    cfg = load_config(args.config, {**overrides, "data": [str(folders[k].resolve()) for k in TRAIN_DATA]})
+    if args.smoke:
+        args.config = str(ROOT / "configs" / "smoke.yaml")
+        train_data, sources = ["samples"], ["samples"]
+    else:
+        shared = Path(args.shared)
+        if not shared.exists():
+            sys.exit(f"public data not found at {shared} (--shared)")
+        folders = ensure_data(shared, Path(args.data_root))
+        # train on the folders this benchmark ingested (the profile names the same datasets under data/)
+        train_data = [str(folders[k].resolve()) for k in TRAIN_DATA]
+        sources = [str(folders[k]) for k in ("ml-100k", "ml-100k-pop", "games-6k", "dl19", "dl21", "routerbench",
+                                             "noveleval")]
+        if not args.skip_top100:
+            sources += [str(folders[k]) for k in ("dl19-top100", "dl21-top100")]
+    cfg = load_config(args.config, {**overrides, "data": train_data})
     run = Path(args.run)
 
     t0 = time.perf_counter()
@@ -157,7 +172,7 @@ def main() -> None:
         say(f"reusing the finished run {run}")
     else:
         resume = (run / "checkpoints" / "latest").exists()
-        say(f"training the cpu profile into {run}" + (" (resuming)" if resume else ""))
+        say(f"training {Path(args.config).stem} into {run}" + (" (resuming)" if resume else ""))
         run_training(cfg, run, resume=resume)
     train_s = time.perf_counter() - t0
     rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
@@ -174,9 +189,6 @@ def main() -> None:
         model_dir = Path(selection["model"])
         say(f"selected {selection['best']} on the validation split")
 
-    sources = [str(folders[k]) for k in ("ml-100k", "ml-100k-pop", "games-6k", "dl19", "routerbench", "noveleval")]
-    if not args.skip_top100:
-        sources += [str(folders[k]) for k in ("dl19-top100", "dl21-top100")]
     data = load_eval_data(sources, split="test", limit=args.limit)
     say(f"evaluating {len(data.instances)} test instances: trained vs base")
     t1 = time.perf_counter()
@@ -200,7 +212,8 @@ def main() -> None:
         "eval_wall_s": round(eval_s, 1), "selection": selection, "evaluated_model": str(model_dir), "report": str(Path(args.report) / "report.md"),
         "goals": goals(metrics), "bar_met": None, "throughput": speed,
         "results": [{k: r[k] for k in ("dataset", "scenario", "n_instances", "primary_metric", "metrics",
-                                        "baselines", "comparison", "parse_failures")} for r in metrics["results"]],
+                                        "baselines", "comparison", "parse_failures")}
+                    | {"comparison_first_stage": r.get("comparison_first_stage")} for r in metrics["results"]],
     }
     result["bar_met"] = bar_met(result["goals"])
     result["shortfalls"] = shortfalls(result["goals"])

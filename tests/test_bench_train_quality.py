@@ -1,0 +1,44 @@
+"""benchmarks/bench_train_quality.py checks its whole chain with --smoke: the tiny profile on the samples is trained,
+its checkpoints are chosen on whole validation lists, the chosen one is evaluated on the test split against the
+base model, random and the first stage in both listing orders, and the bar is computed from those figures."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from conftest import ROOT
+
+from iranker.evaluate.bar import bar_met
+
+
+@pytest.mark.slow  # a tiny training run, its served selection and an evaluation with the baselines: a few minutes
+def test_quality_benchmark_trains_selects_evaluates_and_computes_the_bar(tmp_path):
+    out = tmp_path / "quality.json"
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_train_quality.py"), "--smoke",
+                        "--run", str(tmp_path / "run"), "--report", str(tmp_path / "report"), "--out", str(out),
+                        "--limit", "10", "--select-instances", "20", "--throughput-updates", "0"],
+                       capture_output=True, text=True, timeout=1800, check=False)
+    assert r.returncode == 0, r.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert result["train"]["updates"] == 6 and result["train"]["elimination_steps"] > 0  # the optimizer steps
+    # the selection: every checkpoint's score with its standard error, the chosen one evaluated
+    selection = result["selection"]
+    assert set(selection["scores"]) >= {"random", "step-4", "step-6"}
+    assert selection["best"] in selection["scores"] and selection["model"] == result["evaluated_model"]
+    assert all(s["se"] >= 0 and s["n"] == selection["instances"] for s in selection["scores"].values())
+    # per test set and listing order: trained, base, random, first stage, both paired intervals
+    assert {k.split("/")[0] for k in result["goals"]} >= {"routerbench", "routerbench@shuffled", "trec-dl",
+                                                          "trec-dl@shuffled"}
+    for key, g in result["goals"].items():
+        assert g["interval_vs_base"][0] <= g["diff_vs_base"] <= g["interval_vs_base"][1], key
+        assert g["diff_vs_base"] == pytest.approx(g["trained"] - g["base"])
+        assert g["beats_base"] == (g["interval_vs_base"][0] > 0) and 0 <= g["random"] <= 1
+        assert g["interval_vs_first_stage"][0] <= g["diff_vs_first_stage"] <= g["interval_vs_first_stage"][1]
+        assert g["at_least_first_stage"] == (g["trained"] >= g["first_stage"])
+    assert result["bar_met"] == bar_met(result["goals"])
+    assert set(result["shortfalls"]) == {k for k, g in result["goals"].items() if not (
+        g["beats_base"] and g["above_random"] and g["at_least_first_stage"])}
+    assert result["machine"]["cpu"]["simd_flags"]  # the CPU flags recorded with the result
