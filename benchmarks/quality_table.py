@@ -3,6 +3,9 @@
 One row per test set and listing order (`DATASET` is the first-stage order, `DATASET@shuffled` the shuffled one):
 the primary metric of random, the first stage, the best simple baseline, base and trained, the paired 95% intervals
 of trained - base and trained - first stage, and the goals of the shipping bar (`iranker.evaluate.bar`) it misses.
+Below it, the optimizer steps the run made and how its checkpoint was chosen: every candidate's validation score with
+its standard error, and the candidates within one standard error of the chosen one (a choice the validation lists
+could not make).
 
     python benchmarks/quality_table.py benchmarks/results/bench_train_quality.json
 """
@@ -43,10 +46,24 @@ def table(result: dict) -> str:
     return "\n".join(rows)
 
 
+def selection(result: dict) -> str:
+    """The run's optimizer steps and its checkpoint choice, in words."""
+    steps = f"{result['train']['updates']} optimizer steps"
+    sel = result.get("selection")
+    if not sel:
+        return f"{steps}; the run's last checkpoint, evaluated without a served selection."
+    scores = ", ".join(f"{k} {v['mean']:.3f} ± {v['se']:.3f}" for k, v in sel["scores"].items())
+    close = sel["within_one_se_of_best"]
+    return (f"{steps}; {sel['best']} chosen on {sel['instances']} validation lists as served ({scores}). "
+            + (f"Within one standard error of it: {', '.join(close)}; the validation lists cannot tell them apart."
+               if close else "No other checkpoint is within one standard error of it."))
+
+
 def main() -> None:
     path = Path(sys.argv[1] if len(sys.argv) > 1 else "benchmarks/results/bench_train_quality.json")
     result = json.loads(path.read_text())
     print(table(result))
+    print(f"\n{selection(result)}")
     print(f"\nbar met: {result['bar_met']} ({path})")
 
 

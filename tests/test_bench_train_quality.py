@@ -42,3 +42,10 @@ def test_quality_benchmark_trains_selects_evaluates_and_computes_the_bar(tmp_pat
     assert set(result["shortfalls"]) == {k for k, g in result["goals"].items() if not (
         g["beats_base"] and g["above_random"] and g["at_least_first_stage"])}
     assert result["machine"]["cpu"]["simd_flags"]  # the CPU flags recorded with the result
+    # the README's table and selection line are printed from the file
+    printed = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "quality_table.py"), str(out)],
+                             capture_output=True, text=True, timeout=60, check=True).stdout
+    assert "\n| routerbench | " in printed and "\n| routerbench@shuffled | " in printed
+    assert "6 optimizer steps; step-" in printed
+    close = selection["within_one_se_of_best"]
+    assert (f"Within one standard error of it: {', '.join(close)}" if close else "No other checkpoint") in printed
