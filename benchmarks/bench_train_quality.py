@@ -48,7 +48,9 @@ sys.path.insert(0, str(ROOT))
 from iranker.devices import cpu_info
 from iranker.evaluate.bar import bar_met, goals, shortfalls
 from iranker.evaluate.harness import evaluate, load_eval_data
+from iranker.models import materialize_adapter
 from iranker.train import load_config
+from iranker.train.config import TrainConfig
 from iranker.train.loop import run_training
 from iranker.train.select import select_served
 
@@ -120,6 +122,64 @@ def throughput(config: str, algo: str, steps: int, out: Path) -> dict:
             "steps_per_s": n / secs, "wall_s": round(wall, 1)}
 
 
+def train_and_select(cfg, run: Path, args) -> tuple[dict, dict | None, Path]:
+    """Train (or reuse, or resume) the run, then choose its checkpoint on the served validation lists: the
+    training record, the selection (None with --no-select) and the chosen model's folder."""
+    if (run / "final" / "iranker-train.json").exists():
+        say(f"reusing the finished run {run}")
+    else:
+        resume = (run / "checkpoints" / "latest").exists()
+        say(f"training {Path(args.config).stem} into {run}" + (" (resuming)" if resume else ""))
+        run_training(cfg, run, resume=resume)
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    n_steps = sum(r["elimination_steps"] for r in rows)
+    train_info = {"updates": len(rows), "elimination_steps": n_steps, "seconds_in_updates": round(
+        sum(r["seconds"] for r in rows), 1), "steps_per_s": n_steps / sum(r["seconds"] for r in rows),
+        "reward_first_20": sum(r["expected_reward"] for r in rows[:20]) / min(20, len(rows)),
+        "reward_last_20": sum(r["expected_reward"] for r in rows[-20:]) / min(20, len(rows))}
+    if args.no_select:
+        return train_info, None, run / "final"
+    states = sorted(run.glob("checkpoints/step-*/state.pt")) + [Path(c) for c in args.checkpoint]
+    selection = select_served(run, states, instances=args.select_instances, log=say)
+    say(f"selected {selection['best']} on the validation split")
+    return train_info, selection, Path(selection["model"])
+
+
+def export_chosen(run: Path, selection: dict | None, train_info: dict, out: Path, args) -> Path:
+    """The chosen checkpoint (the last one with --no-select) as an adapter folder whose card carries what the
+    evaluation needs later: the run's profile, its training record and the selection."""
+    from iranker.train.adapter import export_adapter
+
+    if selection:
+        state = Path(selection["checkpoint"])
+    else:
+        states = {int(p.parent.name.split("-")[1]): p for p in run.glob("checkpoints/step-*/state.pt")}
+        state = states[max(states)]
+    card = {"run": str(run), "config": json.loads((run / "config.json").read_text()),
+            "train": train_info, "selection": {k: v for k, v in (selection or {}).items() if k != "model"} or None,
+            "command": "python benchmarks/bench_train_quality.py " + " ".join(sys.argv[1:]), "result": args.out}
+    out = export_adapter(run, state, out, card=card)
+    say(f"exported {state} as {out}")
+    return out
+
+
+def from_adapter(adapter: Path) -> tuple[Path, Path, dict, dict, dict | None]:
+    """An adapter written by --export: its merged model folder, and from its card the run's folder (on the machine
+    that trained it), profile, training record and selection."""
+    card_file = adapter / "card.json"
+    if not card_file.is_file():
+        raise SystemExit(f"--adapter {adapter}: no card.json; expected a folder written by "
+                         "bench_train_quality.py --export")
+    card = json.loads(card_file.read_text())
+    missing = [k for k in ("config", "train") if k not in card]
+    if missing:
+        raise SystemExit(f"--adapter {adapter}: its card.json has no {', '.join(missing)}; it was not written by "
+                         "bench_train_quality.py --export")
+    say(f"evaluating the exported adapter {adapter} (checkpoint {card.get('checkpoint_step')})")
+    return (materialize_adapter(adapter, adapter.name), Path(card["run"]), card["config"], card["train"],
+            card.get("selection"))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shared", default=str(ROOT.parent / "shared" / "data"))
@@ -135,15 +195,30 @@ def main() -> None:
     ap.add_argument("--no-direct", action="store_true", help="leave out the base model's direct ranking")
     ap.add_argument("--throughput-updates", type=int, default=3, help="updates per algorithm (0: skip)")
     ap.add_argument("--no-select", action="store_true",
-                    help="evaluate final/ as is, instead of the checkpoint with the best expected exclusion reward on "
-                    "fixed validation-split pools")
+                    help="evaluate the run's last checkpoint as is, instead of the one that scores best on the served "
+                    "validation lists")
     ap.add_argument("--checkpoint", action="append", default=[],
                     help="more checkpoint state.pt files of the run to choose from (repeatable)")
     ap.add_argument("--select-instances", type=int, default=300,
                     help="whole validation lists the selection ranks (spread over the datasets)")
     ap.add_argument("--smoke", action="store_true", help="the smoke profile (tiny random model) on the built-in "
                                                          "samples, every step of the chain: checks the benchmark")
+    ap.add_argument("--export", default=None, metavar="DIR",
+                    help="write the chosen checkpoint as a LoRA adapter folder (`iranker model export`'s format, its "
+                    "card holding the training record and the selection; under iranker/shipped/NAME it ships as "
+                    "--model NAME) and evaluate that adapter, what ships, instead of the run's own folder")
+    ap.add_argument("--no-evaluate", action="store_true",
+                    help="stop after training, selection and --export: --out records them with the evaluation "
+                    "pending (a later call with --adapter DIR evaluates the exported adapter)")
+    ap.add_argument("--adapter", default=None, metavar="DIR",
+                    help="evaluate this adapter folder, written by --export, instead of training and selecting: "
+                    "the training record and selection come from its card (the chain split over two machines)")
     args = ap.parse_args()
+    if args.no_evaluate and not args.export:
+        ap.error("--no-evaluate needs --export DIR: the chosen checkpoint must leave the run folder to be evaluated "
+                 "later")
+    if args.adapter and (args.export or args.no_evaluate):
+        ap.error("--adapter evaluates an exported adapter: it takes neither --export nor --no-evaluate")
     from iranker.logs import setup
 
     setup()  # the library's progress lines on stderr
@@ -168,32 +243,34 @@ def main() -> None:
     run = Path(args.run)
 
     t0 = time.perf_counter()
-    if (run / "final" / "iranker-train.json").exists():
-        say(f"reusing the finished run {run}")
+    if args.adapter:
+        model_dir, run, run_config, train_info, selection = from_adapter(Path(args.adapter))
+        exported = Path(args.adapter)
     else:
-        resume = (run / "checkpoints" / "latest").exists()
-        say(f"training {Path(args.config).stem} into {run}" + (" (resuming)" if resume else ""))
-        run_training(cfg, run, resume=resume)
+        train_info, selection, model_dir = train_and_select(cfg, run, args)
+        run_config, exported = json.loads((run / "config.json").read_text()), None
+        if args.export:
+            exported = export_chosen(run, selection, train_info, Path(args.export), args)
+            if not args.no_evaluate:  # what ships is evaluated: the bfloat16 adapter, merged into the base
+                model_dir = materialize_adapter(exported, exported.name)
     train_s = time.perf_counter() - t0
-    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
-    n_steps = sum(r["elimination_steps"] for r in rows)
-    train_info = {"updates": len(rows), "elimination_steps": n_steps, "seconds_in_updates": round(
-        sum(r["seconds"] for r in rows), 1), "steps_per_s": n_steps / sum(r["seconds"] for r in rows),
-        "reward_first_20": sum(r["expected_reward"] for r in rows[:20]) / min(20, len(rows)),
-        "reward_last_20": sum(r["expected_reward"] for r in rows[-20:]) / min(20, len(rows))}
-
-    model_dir, selection = run / "final", None
-    if not args.no_select:
-        states = sorted(run.glob("checkpoints/step-*/state.pt")) + [Path(c) for c in args.checkpoint]
-        selection = select_served(run, states, instances=args.select_instances, log=say)
-        model_dir = Path(selection["model"])
-        say(f"selected {selection['best']} on the validation split")
+    ranking = TrainConfig.model_validate(run_config).ranking
+    common = {"command": "python benchmarks/bench_train_quality.py " + " ".join(sys.argv[1:]),
+              "machine": {"cpu_threads": __import__("os").cpu_count(), "platform": platform.platform(),
+                          "cpu": cpu_info()},
+              "config": run_config, "run": str(run), "train": train_info, "train_wall_s": round(train_s, 1),
+              "selection": selection, "exported": str(exported) if exported else None}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    if args.no_evaluate:
+        Path(args.out).write_text(json.dumps({**common, "pending": ["evaluation"]}, indent=1))
+        say(f"wrote {args.out} (evaluation pending: bench_train_quality.py --adapter {exported} ...)")
+        return
 
     data = load_eval_data(sources, split="test", limit=args.limit)
     say(f"evaluating {len(data.instances)} test instances: trained vs base")
     t1 = time.perf_counter()
     metrics = evaluate(data, args.report, model=str(model_dir), direct=not args.no_direct,
-                       max_words=cfg.ranking.max_words, train_run=run)
+                       max_words=ranking.max_words, train_run=run if (run / "metrics.jsonl").is_file() else None)
     eval_s = time.perf_counter() - t1
     for log_file in ("metrics.jsonl", "probe.jsonl"):  # the per-update log and the validation probe, kept with the
         if (run / log_file).is_file():             # results: render_results.py draws the training curves from them
@@ -206,18 +283,14 @@ def main() -> None:
         speed["grpo_over_ppo"] = speed["grpo"]["steps_per_s"] / speed["ppo"]["steps_per_s"]
 
     result = {
-        "command": "python benchmarks/bench_train_quality.py " + " ".join(sys.argv[1:]),
-        "machine": {"cpu_threads": __import__("os").cpu_count(), "platform": platform.platform(), "cpu": cpu_info()},
-        "config": json.loads((run / "config.json").read_text()), "run": str(run), "train": train_info, "train_wall_s": round(train_s, 1),
-        "eval_wall_s": round(eval_s, 1), "selection": selection, "evaluated_model": str(model_dir), "report": str(Path(args.report) / "report.md"),
-        "goals": goals(metrics), "bar_met": None, "throughput": speed,
+        **common, "eval_wall_s": round(eval_s, 1), "evaluated_model": str(model_dir),
+        "report": str(Path(args.report) / "report.md"), "goals": goals(metrics), "bar_met": None, "throughput": speed,
         "results": [{k: r[k] for k in ("dataset", "scenario", "n_instances", "primary_metric", "metrics",
                                         "baselines", "comparison", "parse_failures")}
                     | {"comparison_first_stage": r.get("comparison_first_stage")} for r in metrics["results"]],
     }
     result["bar_met"] = bar_met(result["goals"])
     result["shortfalls"] = shortfalls(result["goals"])
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=1))
     from iranker.evaluate.report import summary_table
 

@@ -200,8 +200,14 @@ def materialize_shipped(name: str) -> Path:
     """The shipped model `name` as a transformers folder (base + adapter merged, float32), built once into the cache
     (keyed by the adapter's content) and reused; the folder carries the ranking settings the model was trained
     under, so `rank`, `serve`, `evaluate` and vLLM load it like any trained model."""
-    adapter = shipped_models()[name]
-    card = shipped_card(name)
+    return materialize_adapter(shipped_models()[name], name)
+
+
+def materialize_adapter(adapter: Path, name: str) -> Path:
+    """An adapter folder as `iranker model export` writes it (before or after it is placed under iranker/shipped)
+    merged as `materialize_shipped` merges a shipped one, cached under `name` and the adapter's content."""
+    adapter = Path(adapter)
+    card = json.loads((adapter / _CARD).read_text())
     base = resolve_model(card.get("base") or EMBEDDED_ALIAS)
     marker = Path(base) / _MARKER  # the base's own identity (the embedded model's marker) joins the cache key
     key = _adapter_digest(adapter) + (f"-{hashlib.sha256(marker.read_bytes()).hexdigest()[:8]}" if marker.is_file()

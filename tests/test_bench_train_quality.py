@@ -16,18 +16,30 @@ from iranker.evaluate.bar import bar_met
 
 @pytest.mark.slow  # a tiny training run, its served selection and an evaluation with the baselines: a few minutes
 def test_quality_benchmark_trains_selects_evaluates_and_computes_the_bar(tmp_path):
-    out = tmp_path / "quality.json"
-    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_train_quality.py"), "--smoke",
-                        "--run", str(tmp_path / "run"), "--report", str(tmp_path / "report"), "--out", str(out),
-                        "--limit", "10", "--select-instances", "20", "--throughput-updates", "0"],
+    """Split over two calls as over two machines: the first trains, selects and exports the chosen checkpoint as
+    an adapter folder (the evaluation pending); the second evaluates that adapter, what ships."""
+    bench = [sys.executable, str(ROOT / "benchmarks" / "bench_train_quality.py"), "--smoke", "--set", "lora.r=8",
+             "--set", "lora.alpha=16", "--set", "lora.top_layers=1", "--limit", "10", "--throughput-updates", "0"]
+    first = tmp_path / "trained.json"
+    r = subprocess.run([*bench, "--run", str(tmp_path / "run"), "--out", str(first), "--select-instances", "20",
+                        "--export", str(tmp_path / "adapter"), "--no-evaluate"],
                        capture_output=True, text=True, timeout=1800, check=False)
+    assert r.returncode == 0, r.stderr[-3000:]
+    trained = json.loads(first.read_text())
+    assert trained["pending"] == ["evaluation"] and "goals" not in trained
+    card = json.loads((tmp_path / "adapter" / "card.json").read_text())
+    assert card["checkpoint_step"] == int(trained["selection"]["best"].split("-")[1])
+    out = tmp_path / "quality.json"
+    r = subprocess.run([*bench, "--adapter", str(tmp_path / "adapter"), "--report", str(tmp_path / "report"),
+                        "--out", str(out)], capture_output=True, text=True, timeout=1800, check=False)
     assert r.returncode == 0, r.stderr[-3000:]
     result = json.loads(out.read_text())
     assert result["train"]["updates"] == 6 and result["train"]["elimination_steps"] > 0  # the optimizer steps
     # the selection: every checkpoint's score with its standard error, the chosen one evaluated
     selection = result["selection"]
-    assert set(selection["scores"]) >= {"random", "step-4", "step-6"}
-    assert selection["best"] in selection["scores"] and selection["model"] == result["evaluated_model"]
+    assert set(selection["scores"]) == {"random", "base", "step-4", "step-6"}
+    assert selection == {k: v for k, v in trained["selection"].items() if k != "model"}
+    assert selection["best"] in selection["scores"] and result["exported"] == str(tmp_path / "adapter")
     assert all(s["se"] >= 0 and s["n"] == selection["instances"] for s in selection["scores"].values())
     # per test set and listing order: trained, base, random, first stage, both paired intervals
     assert {k.split("/")[0] for k in result["goals"]} >= {"routerbench", "routerbench@shuffled", "trec-dl",
@@ -49,3 +61,8 @@ def test_quality_benchmark_trains_selects_evaluates_and_computes_the_bar(tmp_pat
     assert "6 optimizer steps; step-" in printed
     close = selection["within_one_se_of_best"]
     assert (f"Within one standard error of it: {', '.join(close)}" if close else "No other checkpoint") in printed
+    # a folder that export did not write is refused, by name
+    bad = subprocess.run([*bench, "--adapter", str(tmp_path / "report"), "--out", str(tmp_path / "bad.json")],
+                         capture_output=True, text=True, timeout=600, check=False)
+    assert bad.returncode != 0 and f"--adapter {tmp_path / 'report'}: no card.json" in bad.stderr
+    assert not (tmp_path / "bad.json").exists()

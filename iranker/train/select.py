@@ -160,7 +160,8 @@ def select_served(run: str | Path, states: list[Path], instances: int = 300, out
     trainer.load_state(named[best], optimizer=False)
     trainer.out.mkdir(parents=True, exist_ok=True)
     final = trainer.save_final()
-    result = {"best": best, "within_one_se_of_best": close, "instances": len(todo), "scores": scores,
+    result = {"best": best, "checkpoint": str(named[best]), "within_one_se_of_best": close, "instances": len(todo),
+              "scores": scores,
               "metric": "each scenario's primary test metric, per served list (cut to the window), both listing "
                         "orders",
               "frozen_layers_shared": store.split if store is not None else 0, "ranking_seconds": round(seconds, 1),
