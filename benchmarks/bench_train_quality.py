@@ -122,6 +122,10 @@ def throughput(config: str, algo: str, steps: int, out: Path) -> dict:
             "steps_per_s": n / secs, "wall_s": round(wall, 1)}
 
 
+def command() -> str:
+    return "python benchmarks/bench_train_quality.py " + " ".join(sys.argv[1:])
+
+
 def train_and_select(cfg, run: Path, args) -> tuple[dict, dict | None, Path]:
     """Train (or reuse, or resume) the run, then choose its checkpoint on the served validation lists: the
     training record, the selection (None with --no-select) and the chosen model's folder."""
@@ -150,14 +154,11 @@ def export_chosen(run: Path, selection: dict | None, train_info: dict, out: Path
     evaluation needs later: the run's profile, its training record and the selection."""
     from iranker.train.adapter import export_adapter
 
-    if selection:
-        state = Path(selection["checkpoint"])
-    else:
-        states = {int(p.parent.name.split("-")[1]): p for p in run.glob("checkpoints/step-*/state.pt")}
-        state = states[max(states)]
+    latest = run / "checkpoints" / "latest"  # the trainer's pointer to its last checkpoint
+    state = Path(selection["checkpoint"]) if selection else run / "checkpoints" / latest.read_text().strip() / "state.pt"
     card = {"run": str(run), "config": json.loads((run / "config.json").read_text()),
             "train": train_info, "selection": {k: v for k, v in (selection or {}).items() if k != "model"} or None,
-            "command": "python benchmarks/bench_train_quality.py " + " ".join(sys.argv[1:]), "result": args.out}
+            "command": command(), "result": args.out}
     out = export_adapter(run, state, out, card=card)
     say(f"exported {state} as {out}")
     return out
@@ -255,7 +256,7 @@ def main() -> None:
                 model_dir = materialize_adapter(exported, exported.name)
     train_s = time.perf_counter() - t0
     ranking = TrainConfig.model_validate(run_config).ranking
-    common = {"command": "python benchmarks/bench_train_quality.py " + " ".join(sys.argv[1:]),
+    common = {"command": command(),
               "machine": {"cpu_threads": __import__("os").cpu_count(), "platform": platform.platform(),
                           "cpu": cpu_info()},
               "config": run_config, "run": str(run), "train": train_info, "train_wall_s": round(train_s, 1),
