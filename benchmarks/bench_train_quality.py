@@ -29,6 +29,10 @@ in benchmarks/RESULTS.md.
     python benchmarks/bench_train_quality.py [--run runs/cpu] [--limit 150] [--skip-top100]
     python benchmarks/bench_train_quality.py --smoke --run /tmp/q/run --report /tmp/q/report --out /tmp/q.json
         # the whole chain (train, served selection, evaluation, bar) with the tiny profile on the samples
+    # split over two sessions (or machines): train, select and export; later, evaluate what was exported. The
+    # second call writes the verdict into the adapter's card; the folder then ships as iranker/shipped/NAME.
+    python benchmarks/bench_train_quality.py ... --export benchmarks/results/train_quality/NAME --no-evaluate
+    python benchmarks/bench_train_quality.py ... --adapter benchmarks/results/train_quality/NAME
 """
 
 from __future__ import annotations
@@ -181,6 +185,19 @@ def from_adapter(adapter: Path) -> tuple[Path, Path, dict, dict, dict | None]:
             card.get("selection"))
 
 
+def complete_card(adapter: Path, result_file: str, met: bool) -> None:
+    """Write the evaluation's verdict into the evaluated adapter's card: the result file that holds it and whether
+    the bar was met, so the folder can ship under iranker/shipped/NAME citing what it scored."""
+    card_file = Path(adapter) / "card.json"
+    card = json.loads(card_file.read_text())
+    card |= {"result": str(Path(result_file).resolve().relative_to(ROOT)) if Path(result_file).resolve()
+             .is_relative_to(ROOT) else str(result_file), "bar_met": met, "default": False}
+    if not met:
+        card["why_not_default"] = "the shipping bar is not met (see the result file's shortfalls)"
+    card_file.write_text(json.dumps(card, indent=1))
+    say(f"{card_file}: result {card['result']}, bar_met {met}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shared", default=str(ROOT.parent / "shared" / "data"))
@@ -210,7 +227,8 @@ def main() -> None:
                     "--model NAME) and evaluate that adapter, what ships, instead of the run's own folder")
     ap.add_argument("--no-evaluate", action="store_true",
                     help="stop after training, selection and --export: --out records them with the evaluation "
-                    "pending (a later call with --adapter DIR evaluates the exported adapter)")
+                    "pending, --report keeps the run's logs (a later call with --adapter DIR, on any machine, "
+                    "evaluates the exported adapter and writes its verdict into its card)")
     ap.add_argument("--adapter", default=None, metavar="DIR",
                     help="evaluate this adapter folder, written by --export, instead of training and selecting: "
                     "the training record and selection come from its card (the chain split over two machines)")
@@ -218,6 +236,10 @@ def main() -> None:
     if args.no_evaluate and not args.export:
         ap.error("--no-evaluate needs --export DIR: the chosen checkpoint must leave the run folder to be evaluated "
                  "later")
+    shipped = (ROOT / "iranker" / "shipped").resolve()
+    if args.no_evaluate and Path(args.export).resolve().is_relative_to(shipped):
+        ap.error(f"--export {args.export} with --no-evaluate: an adapter under iranker/shipped must cite its "
+                 "evaluation; export it elsewhere (e.g. under --report), evaluate it with --adapter, then move it there")
     if args.adapter and (args.export or args.no_evaluate):
         ap.error("--adapter evaluates an exported adapter: it takes neither --export nor --no-evaluate")
     from iranker.logs import setup
@@ -262,6 +284,11 @@ def main() -> None:
               "config": run_config, "run": str(run), "train": train_info, "train_wall_s": round(train_s, 1),
               "selection": selection, "exported": str(exported) if exported else None}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    report = Path(args.report)
+    report.mkdir(parents=True, exist_ok=True)
+    for log_file in ("metrics.jsonl", "probe.jsonl"):  # the per-update log and the validation probe, kept with the
+        if (run / log_file).is_file():             # results: render_results.py draws the training curves from them,
+            shutil.copyfile(run / log_file, report / log_file)  # and --adapter on another machine finds them here
     if args.no_evaluate:
         Path(args.out).write_text(json.dumps({**common, "pending": ["evaluation"]}, indent=1))
         say(f"wrote {args.out} (evaluation pending: bench_train_quality.py --adapter {exported} ...)")
@@ -270,12 +297,10 @@ def main() -> None:
     data = load_eval_data(sources, split="test", limit=args.limit)
     say(f"evaluating {len(data.instances)} test instances: trained vs base")
     t1 = time.perf_counter()
+    logs = next((d for d in (run, report) if (d / "metrics.jsonl").is_file()), None)  # the run's, or their copy
     metrics = evaluate(data, args.report, model=str(model_dir), direct=not args.no_direct,
-                       max_words=ranking.max_words, train_run=run if (run / "metrics.jsonl").is_file() else None)
+                       max_words=ranking.max_words, train_run=logs)
     eval_s = time.perf_counter() - t1
-    for log_file in ("metrics.jsonl", "probe.jsonl"):  # the per-update log and the validation probe, kept with the
-        if (run / log_file).is_file():             # results: render_results.py draws the training curves from them
-            shutil.copyfile(run / log_file, Path(args.report) / log_file)
 
     speed = {}
     if args.throughput_updates:
@@ -293,6 +318,8 @@ def main() -> None:
     result["bar_met"] = bar_met(result["goals"])
     result["shortfalls"] = shortfalls(result["goals"])
     Path(args.out).write_text(json.dumps(result, indent=1))
+    if exported:
+        complete_card(exported, args.out, result["bar_met"])
     from iranker.evaluate.report import summary_table
 
     print(summary_table(metrics), file=sys.stderr)

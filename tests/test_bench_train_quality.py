@@ -21,19 +21,28 @@ def test_quality_benchmark_trains_selects_evaluates_and_computes_the_bar(tmp_pat
     bench = [sys.executable, str(ROOT / "benchmarks" / "bench_train_quality.py"), "--smoke", "--set", "lora.r=8",
              "--set", "lora.alpha=16", "--set", "lora.top_layers=1", "--limit", "10", "--throughput-updates", "0"]
     first = tmp_path / "trained.json"
+    report = tmp_path / "report"
     r = subprocess.run([*bench, "--run", str(tmp_path / "run"), "--out", str(first), "--select-instances", "20",
-                        "--export", str(tmp_path / "adapter"), "--no-evaluate"],
+                        "--export", str(tmp_path / "adapter"), "--no-evaluate", "--report", str(report)],
                        capture_output=True, text=True, timeout=1800, check=False)
     assert r.returncode == 0, r.stderr[-3000:]
     trained = json.loads(first.read_text())
     assert trained["pending"] == ["evaluation"] and "goals" not in trained
     card = json.loads((tmp_path / "adapter" / "card.json").read_text())
-    assert card["checkpoint_step"] == int(trained["selection"]["best"].split("-")[1])
+    assert card["checkpoint_step"] == int(trained["selection"]["best"].split("-")[1]) and "bar_met" not in card
+    # the run's logs travel with the results: the evaluation on another machine draws the training curves from them
+    assert (report / "metrics.jsonl").read_text() == (tmp_path / "run" / "metrics.jsonl").read_text()
+    for log_file in ("metrics.jsonl", "probe.jsonl"):  # the second machine has the adapter and the results, not
+        (tmp_path / "run" / log_file).unlink(missing_ok=True)  # the run (whose tiny base the adapter needs here)
     out = tmp_path / "quality.json"
-    r = subprocess.run([*bench, "--adapter", str(tmp_path / "adapter"), "--report", str(tmp_path / "report"),
+    r = subprocess.run([*bench, "--adapter", str(tmp_path / "adapter"), "--report", str(report),
                         "--out", str(out)], capture_output=True, text=True, timeout=1800, check=False)
     assert r.returncode == 0, r.stderr[-3000:]
     result = json.loads(out.read_text())
+    assert (report / "plot-training-reward.png").is_file()
+    # the card now cites the result that evaluated it and its verdict, as a shipped model's must
+    card = json.loads((tmp_path / "adapter" / "card.json").read_text())
+    assert card["result"] == str(out) and card["bar_met"] == result["bar_met"] and card["default"] is False
     assert result["train"]["updates"] == 6 and result["train"]["elimination_steps"] > 0  # the optimizer steps
     # the selection: every checkpoint's score with its standard error, the chosen one evaluated
     selection = result["selection"]
@@ -66,3 +75,9 @@ def test_quality_benchmark_trains_selects_evaluates_and_computes_the_bar(tmp_pat
                          capture_output=True, text=True, timeout=600, check=False)
     assert bad.returncode != 0 and f"--adapter {tmp_path / 'report'}: no card.json" in bad.stderr
     assert not (tmp_path / "bad.json").exists()
+    # an unevaluated adapter is not written where shipped models live: a shipped model cites its evaluation
+    ship = subprocess.run([*bench, "--run", str(tmp_path / "run2"), "--out", str(tmp_path / "bad.json"),
+                           "--export", str(ROOT / "iranker" / "shipped" / "x"), "--no-evaluate"],
+                          capture_output=True, text=True, timeout=600, check=False)
+    assert ship.returncode == 2 and "iranker/shipped" in ship.stderr and not (ROOT / "iranker" / "shipped" / "x").exists()
+    assert not (tmp_path / "run2").exists()
