@@ -33,6 +33,10 @@ in benchmarks/RESULTS.md.
     # second call writes the verdict into the adapter's card; the folder then ships as iranker/shipped/NAME.
     python benchmarks/bench_train_quality.py ... --export benchmarks/results/train_quality/NAME --no-evaluate
     python benchmarks/bench_train_quality.py ... --adapter benchmarks/results/train_quality/NAME
+    # where the selection does not fit either: export every kept checkpoint; later, select among them and evaluate
+    python benchmarks/bench_train_quality.py ... --export-candidates benchmarks/results/train_quality/candidates
+    python benchmarks/bench_train_quality.py ... --candidates benchmarks/results/train_quality/candidates \
+        --export benchmarks/results/train_quality/NAME
 """
 
 from __future__ import annotations
@@ -185,6 +189,59 @@ def from_adapter(adapter: Path) -> tuple[Path, Path, dict, dict, dict | None]:
             card.get("selection"))
 
 
+def export_candidates(run: Path, train_info: dict, folder: Path, args) -> list[Path]:
+    """Every kept checkpoint of the run as an adapter folder under `folder` (step-NNNNNN), each card holding what
+    the selection and the evaluation need later, on any machine: the run's profile and its training record."""
+    from iranker.train.adapter import export_adapter
+
+    config = json.loads((run / "config.json").read_text())
+    out = []
+    for state in sorted(run.glob("checkpoints/step-*/state.pt")):
+        card = {"run": str(run), "config": config, "train": train_info, "selection": None, "command": command(),
+                "result": args.out}
+        out.append(export_adapter(run, state, folder / state.parent.name, card=card))
+        say(f"exported {state} as {out[-1]}")
+    if not out:
+        raise SystemExit(f"--export-candidates: {run} kept no checkpoint (checkpoints/step-*/state.pt)")
+    return out
+
+
+def select_candidates(folder: Path, run: Path, args) -> tuple[dict, dict, Path]:
+    """--candidates: choose among the adapters --export-candidates wrote, as `select_served` chooses among a run's
+    checkpoints (the same lists, models and scores; the weights are the adapters' bfloat16 ones, what ships). The
+    run folder is rebuilt from the cards' profile where this machine lacks it. The chosen adapter is copied to
+    --export (else kept in place) with the selection on its card. Returns the training record, the selection and
+    the chosen adapter's folder."""
+    adapters = sorted(p for p in folder.iterdir() if (p / "card.json").is_file()) if folder.is_dir() else []
+    if not adapters:
+        raise SystemExit(f"--candidates {folder}: no adapter folders with a card.json; expected the folder "
+                         "--export-candidates wrote")
+    cards = [json.loads((a / "card.json").read_text()) for a in adapters]
+    for a, card in zip(adapters, cards, strict=True):
+        missing = [k for k in ("config", "train") if k not in card]
+        if missing or card["config"] != cards[0]["config"]:
+            raise SystemExit(f"--candidates {a}: " + (f"its card.json has no {', '.join(missing)}" if missing else
+                             "its card's profile differs from the others'; the candidates must come from one run"))
+    if not (run / "config.json").is_file():
+        run.mkdir(parents=True, exist_ok=True)
+        (run / "config.json").write_text(json.dumps(cards[0]["config"], indent=1))
+        say(f"{run}: rebuilt from the candidates' profile (the run folder is not on this machine)")
+    selection = select_served(run, adapters, instances=args.select_instances, log=say)
+    say(f"selected {selection['best']} on the validation split")
+    chosen = Path(selection["checkpoint"])
+    out = Path(args.export) if args.export else chosen
+    if out.resolve() != chosen.resolve():
+        if out.exists():
+            raise SystemExit(f"--export {out}: exists; give a new folder")
+        shutil.copytree(chosen, out)
+    card_file = out / "card.json"
+    card = json.loads(card_file.read_text())
+    card |= {"selection": {k: v for k, v in selection.items() if k != "model"}, "selection_command": command(),
+             "result": args.out}
+    card_file.write_text(json.dumps(card, indent=1))
+    return cards[0]["train"], selection, out
+
+
 def complete_card(adapter: Path, result_file: str, met: bool) -> None:
     """Write the evaluation's verdict into the evaluated adapter's card: the result file that holds it and whether
     the bar was met, so the folder can ship under iranker/shipped/NAME citing what it scored."""
@@ -229,14 +286,29 @@ def main() -> None:
                     help="stop after training, selection and --export: --out records them with the evaluation "
                     "pending, --report keeps the run's logs (a later call with --adapter DIR, on any machine, "
                     "evaluates the exported adapter and writes its verdict into its card)")
+    ap.add_argument("--export-candidates", default=None, metavar="DIR",
+                    help="after training, write every kept checkpoint as an adapter folder under DIR and stop, the "
+                    "selection and evaluation pending (where selection would not fit the session; a later call "
+                    "with --candidates DIR, on any machine, selects and evaluates)")
+    ap.add_argument("--candidates", default=None, metavar="DIR",
+                    help="choose among the adapters --export-candidates wrote (the served selection), then "
+                    "evaluate the chosen one (copied to --export if given, with the selection on its card)")
     ap.add_argument("--adapter", default=None, metavar="DIR",
                     help="evaluate this adapter folder, written by --export, instead of training and selecting: "
                     "the training record and selection come from its card (the chain split over two machines)")
     args = ap.parse_args()
+    if args.export_candidates and (args.export or args.no_evaluate or args.adapter or args.candidates):
+        ap.error("--export-candidates stops after training: it takes none of --export, --no-evaluate, --adapter, "
+                 "--candidates")
+    if args.candidates and args.adapter:
+        ap.error("--candidates selects among adapters, --adapter evaluates one: give one of them")
     if args.no_evaluate and not args.export:
         ap.error("--no-evaluate needs --export DIR: the chosen checkpoint must leave the run folder to be evaluated "
                  "later")
     shipped = (ROOT / "iranker" / "shipped").resolve()
+    if args.export_candidates and Path(args.export_candidates).resolve().is_relative_to(shipped):
+        ap.error(f"--export-candidates {args.export_candidates}: unevaluated adapters do not go under "
+                 "iranker/shipped; write them beside the results (e.g. under --report)")
     if args.no_evaluate and Path(args.export).resolve().is_relative_to(shipped):
         ap.error(f"--export {args.export} with --no-evaluate: an adapter under iranker/shipped must cite its "
                  "evaluation; export it elsewhere (e.g. under --report), evaluate it with --adapter, then move it there")
@@ -266,9 +338,20 @@ def main() -> None:
     run = Path(args.run)
 
     t0 = time.perf_counter()
+    candidates = None
     if args.adapter:
         model_dir, run, run_config, train_info, selection = from_adapter(Path(args.adapter))
         exported = Path(args.adapter)
+    elif args.candidates:
+        train_info, selection, exported = select_candidates(Path(args.candidates), run, args)
+        run_config = json.loads((run / "config.json").read_text())
+        if not args.no_evaluate:
+            model_dir = materialize_adapter(exported, exported.name)
+    elif args.export_candidates:
+        args.no_select = True
+        train_info, selection, model_dir = train_and_select(cfg, run, args)
+        run_config, exported = json.loads((run / "config.json").read_text()), None
+        candidates = export_candidates(run, train_info, Path(args.export_candidates), args)
     else:
         train_info, selection, model_dir = train_and_select(cfg, run, args)
         run_config, exported = json.loads((run / "config.json").read_text()), None
@@ -289,6 +372,12 @@ def main() -> None:
     for log_file in ("metrics.jsonl", "probe.jsonl"):  # the per-update log and the validation probe, kept with the
         if (run / log_file).is_file():             # results: render_results.py draws the training curves from them,
             shutil.copyfile(run / log_file, report / log_file)  # and --adapter on another machine finds them here
+    if candidates:
+        Path(args.out).write_text(json.dumps({**common, "candidates": [str(c) for c in candidates],
+                                              "pending": ["selection", "evaluation"]}, indent=1))
+        say(f"wrote {args.out} (selection and evaluation pending: bench_train_quality.py --candidates "
+            f"{args.export_candidates} ...)")
+        return
     if args.no_evaluate:
         Path(args.out).write_text(json.dumps({**common, "pending": ["evaluation"]}, indent=1))
         say(f"wrote {args.out} (evaluation pending: bench_train_quality.py --adapter {exported} ...)")

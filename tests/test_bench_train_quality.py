@@ -81,3 +81,45 @@ def test_quality_benchmark_trains_selects_evaluates_and_computes_the_bar(tmp_pat
                           capture_output=True, text=True, timeout=600, check=False)
     assert ship.returncode == 2 and "iranker/shipped" in ship.stderr and not (ROOT / "iranker" / "shipped" / "x").exists()
     assert not (tmp_path / "run2").exists()
+
+
+@pytest.mark.slow  # a tiny training run, a served selection among its exported checkpoints and an evaluation
+def test_quality_benchmark_selects_among_exported_candidates_on_another_machine(tmp_path):
+    """Split where the selection does not fit the training's session: the first call trains and exports every
+    kept checkpoint as an adapter; the second chooses among those adapters on whole validation lists, with the
+    run's profile rebuilt from their cards, and evaluates the chosen one."""
+    bench = [sys.executable, str(ROOT / "benchmarks" / "bench_train_quality.py"), "--smoke", "--set", "lora.r=8",
+             "--set", "lora.alpha=16", "--set", "lora.top_layers=1", "--limit", "10", "--throughput-updates", "0",
+             "--run", str(tmp_path / "run"), "--report", str(tmp_path / "report")]
+    cands, first = tmp_path / "candidates", tmp_path / "trained.json"
+    r = subprocess.run([*bench, "--out", str(first), "--export-candidates", str(cands)],
+                       capture_output=True, text=True, timeout=1800, check=False)
+    assert r.returncode == 0, r.stderr[-3000:]
+    trained = json.loads(first.read_text())
+    assert trained["pending"] == ["selection", "evaluation"] and trained["selection"] is None
+    assert [p.name for p in sorted(cands.iterdir())] == ["step-000004", "step-000006"]
+    assert trained["candidates"] == [str(cands / "step-000004"), str(cands / "step-000006")]
+    for folder in cands.iterdir():
+        card = json.loads((folder / "card.json").read_text())
+        assert card["train"] == trained["train"] and card["config"] == trained["config"]
+    # the other machine: the run's profile and logs are not there (its tiny base stays: the adapters need it)
+    for name in ("config.json", "metrics.jsonl"):
+        (tmp_path / "run" / name).unlink()
+    out, chosen = tmp_path / "quality.json", tmp_path / "chosen"
+    r = subprocess.run([*bench, "--out", str(out), "--candidates", str(cands), "--select-instances", "20",
+                        "--export", str(chosen)], capture_output=True, text=True, timeout=1800, check=False)
+    assert r.returncode == 0, r.stderr[-3000:]
+    result = json.loads(out.read_text())
+    selection = result["selection"]
+    assert set(selection["scores"]) == {"random", "base", "step-4", "step-6"}
+    assert selection["checkpoint"] == str(cands / selection["best"].replace("-", "-00000"))
+    assert json.loads((tmp_path / "run" / "config.json").read_text()) == trained["config"]
+    card = json.loads((chosen / "card.json").read_text())
+    assert card["checkpoint_step"] == int(selection["best"].split("-")[1])
+    assert card["selection"]["best"] == selection["best"] and card["bar_met"] == result["bar_met"]
+    assert result["train"] == trained["train"] and result["bar_met"] == bar_met(result["goals"])
+    assert (tmp_path / "report" / "plot-training-reward.png").is_file()  # drawn from the copied log
+    # what is not an export's folder is refused, by name
+    bad = subprocess.run([*bench, "--out", str(tmp_path / "bad.json"), "--candidates", str(tmp_path / "report")],
+                         capture_output=True, text=True, timeout=600, check=False)
+    assert bad.returncode != 0 and f"--candidates {tmp_path / 'report'}: no adapter folders" in bad.stderr

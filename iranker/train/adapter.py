@@ -19,6 +19,22 @@ from iranker.train.modeling import base_model_path, load_model, lora_config
 MAX_ADAPTER_MB = 20  # what the repository takes for a shipped adapter
 
 
+def read_adapter(folder: str | Path) -> tuple[dict, int]:
+    """An adapter folder's LoRA weights (PEFT's keys, as a checkpoint's `policy` holds them) and the checkpoint
+    step on its card."""
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    card = folder / "card.json"
+    if not (folder / "adapter_model.safetensors").is_file() or not card.is_file():
+        raise FileNotFoundError(f"{folder}: expected an adapter folder (adapter_model.safetensors and card.json, "
+                                "as `iranker model export` writes)")
+    step = json.loads(card.read_text()).get("checkpoint_step")
+    if step is None:
+        raise ValueError(f"{card}: no checkpoint_step; expected the card `iranker model export` writes")
+    return load_file(folder / "adapter_model.safetensors"), step
+
+
 def export_adapter(run: str | Path, state: str | Path, out: str | Path, card: dict | None = None,
                    dtype: str = "bfloat16") -> Path:
     """Write checkpoint `state` (a `state.pt` of `run`) as a PEFT adapter folder `out`; returns it.

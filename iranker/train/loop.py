@@ -108,7 +108,17 @@ class Trainer:
         return True
 
     def load_state(self, path: Path, optimizer: bool = True) -> int:
-        """Load a checkpoint's policy, critic (and optimizer) state; returns its step."""
+        """Load a checkpoint's policy, critic (and optimizer) state; returns its step. `path` may also be an
+        adapter folder (`iranker model export`): its LoRA weights and the step on its card, to rank with (it holds
+        no critic or optimizer state, so it cannot resume training)."""
+        if Path(path).is_dir():
+            if optimizer:
+                raise ValueError(f"{path}: an adapter folder holds no optimizer state; resume from a state.pt")
+            from iranker.train.adapter import read_adapter
+
+            weights, self.step = read_adapter(path)
+            self.policy.load_trainable_state(weights, strict=True)
+            return self.step
         state = torch.load(path, weights_only=False, map_location=self.policy.device)
         self.policy.load_trainable_state(state["policy"])
         self.policy.value_head.load_state_dict(state["value_head"])

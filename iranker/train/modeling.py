@@ -169,11 +169,18 @@ class Policy:
             return get_peft_model_state_dict(self.model)
         return self.model.state_dict()
 
-    def load_trainable_state(self, state: dict) -> None:
+    def load_trainable_state(self, state: dict, strict: bool = False) -> None:
+        """The trainable weights from `state` (the adapter's, or the whole model's without LoRA); `strict`: every
+        adapter weight must be given and nothing else (for weights from outside the run, such as an adapter
+        folder)."""
         if self.cfg.lora.r:
             from peft import set_peft_model_state_dict
 
-            set_peft_model_state_dict(self.model, state)
+            result = set_peft_model_state_dict(self.model, state)
+            n_lora = sum("lora_" in k for k, _ in self.model.named_parameters())
+            if strict and (result.unexpected_keys or len(state) != n_lora):
+                raise ValueError(f"the weights do not fit this run's adapter ({len(state)} given, {n_lora} adapter "
+                                 f"weights, {len(result.unexpected_keys)} unexpected)")
         else:
             self.model.load_state_dict(state)
 

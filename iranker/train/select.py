@@ -62,7 +62,9 @@ def select_served(run: str | Path, states: list[Path], instances: int = 300, out
     passage run, keeps its first stage's top `window` candidates in its listing order, since serving ranks a longer
     one window by window and every window after the first depends on the model), ranked by the serving ranker
     under the run's ranking settings and scored with the test metrics (each scenario's primary metric: MRR,
-    nDCG@10, nDCG@3). Writes the best checkpoint as `out/final` (default `run/selected/final`) and
+    nDCG@10, nDCG@3). `states` are checkpoint state.pt files or adapter folders exported from them (the weights
+    that ship, bfloat16: what `bench_train_quality.py --candidates` chooses among). Writes the best checkpoint as
+    `out/final` (default `run/selected/final`) and
     `selection.json`: every checkpoint's mean with its standard error, and which others lie within one standard
     error of the chosen one (a choice the validation data cannot make).
 
