@@ -157,6 +157,14 @@ def train_and_select(cfg, run: Path, args) -> tuple[dict, dict | None, Path]:
     return train_info, selection, Path(selection["model"])
 
 
+def export_card(run: Path, train_info: dict, selection: dict | None, args) -> dict:
+    """What an exported adapter's card carries for the steps after it, on any machine: the run's profile, its
+    training record, the selection (if made yet), the command and the result file it is for."""
+    return {"run": str(run), "config": json.loads((run / "config.json").read_text()), "train": train_info,
+            "selection": {k: v for k, v in (selection or {}).items() if k != "model"} or None,
+            "command": command(), "result": args.out}
+
+
 def export_chosen(run: Path, selection: dict | None, train_info: dict, out: Path, args) -> Path:
     """The chosen checkpoint (the last one with --no-select) as an adapter folder whose card carries what the
     evaluation needs later: the run's profile, its training record and the selection."""
@@ -164,10 +172,7 @@ def export_chosen(run: Path, selection: dict | None, train_info: dict, out: Path
 
     latest = run / "checkpoints" / "latest"  # the trainer's pointer to its last checkpoint
     state = Path(selection["checkpoint"]) if selection else run / "checkpoints" / latest.read_text().strip() / "state.pt"
-    card = {"run": str(run), "config": json.loads((run / "config.json").read_text()),
-            "train": train_info, "selection": {k: v for k, v in (selection or {}).items() if k != "model"} or None,
-            "command": command(), "result": args.out}
-    out = export_adapter(run, state, out, card=card)
+    out = export_adapter(run, state, out, card=export_card(run, train_info, selection, args))
     say(f"exported {state} as {out}")
     return out
 
@@ -194,12 +199,10 @@ def export_candidates(run: Path, train_info: dict, folder: Path, args) -> list[P
     the selection and the evaluation need later, on any machine: the run's profile and its training record."""
     from iranker.train.adapter import export_adapter
 
-    config = json.loads((run / "config.json").read_text())
     out = []
     for state in sorted(run.glob("checkpoints/step-*/state.pt")):
-        card = {"run": str(run), "config": config, "train": train_info, "selection": None, "command": command(),
-                "result": args.out}
-        out.append(export_adapter(run, state, folder / state.parent.name, card=card))
+        out.append(export_adapter(run, state, folder / state.parent.name,
+                                  card=export_card(run, train_info, None, args)))
         say(f"exported {state} as {out[-1]}")
     if not out:
         raise SystemExit(f"--export-candidates: {run} kept no checkpoint (checkpoints/step-*/state.pt)")
