@@ -52,6 +52,21 @@ def test_text_baselines_rank_the_matching_candidate_first():
     assert B.bm25([no_history]) == [None] and B.minilm([no_history]) == [None]
 
 
+def test_a_total_spreads_over_the_datasets_and_fills_from_the_larger_ones():
+    from iranker.evaluate.harness import _pick
+
+    rows = [_inst(f"{d}-{k}", dataset=d, cands=[("a", "x")]) for d, n in (("small", 3), ("mid", 10), ("big", 40))
+            for k in range(n)]
+    count = lambda picked: {d: sum(i.dataset == d for i in picked) for d in ("small", "mid", "big")}
+    # an even share would be 10 each (23 in all): the small set's 7 missing ones come from the others
+    assert count(_pick(rows, 0, 0, total=30)) == {"small": 3, "mid": 10, "big": 17}
+    assert count(_pick(rows, 0, 0, total=12)) == {"small": 3, "mid": 5, "big": 5}  # 13: the smallest even cut
+    assert len(_pick(rows, 0, 0, total=500)) == 53  # fewer in all: every one
+    assert count(_pick(rows, 4, 0)) == {"small": 3, "mid": 4, "big": 4}  # a limit caps each dataset
+    assert _pick(rows, 0, 1, total=30) != _pick(rows, 0, 0, total=30)  # seeded, and stable for a seed
+    assert _pick(rows, 0, 1, total=30) == _pick(list(reversed(rows)), 0, 1, total=30)[::-1]
+
+
 def test_popularity_counts_histories_not_targets():
     ref = [_inst(f"u{k}", scenario="recommendation", query=None, history=["Hit", "Other"] if k < 3 else ["Niche"],
                  cands=[("t", "Target")], rel={"t": 1}, split="train") for k in range(4)]

@@ -51,13 +51,20 @@ def _say(msg: str) -> None:
     log.info(msg)
 
 
-def _pick(instances: list[RankingInstance], limit: int, seed: int) -> list[RankingInstance]:
-    """At most `limit` instances per (dataset, scenario), chosen by a seeded hash of their ids (stable)."""
-    if not limit:
-        return instances
+def _pick(instances: list[RankingInstance], limit: int, seed: int, total: int = 0) -> list[RankingInstance]:
+    """At most `limit` instances per (dataset, scenario), chosen by a seeded hash of their ids (stable).
+
+    `total` (instead of `limit`): the smallest per-group limit that gives at least `total` instances in all, so a
+    group with fewer instances than its even share leaves the rest to the others (all of them when there are
+    fewer than `total`)."""
     groups: dict[tuple[str, str], list[RankingInstance]] = {}
     for i in instances:
         groups.setdefault((i.dataset, i.scenario), []).append(i)
+    if total:
+        sizes = [len(rows) for rows in groups.values()]
+        limit = next((n for n in range(1, max(sizes) + 1) if sum(min(s, n) for s in sizes) >= total), max(sizes))
+    if not limit:
+        return instances
     keep = set()
     for rows in groups.values():
         ranked = sorted(rows, key=lambda i: hashlib.sha256(f"{seed}:{i.id}".encode()).hexdigest())
@@ -69,14 +76,15 @@ EVAL_ORDERS = ("first-stage", "shuffled")
 
 
 def load_eval_data(sources: Sequence[str], split: str | None = "test", limit: int = 0, seed: int = 0,
-                   orders: Sequence[str] = EVAL_ORDERS) -> EvalData:
+                   orders: Sequence[str] = EVAL_ORDERS, total: int = 0) -> EvalData:
     """Instances from dataset folders (written by `iranker data ingest`), instances JSONL files or 'samples', with
     their candidates' features (Feast's offline store).
 
     The evaluated split is `split` (None or "all": every instance); every other instance stays available to the
     baselines that learn from data (popularity, routers). A dataset folder's full qrels table, when it has one,
     is used for passage nDCG, so figures follow trec_eval's convention (ideal over every judged passage).
-    Each evaluated instance is listed in every order of `orders` (`iranker.listing`): the first listed keeps its
+    `limit` caps the instances per dataset; `total` instead asks for at least that many in all, spread as evenly
+    as the datasets allow (`_pick`). Each evaluated instance is listed in every order of `orders` (`iranker.listing`): the first listed keeps its
     id and dataset name, the others are reported as datasets of their own (`DATASET@shuffled`, ids `ID@shuffled`).
     """
     from iranker.data import SAMPLES_DIR, read_manifest
@@ -100,7 +108,7 @@ def load_eval_data(sources: Sequence[str], split: str | None = "test", limit: in
     if not chosen:
         raise ValueError(f"no instances of split {split!r} in {', '.join(sources)} (use --split all to take every "
                          "instance)")
-    chosen = _pick(chosen, limit, seed)
+    chosen = _pick(chosen, limit, seed, total)
     ids_chosen = {i.id for i in chosen}
     reference = [i for i in everything if i.id not in ids_chosen]
     qrels = {k: v for k, v in qrels.items() if k in ids_chosen}

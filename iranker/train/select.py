@@ -57,8 +57,9 @@ def select_checkpoint(run: str | Path, states: list[Path], pools: int = 64, out:
 def select_served(run: str | Path, states: list[Path], instances: int = 300, out: str | Path | None = None,
                   log: Callable[[str], None] | None = None, batch_size: int = 16, share_frozen: bool = True) -> dict:
     """Score a run's checkpoints (and the base model) as they would serve: whole VALIDATION lists up to the
-    window (20 passages, 20 items, 11 models), about `instances` of them spread evenly over the datasets and both
-    listing orders (a dataset with fewer validation instances gives what it has; a longer list, such as a top-100
+    window (20 passages, 20 items, 11 models), at least `instances` of them over the datasets and both listing
+    orders, as evenly as they allow (a dataset with fewer validation instances gives what it has and leaves the
+    rest of its share to the others; all of them where there are fewer in all; a longer list, such as a top-100
     passage run, keeps its first stage's top `window` candidates in its listing order, since serving ranks a longer
     one window by window and every window after the first depends on the model), ranked by the serving ranker
     under the run's ranking settings and scored with the test metrics (each scenario's primary metric: MRR,
@@ -90,8 +91,8 @@ def select_served(run: str | Path, states: list[Path], instances: int = 300, out
     if not states:
         raise ValueError(f"{run}: no checkpoints to choose from")
     orders = ("first-stage", "shuffled")
-    per_dataset = math.ceil(instances / (max(len(cfg.data), 1) * len(orders)))  # about `instances` lists in all
-    data = load_eval_data(cfg.data, split="validation", limit=per_dataset, orders=orders)
+    # at least `instances` lists in all, each dataset's share as even as its validation split allows
+    data = load_eval_data(cfg.data, split="validation", total=math.ceil(instances / len(orders)), orders=orders)
     window = cfg.ranking.window
     todo = [i if len(i.candidates) <= window else i.model_copy(update={"candidates": [
         i.candidates[j] for j in sorted(first_stage_order(i)[:window])]}) for i in data.instances]
