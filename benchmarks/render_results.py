@@ -3,7 +3,7 @@ hand), and the plots drawn from the same files.
 
 Tables (Markdown: header, separator, rows; `--list` names each one's files):
 - quality: the trained model against base, random, the first stage and the best simple baseline per test set
-  (bench_train_quality_stages.json, through `quality_table.table`);
+  (bench_train_quality.json, through `quality_table.table`);
 - train_stages, train_throughput, train_frozen: training decisions per second (bench_train*.json);
 - train_frozen_cache: what a cross-update cache of the frozen layers could skip (bench_frozen_cache.json);
 - bf16_ranking: float32 against bf16 ranking on the CPU (bench_bf16.json);
@@ -45,6 +45,8 @@ if str(HERE) not in sys.path:
 import quality_table  # benchmarks/ is not a package: found through sys.path above
 
 RESULTS = HERE / "results"
+QUALITY_FILE = "bench_train_quality.json"  # the shipped run's test result (bench_train_quality.py --out)
+QUALITY_REPORT = "train_quality"  # its report folder (--report): metrics.jsonl, probe.jsonl
 
 TABLES: dict[str, Callable[[Path], str]] = {}
 PLOTS: dict[str, Callable[[Path, Path], None]] = {}
@@ -205,9 +207,9 @@ def _statuses(counts: dict) -> str:
 # ------------------------------------------------------------------------------------------------------ tables
 
 
-@_table("quality", "bench_train_quality_stages.json")
+@_table("quality", QUALITY_FILE)
 def quality(results_dir: Path) -> str:
-    return quality_table.table(_load(results_dir, "bench_train_quality_stages.json"))
+    return quality_table.table(_load(results_dir, QUALITY_FILE))
 
 
 TRAIN_STAGE_ROWS = (  # (file, path, label)
@@ -546,10 +548,10 @@ def _jsonl(path: Path) -> list[dict]:
 
 def _shipped_run(results_dir: Path) -> tuple[_Doc, list[dict], list[dict], str]:
     """(the quality result, its per-update log, its validation probe, where the probe came from). The log and probe
-    are the run folder's metrics.jsonl and probe.jsonl where they were copied to train_quality_stages/; without
+    are the run folder's metrics.jsonl and probe.jsonl where they were copied to train_quality/; without
     them, the probe of the same run that compare_runs.py recorded in train_lever_layers.json."""
-    doc = _load(results_dir, "bench_train_quality_stages.json")
-    folder = Path(results_dir) / "train_quality_stages"
+    doc = _load(results_dir, QUALITY_FILE)
+    folder = Path(results_dir) / QUALITY_REPORT
     rows, probes, source = _jsonl(folder / "metrics.jsonl"), _jsonl(folder / "probe.jsonl"), "probe.jsonl"
     if not probes:
         levers = _load(results_dir, "train_lever_layers.json")
@@ -567,7 +569,7 @@ def missing(name: str, results_dir: Path = RESULTS) -> list[str]:
         doc, rows, _, _ = _shipped_run(results_dir)
         gaps = []
         if not rows:
-            gaps.append("per-update log (train_quality_stages/metrics.jsonl, the run folder's metrics.jsonl): the "
+            gaps.append("per-update log (train_quality/metrics.jsonl, the run folder's metrics.jsonl): the "
                         "reward is drawn as the means of the first and last 20 updates only")
         if not any("kl" in r for r in rows):
             gaps.append(f"KL per update: not recorded (the run's ppo.kl_coef is {doc['config']['ppo']['kl_coef']}: "
@@ -579,7 +581,7 @@ def missing(name: str, results_dir: Path = RESULTS) -> list[str]:
     return []
 
 
-@_plot("training_curves", "bench_train_quality_stages.json", "train_lever_layers.json")
+@_plot("training_curves", QUALITY_FILE, "train_lever_layers.json")
 def training_curves(results_dir: Path, out_png: Path) -> None:
     doc, rows, probes, probe_source = _shipped_run(results_dir)
     cfg, train = doc["config"], doc["train"]
@@ -629,9 +631,9 @@ def training_curves(results_dir: Path, out_png: Path) -> None:
     _save(fig, out_png)
 
 
-@_plot("quality_intervals", "bench_train_quality_stages.json")
+@_plot("quality_intervals", QUALITY_FILE)
 def quality_intervals(results_dir: Path, out_png: Path) -> None:
-    doc = _load(results_dir, "bench_train_quality_stages.json")
+    doc = _load(results_dir, QUALITY_FILE)
     goals = list(doc["goals"].items())
     plt = _pyplot()
     fig, (ax_v, ax_d) = plt.subplots(1, 2, figsize=(13, 0.45 * len(goals) + 2.4), sharey=True)

@@ -44,7 +44,7 @@ def close(cell: str, value: float, places: int) -> bool:
 def expected_rows(name: str) -> int:
     """How many body rows the table's result files imply."""
     if name == "quality":
-        return len(load("bench_train_quality_stages.json")["goals"])
+        return len(load(rr.QUALITY_FILE)["goals"])
     if name == "train_stages":  # both paths of the stages run, the bf16 episode path, the ratio
         return sum(len(load(f)["results"]) for f in ("bench_train_stages.json", "bench_train_stages_bf16.json")) + 1
     if name in ("train_throughput", "train_frozen"):
@@ -95,7 +95,7 @@ def test_every_table_renders_with_the_rows_its_source_implies(name):
 
 
 def test_spot_values_are_the_json():
-    goals = list(load("bench_train_quality_stages.json")["goals"].values())
+    goals = list(load(rr.QUALITY_FILE)["goals"].values())
     first = rows(rr.table("quality"))[0]
     assert close(first[7], goals[0]["trained"], 3) and close(first[6], goals[0]["base"], 3)
 
@@ -186,9 +186,10 @@ def test_rank_latency_names_the_missing_sweep_and_draws_one(tmp_path):
 def test_training_curves_draw_a_per_update_log_where_one_is_kept(tmp_path):
     for f in rr.SOURCES["training_curves"]:
         shutil.copy(RESULTS / f, tmp_path / f)
-    assert any("KL" in gap for gap in rr.missing("training_curves", tmp_path))
-    run = tmp_path / "train_quality_stages"
+    run = tmp_path / rr.QUALITY_REPORT
     run.mkdir()
+    shutil.copy(RESULTS / rr.QUALITY_REPORT / "probe.jsonl", run / "probe.jsonl")  # the probe, without the log
+    assert any("KL" in gap for gap in rr.missing("training_curves", tmp_path))
     (run / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "reward": 0.5, "expected_reward": 0.6,
                                                            "kl": 0.01 * s}) + "\n" for s in range(1, 11)))
     assert rr.missing("training_curves", tmp_path) == []
