@@ -83,9 +83,10 @@ def load_eval_data(sources: Sequence[str], split: str | None = "test", limit: in
     The evaluated split is `split` (None or "all": every instance); every other instance stays available to the
     baselines that learn from data (popularity, routers). A dataset folder's full qrels table, when it has one,
     is used for passage nDCG, so figures follow trec_eval's convention (ideal over every judged passage).
-    `limit` caps the instances per dataset; `total` instead asks for at least that many in all, spread as evenly
-    as the datasets allow (`_pick`). Each evaluated instance is listed in every order of `orders` (`iranker.listing`): the first listed keeps its
-    id and dataset name, the others are reported as datasets of their own (`DATASET@shuffled`, ids `ID@shuffled`).
+    `limit` caps the instances per dataset; `total` instead asks for at least that many in all, spread as evenly as
+    the datasets allow (`_pick`). Each evaluated instance is listed in every order of `orders` (`iranker.listing`):
+    the first listed keeps its id and dataset name, the others are reported as datasets of their own
+    (`DATASET@shuffled`, ids `ID@shuffled`).
     """
     from iranker.data import SAMPLES_DIR, read_manifest
     from iranker.features import load_with_features
