@@ -60,6 +60,7 @@ from iranker.models import materialize_adapter
 from iranker.train import load_config
 from iranker.train.config import TrainConfig
 from iranker.train.loop import run_training
+from iranker.train.modeling import base_model_path
 from iranker.train.select import select_served
 
 
@@ -363,7 +364,8 @@ def main() -> None:
             if not args.no_evaluate:  # what ships is evaluated: the bfloat16 adapter, merged into the base
                 model_dir = materialize_adapter(exported, exported.name)
     train_s = time.perf_counter() - t0
-    ranking = TrainConfig.model_validate(run_config).ranking
+    run_cfg = TrainConfig.model_validate(run_config)
+    ranking = run_cfg.ranking
     common = {"command": command(),
               "machine": {"cpu_threads": __import__("os").cpu_count(), "platform": platform.platform(),
                           "cpu": cpu_info()},
@@ -390,8 +392,9 @@ def main() -> None:
     say(f"evaluating {len(data.instances)} test instances: trained vs base")
     t1 = time.perf_counter()
     logs = next((d for d in (run, report) if (d / "metrics.jsonl").is_file()), None)  # the run's, or their copy
-    metrics = evaluate(data, args.report, model=str(model_dir), direct=not args.no_direct,
-                       max_words=ranking.max_words, train_run=logs)
+    # the base is the model the run started from (the embedded one for the cpu profile; --smoke's tiny one)
+    metrics = evaluate(data, args.report, model=str(model_dir), base=base_model_path(run_cfg, run),
+                       direct=not args.no_direct, max_words=ranking.max_words, train_run=logs)
     eval_s = time.perf_counter() - t1
 
     speed = {}

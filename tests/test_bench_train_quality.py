@@ -40,6 +40,8 @@ def test_quality_benchmark_trains_selects_evaluates_and_computes_the_bar(tmp_pat
     assert r.returncode == 0, r.stderr[-3000:]
     result = json.loads(out.read_text())
     assert (report / "plot-training-reward.png").is_file()
+    # trained against the model it started from: the run's tiny base, not the embedded one
+    assert json.loads((report / "metrics.json").read_text())["base"] == "init-model"
     # the card now cites the result that evaluated it and its verdict, as a shipped model's must
     card = json.loads((tmp_path / "adapter" / "card.json").read_text())
     assert card["result"] == str(out) and card["bar_met"] == result["bar_met"] and card["default"] is False
